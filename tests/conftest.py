@@ -1,0 +1,37 @@
+"""Shared test set-up: the repository on sys.path, data lookup that skips when data is absent, CLI runner."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def data_path(relative):
+    """A file under $RDS_DATA_DIR, or skip the test saying what is missing."""
+    base = os.environ.get("RDS_DATA_DIR")
+    if not base:
+        pytest.skip(f"RDS_DATA_DIR is not set; this test needs {relative}")
+    p = Path(base) / relative
+    if not p.exists():
+        pytest.skip(f"{p} is absent (RDS_DATA_DIR={base})")
+    return p
+
+
+def run_script(script, *args, cwd=None, check=None, timeout=600):
+    """Runs a top-level script as a user would; returns the CompletedProcess (text output).
+
+    `check=True` asserts exit 0, `check=False` asserts a non-zero exit; None checks nothing.
+    """
+    env = dict(os.environ, PYTHONHASHSEED="0", TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd or ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    if check is True:
+        assert proc.returncode == 0, f"{script} failed:\n{proc.stdout}\n{proc.stderr}"
+    elif check is False:
+        assert proc.returncode != 0, f"{script} should have failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc

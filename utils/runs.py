@@ -1,0 +1,65 @@
+"""Run folders: names from key flags, atomic writes, the flags file, and finding the run to resume."""
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+LOG_NAME = "log.jsonl"
+FLAGS_NAME = "flags.json"
+
+
+def _fmt(value):
+    if isinstance(value, (list, tuple)):
+        return "_".join(_fmt(v) for v in value)
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def run_name(prefix, **key_flags):
+    """`run_name('ba', lamb=100, bins=60)` -> 'ba-lamb=100.0-bins=60' (floats keep a decimal point)."""
+    parts = [prefix] + [f"{k}={_fmt(v)}" for k, v in key_flags.items()]
+    return "-".join(parts)
+
+
+def make_run_dir(root, name):
+    path = Path(root) / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _atomic(path, write):
+    """Writes via a temporary file in the same folder and renames it over `path`: never half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path, data):
+    _atomic(path, lambda f: f.write(data))
+
+
+def atomic_write_text(path, text):
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_save_npz(path, **arrays):
+    _atomic(path, lambda f: np.savez(f, **arrays))
+
+
+def save_flags(run_dir, args):
+    """Stores the flags of a run as JSON (argparse Namespace or dict)."""
+    flags = vars(args) if not isinstance(args, dict) else args
+    atomic_write_text(Path(run_dir) / FLAGS_NAME, json.dumps(flags, indent=1, sort_keys=True, default=str) + "\n")
