@@ -1,0 +1,153 @@
+"""Collects the results of a sweep into one CSV and one R-D plot: the sandwich.
+
+    python plot_rd.py --checkpoint_dir checkpoints/banana --out results/banana
+
+Reads every `results.jsonl` below --checkpoint_dir (BA, upper bounds, NTC, lower bounds). Runs that differ only in
+lambda form one curve, labelled by method and the rest of the run name. Lower-bound intercepts R_lb(lambda)
+become the curve R_L(D) = max_lambda (R_lb - lambda D), with a band from their 95% intervals. Where the runs'
+source is a Gaussian (read from their flags.json), the analytic R(D) is drawn too.
+
+Rates are converted to nats per sample (or --bits, --rpd per dimension); D is the MSE per dimension.
+Writes <out>.csv and <out>.png.
+"""
+import argparse
+import csv
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+
+from utils import cli, jsonl, runs
+from utils.plotting import plot_rd
+from utils.rd import gaussian_rd_curve, lower_bound_curve
+from utils.sources import load_gaussian_params
+
+LAMBDA_KEY = re.compile(r"-(lamb|lambda)=[^-]+")
+
+
+def rate_in_nats(record, rate):
+    """A record's rate as nats per sample."""
+    rate = rate * (math.log(2.0) if record.get("rate_unit") == "bits" else 1.0)
+    return rate * (record["data_dim"] if record.get("per_dim") else 1.0)
+
+
+def collect(root):
+    """{label: [records]} for every results.jsonl under root, with the run's flags in record['_flags']."""
+    groups = {}
+    for path in sorted(Path(root).rglob("results.jsonl")):
+        flags_path = path.parent / runs.FLAGS_NAME
+        flags = json.loads(flags_path.read_text()) if flags_path.exists() else {}
+        config = LAMBDA_KEY.sub("", path.parent.name)
+        for record in jsonl.read(path):
+            label = f"{record.get('method', '?')}: {config}" if config != record.get("method") else config
+            groups.setdefault(label, []).append({**record, "_flags": flags})
+    return groups
+
+
+def gaussian_variances(groups):
+    """Variances of the Gaussian source the runs used, or None (also None if runs disagree)."""
+    found = set()
+    for records in groups.values():
+        for r in records:
+            f = r["_flags"]
+            if f.get("dataset") == "gaussian" or f.get("samples") == "gaussian":
+                found.add((f.get("gparams_path"), r["data_dim"]))
+    if len(found) != 1:
+        return None
+    gparams, dim = found.pop()
+    if gparams:
+        return load_gaussian_params(gparams, dim)[1] ** 2
+    return np.ones(dim)
+
+
+def build_curves(groups, scale):
+    """Plot curves and CSV rows. `scale` converts nats per sample into the plotted unit."""
+    curves, rows, lower = [], [], []
+    for label, records in sorted(groups.items()):
+        method = records[0].get("method")
+        if method == "rdlb":
+            records = sorted(records, key=lambda r: r["lamb"])
+            for r in records:
+                rows.append({"label": label, "method": method, "lamb": r["lamb"], "D": "",
+                             "R": r["R_lb"] * scale, "R_lo": r["R_lb_lo"] * scale, "R_hi": r["R_lb_hi"] * scale})
+            lower.append((label, records))
+            continue
+        pts = []
+        for r in sorted(records, key=lambda r: r.get("lamb", r.get("lambda", 0.0))):
+            if method == "ba":
+                D, R, err = r["D"], rate_in_nats(r, r["R"]), 0.0
+            else:
+                D, R, err = r["mse"], rate_in_nats(r, r["rate"]), rate_in_nats(r, r.get("rate_stderr", 0.0))
+            pts.append((D, R * scale, err * scale, r.get("lamb", r.get("lambda"))))
+            rows.append({"label": label, "method": method, "lamb": pts[-1][3], "D": D, "R": R * scale,
+                         "R_lo": (R - 2 * err) * scale, "R_hi": (R + 2 * err) * scale})
+        pts.sort()
+        D, R, err, _ = map(np.array, zip(*pts))
+        curves.append({"label": label, "D": D, "R": R, "yerr": err if err.any() else None,
+                       "style": "line" if method == "ba" else "points"})
+    return curves, rows, lower
+
+
+def lower_curves(lower, d_grid, scale):
+    curves = []
+    for label, records in lower:
+        lambs = [r["lamb"] for r in records]
+        curve = {"label": f"{label} (lower bound)", "D": d_grid,
+                 "R": lower_bound_curve(lambs, [r["R_lb"] for r in records], d_grid) * scale,
+                 "band": (lower_bound_curve(lambs, [r["R_lb_lo"] for r in records], d_grid) * scale,
+                          lower_bound_curve(lambs, [r["R_lb_hi"] for r in records], d_grid) * scale)}
+        curves.append(curve)
+    return curves
+
+
+def main(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint_dir", required=True, help="folder searched (recursively) for results.jsonl")
+    p.add_argument("--out", default=None, help="output prefix (default: <checkpoint_dir>/rd)")
+    p.add_argument("--bits", action="store_true", help="plot rates in bits instead of nats")
+    p.add_argument("--rpd", action="store_true", help="plot rates per data dimension")
+    p.add_argument("--logx", action="store_true")
+    p.add_argument("--logy", action="store_true")
+    p.add_argument("--title", default=None)
+    args = p.parse_args(argv)
+
+    if not Path(args.checkpoint_dir).is_dir():
+        raise cli.InputError(f"--checkpoint_dir {args.checkpoint_dir} is not a folder")
+    groups = collect(args.checkpoint_dir)
+    if not groups:
+        raise cli.InputError(f"no results.jsonl under {args.checkpoint_dir}: run the scripts' eval (or ba.py) first")
+    dims = {r["data_dim"] for records in groups.values() for r in records}
+    if args.rpd and len(dims) != 1:
+        raise cli.InputError(f"--rpd needs runs of one data dimension; found {sorted(dims)}")
+    scale = (1 / math.log(2.0) if args.bits else 1.0) / (dims.pop() if args.rpd else 1.0)
+
+    curves, rows, lower = build_curves(groups, scale)
+    d_values = np.concatenate([c["D"] for c in curves]) if curves else np.array([])
+    var = gaussian_variances(groups)
+    if var is not None:
+        D, R = gaussian_rd_curve(var, num=300)
+        curves.insert(0, {"label": "analytic R(D)", "D": D, "R": R * scale})
+        d_values = np.concatenate([d_values, D])
+    if lower:
+        if d_values.size == 0:
+            lambs = np.array([r["lamb"] for _, rec in lower for r in rec])
+            d_values = np.array([0.01, 10.0]) / lambs.max()
+        d_grid = np.geomspace(d_values[d_values > 0].min(), d_values.max(), 300)
+        curves += lower_curves(lower, d_grid, scale)
+
+    out = Path(args.out) if args.out else Path(args.checkpoint_dir) / "rd"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.with_suffix(".csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["label", "method", "lamb", "D", "R", "R_lo", "R_hi"])
+        writer.writeheader()
+        writer.writerows(rows)
+    unit = ("bits" if args.bits else "nats") + (" per dimension" if args.rpd else " per sample")
+    plot_rd(curves, out.with_suffix(".png"), xlabel="D (MSE per dimension)", ylabel=f"R ({unit})",
+            title=args.title, logx=args.logx, logy=args.logy)
+    print(f"wrote {out.with_suffix('.csv')} and {out.with_suffix('.png')} ({len(rows)} points, {len(curves)} curves)")
+
+
+if __name__ == "__main__":
+    cli.run(main)
