@@ -22,5 +22,5 @@ test: $(STAMP)
 demo: $(STAMP)
 	rm -rf $(DEMO)
 	$(PY) ba.py --samples gaussian --data_dim 2 --num_samples 1000000 --bins 100 --steps 2000 --tol 1e-7 \
-		--lamb 0.3 1 3 10 30 100 --save_dir $(DEMO)
-	$(PY) plot_rd.py --checkpoint_dir $(DEMO) --out $(DEMO)/sandwich --logy --title "2-d Gaussian"
+		--lamb 1.2 1.5 2 3 5 10 20 50 --save_dir $(DEMO)
+	$(PY) plot_rd.py --checkpoint_dir $(DEMO) --out $(DEMO)/sandwich --title "2-d Gaussian"

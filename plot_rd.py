@@ -41,7 +41,8 @@ def collect(root):
         flags = json.loads(flags_path.read_text()) if flags_path.exists() else {}
         config = LAMBDA_KEY.sub("", path.parent.name)
         for record in jsonl.read(path):
-            label = f"{record.get('method', '?')}: {config}" if config != record.get("method") else config
+            method = record.get("method", "?")
+            label = config if config.startswith(method) else f"{method}: {config}"
             groups.setdefault(label, []).append({**record, "_flags": flags})
     return groups
 
@@ -86,7 +87,7 @@ def build_curves(groups, scale):
         pts.sort()
         D, R, err, _ = map(np.array, zip(*pts))
         curves.append({"label": label, "D": D, "R": R, "yerr": err if err.any() else None,
-                       "style": "line" if method == "ba" else "points"})
+                       "style": "line" if method == "ba" else "points", "marker": "o"})
     return curves, rows, lower
 
 

@@ -8,15 +8,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 def plot_rd(curves, path, xlabel="distortion D (MSE)", ylabel="rate R", title=None, logx=False, logy=False):
     """Draws R-D curves into `path` (PNG/PDF by extension).
 
-    Each curve is a dict: `label`, `D`, `R`, optional `style` ('line' | 'points'), `band` = (R_lo, R_hi) for an
-    interval drawn as a shaded band, and `yerr` for error bars on points.
+    Each curve is a dict: `label`, `D`, `R`, optional `style` ('line' | 'points'), `marker` for a line's points,
+    `band` = (R_lo, R_hi) for an interval drawn as a shaded band, and `yerr` for error bars on points.
     """
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for c in curves:
         if c.get("style", "line") == "points":
             ax.errorbar(c["D"], c["R"], yerr=c.get("yerr"), fmt="o", ms=4, capsize=2, label=c["label"])
         else:
-            line, = ax.plot(c["D"], c["R"], "-", label=c["label"])
+            line, = ax.plot(c["D"], c["R"], "-", marker=c.get("marker"), ms=4, label=c["label"])
             if c.get("band") is not None:
                 ax.fill_between(c["D"], c["band"][0], c["band"][1], color=line.get_color(), alpha=0.2)
     ax.set_xlabel(xlabel)

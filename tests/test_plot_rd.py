@@ -1,0 +1,46 @@
+"""plot_rd.py gathers every method's results.jsonl into one CSV in common units, and the sandwich plot."""
+import csv
+import math
+
+import pytest
+
+from conftest import run_script
+from utils import jsonl, runs
+
+
+def write_run(root, name, flags, records):
+    run_dir = runs.make_run_dir(root, name)
+    runs.save_flags(run_dir, flags)
+    for r in records:
+        jsonl.append(run_dir / "results.jsonl", r)
+
+
+def test_collects_methods_in_common_units(tmp_path):
+    root = tmp_path / "ck"
+    flags = {"dataset": "gaussian", "data_dim": 4, "gparams_path": None}
+    for lamb in (1.0, 3.0):
+        write_run(root, f"ba-lamb={lamb}-bins=30", {"samples": "gaussian", "data_dim": 4},
+                  [{"method": "ba", "lamb": lamb, "R": 1.0 * lamb, "D": 0.5 / lamb, "lagrangian": 0.0,
+                    "data_dim": 4, "rate_unit": "nats", "per_dim": False}])
+        # An upper bound logged in bits per dimension: 1 bit/dim in 4-d = 4 ln 2 nats per sample.
+        write_run(root, f"rdub_mlp-data_dim=4-lambda={lamb}", flags,
+                  [{"method": "rdub", "lambda": lamb, "rate": 1.0, "rate_stderr": 0.01, "mse": 0.3 / lamb,
+                    "mse_stderr": 0.0, "loss": 0.0, "data_dim": 4, "rate_unit": "bits", "per_dim": True}])
+        write_run(root, f"rdlb-data_dim=4-lamb={lamb}", flags,
+                  [{"method": "rdlb", "lamb": lamb, "R_lb": 0.5 * lamb, "R_lb_stderr": 0.1, "R_lb_lo": 0.5 * lamb - 0.2,
+                    "R_lb_hi": 0.5 * lamb + 0.2, "num_xi": 10, "data_dim": 4, "rate_unit": "nats", "per_dim": False}])
+    run_script("plot_rd.py", "--checkpoint_dir", root, "--out", tmp_path / "rd", check=True)
+    rows = list(csv.DictReader(open(tmp_path / "rd.csv")))
+    assert (tmp_path / "rd.png").stat().st_size > 0
+    by_method = {}
+    for r in rows:
+        by_method.setdefault(r["method"], []).append(r)
+    assert {m: len(v) for m, v in by_method.items()} == {"ba": 2, "rdub": 2, "rdlb": 2}
+    assert float(by_method["rdub"][0]["R"]) == pytest.approx(4 * math.log(2))
+    assert [float(r["lamb"]) for r in by_method["ba"]] == [1.0, 3.0]
+    assert {r["label"] for r in by_method["ba"]} == {"ba-bins=30"}
+
+
+def test_empty_folder_is_a_clear_error(tmp_path):
+    proc = run_script("plot_rd.py", "--checkpoint_dir", tmp_path, check=False)
+    assert proc.returncode == 2 and "no results.jsonl" in proc.stderr
