@@ -111,7 +111,8 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
 
     with pytest.raises(RuntimeError):
         runs.atomic_save_npz(path, a=Boom())
-    assert list(np.load(path)["a"]) == [0, 1, 2]
+    with np.load(path) as data:
+        assert list(data["a"]) == [0, 1, 2]
     assert sorted(os.listdir(tmp_path)) == ["x.npz"]  # no temporary left behind
 
 
