@@ -36,3 +36,17 @@ def make_mlp(units, activation, output_units=None, output_activation=None, name=
         layers.append(tf.keras.layers.Dense(size, activation=output_activation if last else activation,
                                             dtype=dtype, name=f"{name}_dense{i}"))
     return tf.keras.Sequential(layers, name=name)
+
+
+def make_cnn(filters, kernel_dims, dense_units, activation, output_units=1, name="cnn"):
+    """Stride-2 convolutions (`filters[i]` channels, `kernel_dims[i]` wide), then dense layers and a linear output.
+
+    As in the paper's `--model cnn --units 4,8,16,1024 --kernel_dims 9,5,3`: the first len(kernel_dims) entries of
+    --units are conv channels, the rest dense sizes.
+    """
+    layers = [tf.keras.layers.Conv2D(f, k, strides=2, padding="same", activation=activation, name=f"{name}_conv{i}")
+              for i, (f, k) in enumerate(zip(filters, kernel_dims))]
+    layers.append(tf.keras.layers.Flatten(name=f"{name}_flatten"))
+    layers += [tf.keras.layers.Dense(u, activation=activation, name=f"{name}_dense{i}") for i, u in enumerate(dense_units)]
+    layers.append(tf.keras.layers.Dense(output_units, name=f"{name}_out"))
+    return tf.keras.Sequential(layers, name=name)

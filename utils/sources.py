@@ -215,5 +215,45 @@ def make_source(name, data_dim=None, gparams_path=None):
     if name == "banana":
         return Banana(2 if data_dim is None else data_dim)
     if name.endswith(".npy"):
-        return SampleFile(name, data_dim)
+        return ImageFile(name, data_dim) if _npy_ndim(name) == 4 else SampleFile(name, data_dim)
     raise InputError(f"--dataset {name!r}: expected 'gaussian', 'banana', or a path to an .npy file of samples")
+
+
+# ---- image arrays -------------------------------------------------------------------------------
+
+def _npy_ndim(path):
+    """The rank of the array in an .npy file, read from its header only (0 when it cannot be read)."""
+    try:
+        return np.load(resolve_path(path, "--dataset"), mmap_mode="r", allow_pickle=False).ndim
+    except (ValueError, OSError):
+        return 0
+
+
+class ImageFile:
+    """Float images [N, H, W, C] from an .npy file (e.g. samples of a generator); `dim` = H * W * C."""
+
+    def __init__(self, path, data_dim=None):
+        self.path = resolve_path(path, "--dataset")
+        a = np.load(self.path, allow_pickle=False)
+        if not np.issubdtype(a.dtype, np.floating) or not np.all(np.isfinite(a)):
+            raise InputError(f"--dataset: {self.path} must hold finite floating-point images, got {a.dtype}")
+        self.images = a.astype(np.float32)
+        self.shape = self.images.shape[1:]
+        self.dim = int(np.prod(self.shape))
+        if data_dim is not None and data_dim != self.dim:
+            raise InputError(f"--data_dim {data_dim} does not match {self.path}, whose images {self.shape} have "
+                             f"{self.dim} values")
+        self.name = self.path.stem
+        self.gaussian_var = None
+
+    def sample(self, n, seed=None):
+        idx = np.random.default_rng(seed).choice(len(self.images), size=n, replace=n > len(self.images))
+        return self.images[idx]
+
+    def test_set(self, n=None, seed=None):
+        return self.images if n is None else self.sample(n, seed)
+
+    def dataset(self, batchsize, seed=0):
+        import tensorflow as tf
+        ds = tf.data.Dataset.from_tensor_slices(self.images)
+        return ds.shuffle(len(self.images), seed=seed, reshuffle_each_iteration=True).repeat().batch(batchsize)

@@ -1,0 +1,222 @@
+"""rdlb.py: the estimator, the batched inner optimization, checkpoints, the CLI and the paper's commands."""
+import glob
+import json
+import math
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import rdlb
+from conftest import ROOT, data_path, run_script
+from utils import jsonl, rd
+
+
+def _args(*extra, command="train"):
+    return rdlb.parse_args(["--dataset", "gaussian", "--data_dim", "2", "--units", "32,32", "--lamb", "10",
+                            command, *extra])
+
+
+def _records(run_dir):
+    return jsonl.read(run_dir / "results.jsonl")
+
+
+# ---- the mathematics ---------------------------------------------------------------------------
+
+def test_lambda_convention_matches_gaussian_intercept():
+    # lamb = n/2 * c on N(0, I_n) with per-dimension MSE has the intercept n/2 * (1 + ln c).
+    for n in (2, 4):
+        for c in (1.0, 3.0, 100.0):
+            got = rd.gaussian_rd_at_lambda(np.ones(n), n / 2 * c)["lagrangian"]
+            assert got == pytest.approx(n / 2 * (1 + math.log(c)), rel=1e-9)
+
+
+def test_xi_never_exceeds_its_plugin_and_uses_leave_one_out_alpha():
+    rng = np.random.default_rng(0)
+    log_ck, nlu = rng.normal(3.0, 0.2, 7), rng.normal(5.0, 0.1, 7)
+    xi, log_alpha = rdlb.xi_samples(log_ck, nlu)
+    # log C <= C / alpha + log alpha - 1 for every alpha: each xi is at most -log u - log C_k.
+    assert np.all(xi <= nlu - log_ck + 1e-12)
+    assert log_alpha[2] == pytest.approx(math.log(np.mean(np.exp(np.delete(log_ck, 2)))))
+    with pytest.raises(Exception, match="num_Ck_samples"):
+        rdlb.xi_samples(log_ck[:1], nlu[:1])
+
+
+def _sup(x, a, lamb, **kw):
+    fn = tf.function(lambda x, a: rdlb.log_sup(x, a, lamb / x.shape[1], **kw))
+    log_ck, y, _ = fn(tf.constant(x, tf.float32), tf.constant(a, tf.float32))
+    return float(log_ck), y.numpy()
+
+
+def test_constant_u_recovers_the_analytic_sup():
+    # u = 1 on N(0, I_2): sup_y E exp(-lamb/2 ||X - y||^2) = 1 / (1 + lamb), attained at y = 0.
+    x = np.random.default_rng(1).standard_normal((8192, 2))
+    log_ck, y = _sup(x, np.zeros(len(x)), 1.0, topn=10)
+    assert log_ck == pytest.approx(-math.log(2.0), abs=0.03)
+    assert np.linalg.norm(y) < 0.1
+
+
+def test_quick_exhaustive_chunked_agree_and_beat_a_grid():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((300, 2))
+    a = 0.3 * np.sum(x ** 2, 1) + rng.normal(0, 0.3, len(x))  # a bumpy -log u: several local maxima
+    lamb = 30.0
+    quick, _ = _sup(x, a, lamb, topn=10)
+    exhaustive, _ = _sup(x, a, lamb)
+    chunked, _ = _sup(x, a, lamb, chunksize=7)
+    assert quick == pytest.approx(exhaustive, abs=1e-5)
+    assert chunked == pytest.approx(exhaustive, abs=1e-5)
+    # No point of a fine grid beats the found maximum.
+    g = np.stack(np.meshgrid(*2 * [np.linspace(-3.5, 3.5, 351)]), -1).reshape(-1, 2)
+    sq = ((g[:, None, :] - x[None]) ** 2).sum(-1)
+    grid = np.max(np.logaddexp.reduce(a[None] - lamb / 2 * sq, axis=1)) - math.log(len(x))
+    assert grid <= exhaustive + 1e-4
+
+
+def test_checkpoint_reload_gives_the_same_draw(tmp_path):
+    args = _args()
+    tf.keras.utils.set_random_seed(0)
+    bound = rdlb.DualBound(args, (2,), 10.0)
+    bound.adapt(np.random.default_rng(0).normal(0.5, 2.0, (500, 2)))
+    step = rdlb.make_train_step(bound, tf.keras.optimizers.Adam(1e-3), 2)
+    for _ in range(3):
+        step(tf.random.normal([2 * 1024, 2]))
+    prefix = tf.train.Checkpoint(log_u=bound.net).write(rdlb.ckpt_prefix(tmp_path, 3, 10.0))
+    x = tf.random.normal([256, 2])
+    before = [float(v) for v in bound.draw(x)[:2]]
+    fresh = rdlb.DualBound(args, (2,), 10.0)
+    rdlb.restore(fresh, prefix)
+    assert [float(v) for v in fresh.draw(x)[:2]] == before
+    assert rdlb.lamb_from_path(prefix) == 10.0 and rdlb.list_ckpts(tmp_path)[0][0] == 3
+
+
+# ---- the command line --------------------------------------------------------------------------
+
+def test_gaussian_training_gives_a_bound_below_the_truth(tmp_path):
+    n, lamb = 2, 10.0
+    run_script("rdlb.py", "--dataset", "gaussian", "--data_dim", n, "--checkpoint_dir", tmp_path, "--units",
+               "64,64", "--lamb", lamb, "train", "--last_step", 300, "--lr", "3e-3", "--lr_schedule", check=True)
+    run_script("rdlb.py", "--seed", 1, "--dataset", "gaussian", "--data_dim", n, "--checkpoint_dir", tmp_path,
+               "--units", "64,64", "--lamb", lamb, "eval", "--num_Ck_samples", 8, check=True)
+    run_dir = tmp_path / "rdlb-data_dim=2-model=mlp-units=64_64-lamb=10.0-batchsize=1024"
+    rec, = _records(run_dir)
+    truth = n / 2 * (1 + math.log(2 * lamb / n))
+    assert rec["analytic_intercept"] == pytest.approx(truth)
+    assert rec["R_lb_hi"] <= truth  # a valid lower bound, beyond its interval
+    # ... and better than a constant u, whose bound is n/2 log(1 + 2 lamb / n) = 2.40 nats.
+    assert rec["R_lb"] > n / 2 * math.log(1 + 2 * lamb / n) + 0.1
+    with np.load(run_dir / rec["npz"]) as f:
+        assert f["xi"].shape == (8,) and float(f["lamb"]) == lamb
+
+
+def test_anneal_checkpoints_each_target_and_eval_reads_lambda_from_names(tmp_path):
+    common = ["--dataset", "banana", "--checkpoint_dir", tmp_path, "--units", "16,16", "--lamb", 3]
+    run_script("rdlb.py", *common, "train", "--batchsize", 128, "--last_step", 6, "--anneal_lamb",
+               "--target_lambs", "0.5,1", check=True)
+    run_dir = tmp_path / "rdlb-data_dim=2-model=mlp-units=16_16-lamb=3.0-batchsize=128"
+    names = sorted(p.name for p in run_dir.glob("step=*-kerasckpt.index"))
+    assert names == ["step=2-lamb=0.5-kerasckpt.index", "step=4-lamb=1.0-kerasckpt.index",
+                     "step=6-lamb=3.0-kerasckpt.index"]
+    # The paper's GAN-style eval glob: each checkpoint is evaluated at the lambda in its name.
+    run_script("rdlb.py", "--dataset", "banana", "--units", "16,16", "eval", "--batchsize", 128,
+               "--num_Ck_samples", 3, "--ckpt", f"{run_dir}/step=*-kerasckpt.index", check=True)
+    recs = _records(run_dir)
+    assert sorted(r["lamb"] for r in recs) == [0.5, 1.0, 3.0]
+    assert all(r["R_lb_lo"] <= r["R_lb"] <= r["R_lb_hi"] for r in recs)
+    pooled = rd.aggregate_lb_results(glob.glob(str(run_dir / "rd-*.npz")))
+    assert sorted(pooled) == [0.5, 1.0, 3.0] and all(len(v) == 3 for v in pooled.values())
+    # A checkpoint evaluated with another architecture fails with one line.
+    proc = run_script("rdlb.py", "--dataset", "banana", "--units", "8,8", "eval", "--num_Ck_samples", 2,
+                      "--ckpt", run_dir, check=False)
+    assert proc.returncode == 2 and "does not fit this model" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cnn_log_u_on_a_small_image_source(tmp_path):
+    images = np.random.default_rng(0).uniform(0, 1, (64, 8, 8, 1)).astype(np.float32)
+    np.save(tmp_path / "imgs.npy", images)
+    common = ["--dataset", tmp_path / "imgs.npy", "--model", "cnn", "--units", "4,8,16", "--kernel_dims", "3,3",
+              "--chunksize", 8, "--checkpoint_dir", tmp_path, "--lamb", 20]
+    run_script("rdlb.py", *common, "train", "--batchsize", 32, "--last_step", 3, "--y_quick_topn", 3, check=True)
+    run_script("rdlb.py", *common, "eval", "--batchsize", 32, "--num_Ck_samples", 2, check=True)
+    rec, = _records(tmp_path / "rdlb-data_dim=64-model=cnn-units=4_8_16-lamb=20.0-batchsize=32")
+    assert math.isfinite(rec["R_lb"]) and rec["data_dim"] == 64 and rec["num_xi"] == 2
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--dataset", "data/physics/missing.npy", "--lamb", 1, "train"], "not found"),
+    (["--dataset", "data/physics/ppzee-split=train.npy", "--data_dim", 3, "--lamb", 1, "train"], "--data_dim 3"),
+    (["--dataset", "gaussian", "--data_dim", 2, "--lamb", 0, "train"], "--lamb"),
+    (["--dataset", "gaussian", "--data_dim", 2, "--lamb", -3, "train"], "--lamb"),
+    (["--dataset", "gaussian", "--data_dim", 2, "--model", "rnn", "--lamb", 1, "train"], "--model"),
+    (["--dataset", "basenji", "--data_dim", 2, "--lamb", 1, "train"], "basenji"),
+    (["--dataset", "gaussian", "--data_dim", 2, "eval", "--ckpt", "/nonexistent/rdlb-*"], "--ckpt"),
+])
+def test_bad_input_fails_with_one_clear_line(argv, message, tmp_path):
+    data_path("physics/ppzee-split=train.npy")
+    proc = run_script("rdlb.py", "--checkpoint_dir", tmp_path, *argv, check=False)
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+# ---- the paper's commands ----------------------------------------------------------------------
+
+PAPER = {  # from the paper's README, with its shell variables filled in (n=2, nn_size=200, d=2)
+    "gaussian_train": "--dataset gaussian --data_dim 2 --checkpoint_dir checkpoints/gaussian --model mlp --units "
+                      "200,200,200 --lamb 1.0 train --num_Ck_samples 2 --batchsize 1024 --last_step 3000 "
+                      "--checkpoint_interval 3000 --y_init quick --y_quick_topn 10 --lr 5e-4 --lr_schedule",
+    "gaussian_eval": "--dataset gaussian --data_dim 2 --checkpoint_dir checkpoints/gaussian --model mlp --units "
+                     "200,200,200 --lamb 1.0 eval --batchsize 1024 --y_init exhaustive --num_Ck_samples 30",
+    "physics_train": "-V --dataset data/physics/ppzee-split=train.npy --data_dim 16 --checkpoint_dir "
+                     "checkpoints/physics --model mlp --units 200,200,200  --lamb 100 train --batchsize 2048 "
+                     "--num_Ck_samples 2 --last_step 4000 --checkpoint_interval 2000 --y_init quick --y_quick_topn 3 "
+                     " --lr 5e-4 --lr_schedule",
+    "physics_eval": "-V --seed 0 --dataset data/physics/ppzee-split=test.npy --data_dim 16 --model mlp --units "
+                    "200,200,200  eval --batchsize 2048 --num_Ck_samples 5 --y_init exhaustive --ckpt "
+                    "checkpoints/physics/rdlb-data_dim=16-model=mlp-units=200_200_200-lamb=*-batchsize=2048",
+    "banana_train": "--dataset banana --data_dim 2 --checkpoint_dir checkpoints/banana --model mlp --units "
+                    "200,200,200 --lamb 0.1 train --batchsize 1024 --num_Ck_samples 2 --last_step 4000 "
+                    "--checkpoint_interval 4000 --y_init quick --y_quick_topn 20 --lr 1e-3 --lr_schedule",
+    "banana_eval": "--seed 0 --dataset banana --data_dim 2 --checkpoint_dir checkpoints/banana --model mlp --units "
+                   "200,200,200 --lamb 0.1 eval --batchsize 1024 --y_init exhaustive  --num_Ck_samples 5",
+    "gan_train": "-V --dataset basenji --data_dim 2 --model cnn --units 4,8,16,1024 --kernel_dims 9,5,3 --lamb 4000 "
+                 "--checkpoint_dir checkpoints/gan/dataset=basenji-data_dim=2 --chunksize 16 train --batchsize 2048 "
+                 "--num_Ck_samples 2 --last_step 4000 --checkpoint_interval 1000 --y_init quick --y_quick_topn 3 "
+                 "--lr 1e-4 --anneal_lamb --target_lambs 50,100,200,300,500,1000,2000,3000,4000",
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_paper_commands_parse(name):
+    args = rdlb.parse_args(PAPER[name].split())
+    rdlb.check_args(args)
+
+
+def test_paper_physics_commands_run_as_written(tmp_path):
+    """The physics train command starts as written (cut short), and the eval glob finds its run by name."""
+    data_path("physics/ppzee-split=train.npy")
+    env_cmd = [sys.executable, str(ROOT / "rdlb.py"), *PAPER["physics_train"].split()]
+    proc = subprocess.Popen(env_cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run_dir = tmp_path / "checkpoints/physics/rdlb-data_dim=16-model=mlp-units=200_200_200-lamb=100.0-batchsize=2048"
+    deadline = time.time() + 90
+    while time.time() < deadline and proc.poll() is None and not (run_dir / "log.jsonl").exists():
+        time.sleep(0.5)
+    proc.kill()
+    out = proc.communicate()[0]
+    first = json.loads((run_dir / "log.jsonl").read_text().splitlines()[0])
+    assert first["step"] == 50 and math.isfinite(first["objective"]), out
+    # A checkpoint as training would write it; the paper's eval command reads lambda from the run name.
+    args = rdlb.parse_args(PAPER["physics_train"].split())
+    bound = rdlb.DualBound(args, (16,), 100.0)
+    tf.train.Checkpoint(log_u=bound.net).write(rdlb.ckpt_prefix(run_dir, 2000, 100.0))
+    eval_cmd = PAPER["physics_eval"].replace("--num_Ck_samples 5", "--num_Ck_samples 2").replace(
+        "--batchsize 2048", "--batchsize 256").split()
+    subprocess.run([sys.executable, str(ROOT / "rdlb.py"), *eval_cmd], cwd=tmp_path, check=True,
+                   capture_output=True)
+    rec, = _records(run_dir)
+    assert rec["lamb"] == 100.0 and rec["data_dim"] == 16 and math.isfinite(rec["R_lb"])
