@@ -1,0 +1,327 @@
+"""An upper bound on the R-D function of a vector source: a beta-VAE with MLP encoder and decoder.
+
+The loss is rate + lambda * MSE, with rate the single-sample estimate of KL(q(y|x) || p(y)) = log q(y|x) - log p(y)
+(bits per sample unless --nats; divided by the data dimension with --rpd) and MSE the squared error averaged
+over data dimensions. Its expectation at any model is an achievable point above R(D): the bound (Yang & Mandt,
+ICLR 2022). With a uniform posterior (y = encoder(x) + U(-1/2, 1/2)) and a factorized prior this becomes nonlinear
+transform coding (Balle et al. 2021): `eval` then also quantizes the test set, range-codes it with tfc's
+entropy model, decodes and checks it, and reports the rate from the bytes written.
+
+  python rdub_mlp.py -V --dataset gaussian --data_dim 16 --latent_dim 16 --decoder_units 0 --prior_type gmm_1 \
+      --encoder_activation none --lambda 10 --rpd train --epochs 20 --steps_per_epoch 1000 --lr 5e-4
+  python rdub_mlp.py ...same model flags... eval
+"""
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_compression as tfc
+import tensorflow_probability as tfp
+
+from utils import flows, jsonl, rd, runs, training
+from utils.cli import InputError, int_list, positive_float, positive_int, run
+from utils.nn import ACTIVATIONS, get_activation, make_mlp
+from utils.priors import PRIOR_TYPES, make_prior
+from utils.sources import ImageFile, SampleFile, make_source
+
+tfd = tfp.distributions
+
+RESULTS_NAME = "results.jsonl"
+POSTERIORS = ("gaussian", "uniform", "iaf")
+# Flags that define the model (and its run folder); --cont refuses to resume a run trained with other values.
+MODEL_FLAGS = ("dataset", "gparams_path", "data_dim", "latent_dim", "encoder_units", "decoder_units",
+               "encoder_activation", "decoder_activation", "posterior_type", "prior_type", "maf_stacks",
+               "iaf_stacks", "ar_hidden_units", "ar_activation", "lmbda", "nats", "rpd")
+
+
+class RDVAE(tf.keras.Model):
+    """Encoder -> posterior q(y|x) -> sample y -> decoder (or none: x_hat = y), with a learned prior p(y)."""
+
+    def __init__(self, data_dim, latent_dim, encoder_units, decoder_units, encoder_activation,
+                 decoder_activation, posterior_type, prior, iaf_mades, lmbda, rate_scale):
+        super().__init__()
+        self.data_dim, self.latent_dim, self.posterior_type = data_dim, latent_dim, posterior_type
+        self.lmbda, self.rate_scale = float(lmbda), float(rate_scale)
+        stochastic_scale = posterior_type in ("gaussian", "iaf")
+        self.encoder = make_mlp(encoder_units, get_activation(encoder_activation, "--encoder_activation"),
+                                output_units=latent_dim * (2 if stochastic_scale else 1), name="encoder")
+        self.decoder = None if decoder_units is None else make_mlp(
+            decoder_units, get_activation(decoder_activation, "--decoder_activation"), output_units=data_dim,
+            name="decoder")
+        self.prior = prior
+        self.iaf_mades = iaf_mades
+        self.trackers = [tf.keras.metrics.Mean(name=k) for k in ("loss", "rate", "mse")]
+        self.encoder.build([None, data_dim])
+        if self.decoder is not None:
+            self.decoder.build([None, latent_dim])
+        self.per_sample(tf.zeros([1, data_dim]))  # creates the prior's and flows' variables
+
+    @property
+    def metrics(self):
+        return self.trackers
+
+    def posterior(self, x):
+        """q(y|x) for the gaussian/iaf posteriors; the center of the unit box for the uniform one."""
+        out = self.encoder(x)
+        if self.posterior_type == "uniform":
+            return out
+        loc, raw_scale = tf.split(out, 2, axis=-1)
+        # Shifted so that a fresh encoder (output ~ 0) starts at unit scale.
+        q = tfd.MultivariateNormalDiag(loc, tf.nn.softplus(raw_scale + math.log(math.e - 1)) + 1e-6)
+        if self.posterior_type == "iaf":
+            q = flows.flow(q, self.iaf_mades, inverse_autoregressive=True)
+        return q
+
+    def reconstruct(self, y):
+        return y if self.decoder is None else self.decoder(y)
+
+    def per_sample(self, x):
+        """Per-sample KL estimate in nats, log q(y|x) - log p(y) at one y ~ q(y|x), and per-sample MSE."""
+        if self.posterior_type == "uniform":
+            center = self.posterior(x)
+            y = center + tf.random.uniform(tf.shape(center), -0.5, 0.5)
+            kl = -self.prior.log_prob(y, noisy=True)  # log q = 0: the unit box has density 1
+        else:
+            q = self.posterior(x)
+            y = q.sample()
+            kl = q.log_prob(y) - self.prior.log_prob(y)
+        mse = tf.reduce_mean(tf.math.squared_difference(x, self.reconstruct(y)), axis=-1)
+        return kl, mse
+
+    def _objective(self, x):
+        kl, mse = self.per_sample(x)
+        rate = tf.reduce_mean(kl) * self.rate_scale
+        mse = tf.reduce_mean(mse)
+        return rate + self.lmbda * mse, rate, mse
+
+    def _report(self, values):
+        for tracker, v in zip(self.trackers, values):
+            tracker.update_state(v)
+        return {t.name: t.result() for t in self.trackers}
+
+    def train_step(self, x):
+        with tf.GradientTape() as tape:
+            values = self._objective(x)
+        grads = tape.gradient(values[0], self.trainable_variables)
+        self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
+        return self._report(values)
+
+    def test_step(self, x):
+        return self._report(self._objective(x))
+
+
+# ---- flags and set-up ---------------------------------------------------------------------------
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("-V", "--verbose", action="store_true", help="progress and messages on stderr")
+    p.add_argument("--dataset", default="gaussian", help="'gaussian', 'banana', or a path to an .npy of samples "
+                   "[N, dim] (a `split=train` file finds its `split=test` twin for validation and eval)")
+    p.add_argument("--gparams_path", help="an .npz with the Gaussian's 'loc' and 'scale' (or 'var')")
+    p.add_argument("--data_dim", type=positive_int, help="source dimension (checked against files)")
+    p.add_argument("--latent_dim", type=positive_int, help="latent dimension (default: data_dim)")
+    p.add_argument("--encoder_units", type=int_list, default=[], help="hidden sizes, e.g. 500,500 (default: none)")
+    p.add_argument("--decoder_units", type=int_list, default=[],
+                   help="hidden sizes; '0' means no decoder at all (x_hat = y; needs latent_dim = data_dim)")
+    p.add_argument("--encoder_activation", default="softplus", help=", ".join(ACTIVATIONS))
+    p.add_argument("--decoder_activation", default="softplus", help=", ".join(ACTIVATIONS))
+    p.add_argument("--posterior_type", default="gaussian", choices=POSTERIORS)
+    p.add_argument("--prior_type", default="deep", help=PRIOR_TYPES)
+    p.add_argument("--maf_stacks", type=positive_int, default=3, help="MAF layers of --prior_type maf")
+    p.add_argument("--iaf_stacks", type=positive_int, default=3, help="IAF layers of --posterior_type iaf")
+    p.add_argument("--ar_hidden_units", type=int_list, default=[10, 10], help="hidden sizes of each MADE")
+    p.add_argument("--ar_activation", default="relu", help="activation of the MADEs")
+    p.add_argument("--lambda", dest="lmbda", type=positive_float, required=True, help="weight of the MSE")
+    p.add_argument("--nats", action="store_true", help="rate in nats (default: bits)")
+    p.add_argument("--rpd", action="store_true", help="rate per data dimension")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint_dir", default="checkpoints", help="run folders go under here")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train (or with --cont resume) the model")
+    t.add_argument("--epochs", type=positive_int, default=100)
+    t.add_argument("--steps_per_epoch", type=positive_int, default=1000)
+    t.add_argument("--lr", type=positive_float, default=5e-4)
+    t.add_argument("--lr_schedule", choices=training.SCHEDULES, default="step",
+                   help="'step': the paper's decay, x0.2 at 1/2, 3/4 and 7/8 of training (after a 1%% warm-up)")
+    t.add_argument("--batchsize", type=positive_int, default=512)
+    t.add_argument("--max_validation_steps", type=positive_int,
+                   help="validation batches per epoch (default: the whole test file; 10 for samplers)")
+    t.add_argument("--warmup", type=int, default=0, help="epochs before early stopping may act")
+    t.add_argument("--patience", type=positive_int, help="stop after this many epochs without improvement")
+    t.add_argument("--cont", action="store_true", help="resume the run's latest checkpoint")
+
+    e = sub.add_parser("eval", help="estimate the bound on held-out data, with standard errors")
+    e.add_argument("--num_samples", type=positive_int, default=100000,
+                   help="fresh samples for samplers (files: at most this many of the test twin)")
+    e.add_argument("--batchsize", type=positive_int, default=10000)
+    return p.parse_args(argv)
+
+
+def build(args):
+    """The source, the model and the run folder from the flags; raises InputError on any bad combination."""
+    source = make_source(args.dataset, args.data_dim, args.gparams_path)
+    if isinstance(source, ImageFile):
+        raise InputError(f"--dataset {args.dataset} holds images {source.shape}; rdub_mlp.py takes vectors [N, dim]")
+    args.data_dim = source.dim
+    if args.latent_dim is None:
+        args.latent_dim = source.dim
+    for flag in ("encoder_units", "ar_hidden_units"):
+        if any(u < 1 for u in getattr(args, flag)):
+            raise InputError(f"--{flag} {getattr(args, flag)}: layer sizes must be >= 1")
+    no_decoder = args.decoder_units == [0]
+    if no_decoder and args.latent_dim != args.data_dim:
+        raise InputError(f"--decoder_units 0 (no decoder) needs --latent_dim = --data_dim, "
+                         f"got {args.latent_dim} and {args.data_dim}")
+    if not no_decoder and any(u < 1 for u in args.decoder_units):
+        raise InputError(f"--decoder_units {args.decoder_units}: sizes must be >= 1, or '0' alone for no decoder")
+    prior = make_prior(args.prior_type, args.latent_dim, args.maf_stacks, args.ar_hidden_units, args.ar_activation)
+    if args.posterior_type == "uniform" and not prior.factorized:
+        raise InputError(f"--posterior_type uniform (NTC) needs a factorized prior, not --prior_type {args.prior_type}")
+    iaf_mades = (flows.make_mades(args.iaf_stacks, args.latent_dim, args.ar_hidden_units, args.ar_activation)
+                 if args.posterior_type == "iaf" else [])
+    rate_scale = (1.0 if args.nats else 1.0 / math.log(2.0)) / (args.data_dim if args.rpd else 1)
+    model = RDVAE(args.data_dim, args.latent_dim, args.encoder_units, None if no_decoder else args.decoder_units,
+                  args.encoder_activation, args.decoder_activation, args.posterior_type, prior, iaf_mades,
+                  args.lmbda, rate_scale)
+    name = runs.run_name("rdub_mlp", data_dim=args.data_dim, latent_dim=args.latent_dim, lmbda=args.lmbda,
+                         encoder_units=args.encoder_units or "none", decoder_units=args.decoder_units or "none",
+                         prior_type=args.prior_type, posterior_type=args.posterior_type,
+                         **({"maf_stacks": args.maf_stacks} if args.prior_type == "maf" else {}),
+                         **({"iaf_stacks": args.iaf_stacks} if args.posterior_type == "iaf" else {}))
+    return source, model, Path(args.checkpoint_dir) / name
+
+
+def units_of(args):
+    unit = "nats" if args.nats else "bits"
+    return f"rate: {unit} per {'data dimension' if args.rpd else 'sample'}; mse: squared error per dimension"
+
+
+def check_same_model(args, run_dir):
+    """--cont must not silently continue a run with different model flags."""
+    path = run_dir / runs.FLAGS_NAME
+    if not path.exists():
+        return
+    saved = json.loads(path.read_text())
+    current = json.loads(json.dumps({k: getattr(args, k) for k in MODEL_FLAGS}, default=str))
+    diff = [k for k in MODEL_FLAGS if k in saved and saved[k] != current[k]]
+    if diff:
+        raise InputError(f"--cont: {run_dir} was trained with other model flags: "
+                         + ", ".join(f"--{k} {saved[k]} (now {current[k]})" for k in diff))
+
+
+# ---- train --------------------------------------------------------------------------------------
+
+def train(args, source, model, run_dir):
+    resuming = training.check_run_dir(run_dir, args.cont)
+    if resuming:
+        check_same_model(args, run_dir)
+    train_ds = source.dataset(args.batchsize, seed=args.seed)
+    if isinstance(source, SampleFile):  # validate on the test twin
+        val_ds = tf.data.Dataset.from_tensor_slices(source.test).batch(args.batchsize)
+        max_val = args.max_validation_steps
+    else:
+        val_ds = source.dataset(args.batchsize, seed=args.seed + 1)
+        max_val = args.max_validation_steps or 10
+    run_dir.mkdir(parents=True, exist_ok=True)
+    runs.save_flags(run_dir, args)
+    if args.verbose:
+        print(f"run folder: {run_dir}", file=sys.stderr)
+    training.fit(model, train_ds, val_ds, run_dir, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
+                 lr=args.lr, warmup=args.warmup, patience=args.patience, max_validation_steps=max_val,
+                 cont=args.cont, verbose=args.verbose, lr_schedule=args.lr_schedule)
+
+
+# ---- eval ---------------------------------------------------------------------------------------
+
+def heldout_batches(source, args):
+    """Held-out data in batches: the file's test twin, or fresh draws (a stream apart from training's)."""
+    if isinstance(source, SampleFile):
+        data = source.test_set(args.num_samples, seed=args.seed)
+        for i in range(0, len(data), args.batchsize):
+            yield data[i:i + args.batchsize]
+        return
+    for i, start in enumerate(range(0, args.num_samples, args.batchsize)):
+        yield source.test_set(min(args.batchsize, args.num_samples - start), seed=args.seed * 1000003 + i)
+
+
+def ntc_bitstream(model, x):
+    """Quantizes, range-codes, decodes and checks `x`; returns (bytes, estimated bits, mse of the decode).
+
+    The whole set is one bitstream (coding rank 2), so the coder's few bytes of flush overhead are shared.
+    """
+    @tf.function
+    def code(x):
+        # Stateless: the range-coding tables are built in this graph, much faster than eagerly.
+        em = tfc.ContinuousBatchedEntropyModel(model.prior.distribution(noisy=True), coding_rank=2,
+                                               compression=True, stateless=True)
+        y = model.posterior(x)
+        string = em.compress(y)
+        y_hat = em.decompress(string, tf.shape(x)[:1])
+        _, bits = em(y, training=False)
+        return string, y_hat, em.quantize(y), bits
+
+    string, y_hat, expected, bits = code(tf.constant(x))
+    if not np.array_equal(y_hat.numpy(), expected.numpy()):
+        raise RuntimeError("range decoding did not reproduce the quantized latents")
+    x_hat = model.reconstruct(y_hat).numpy()
+    if not np.array_equal(x_hat, model.reconstruct(expected).numpy()):
+        raise RuntimeError("the reconstruction from the decoded bitstream differs from the encoder's")
+    return len(string.numpy()), float(bits), np.mean((x - x_hat) ** 2, axis=-1)
+
+
+def evaluate(args, source, model, run_dir):
+    ckpt = training.restore_latest(model, run_dir)
+    step = tf.function(model.per_sample)
+    kl, mse, xs = [], [], []
+    ntc = args.posterior_type == "uniform" and args.prior_type == "deep"
+    for x in heldout_batches(source, args):
+        k, m = step(tf.constant(x))
+        kl.append(k.numpy())
+        mse.append(m.numpy())
+        if ntc:
+            xs.append(x)
+    kl, mse = np.concatenate(kl).astype(np.float64), np.concatenate(mse).astype(np.float64)
+    if len(kl) < 2:
+        raise InputError(f"eval needs at least 2 test samples, got {len(kl)}")
+    rate = kl * model.rate_scale
+    r, d, l = rd.mean_ci(rate), rd.mean_ci(mse), rd.mean_ci(rate + args.lmbda * mse)
+    record = {"method": "ntc" if args.posterior_type == "uniform" else "rdub", "dataset": args.dataset,
+              "data_dim": args.data_dim, "latent_dim": args.latent_dim, "rate_unit": "nats" if args.nats else "bits",
+              "per_dim": args.rpd, "lambda": args.lmbda, "rate": r["mean"], "rate_stderr": r["stderr"],
+              "mse": d["mean"], "mse_stderr": d["stderr"], "loss": l["mean"], "loss_stderr": l["stderr"],
+              "units": units_of(args), "num_samples": int(len(kl)), "seed": args.seed, "checkpoint": Path(ckpt).name}
+    if source.gaussian_var is not None:
+        a = rd.gaussian_rd_at_lambda(source.gaussian_var, args.lmbda, nats=args.nats, per_dim=args.rpd)
+        record.update(analytic_rate=a["R"], analytic_mse=a["D"], analytic_loss=a["lagrangian"],
+                      gap=(l["mean"] - a["lagrangian"]) / a["lagrangian"])
+    if ntc:
+        x = np.concatenate(xs)
+        nbytes, est_bits, bs_mse = ntc_bitstream(model, x)
+        bits_to_unit = (math.log(2.0) if args.nats else 1.0) / (args.data_dim if args.rpd else 1)
+        bs_rate = 8.0 * nbytes / len(x) * bits_to_unit
+        record.update(bitstream_rate=bs_rate, bitstream_bytes=nbytes, quantized_rate=est_bits / len(x) * bits_to_unit,
+                      bitstream_mse=float(bs_mse.mean()), bitstream_loss=bs_rate + args.lmbda * float(bs_mse.mean()))
+    runs.atomic_save_npz(run_dir / "eval.npz", rate=rate, mse=mse)
+    jsonl.append(run_dir / RESULTS_NAME, record)
+    print(json.dumps(record))
+    return record
+
+
+def main(argv):
+    args = parse_args(argv)
+    np.random.seed(args.seed)
+    tf.random.set_seed(args.seed)
+    source, model, run_dir = build(args)
+    if args.command == "train":
+        train(args, source, model, run_dir)
+    else:
+        evaluate(args, source, model, run_dir)
+
+
+if __name__ == "__main__":
+    run(main)
