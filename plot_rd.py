@@ -24,7 +24,9 @@ from utils.plotting import plot_rd
 from utils.rd import gaussian_rd_curve, lower_bound_curve
 from utils.sources import load_gaussian_params
 
-LAMBDA_KEY = re.compile(r"-(lamb|lambda)=[^-]+")
+LAMBDA_KEY = re.compile(r"-(lamb|lambda|lmbda)=[^-]+")
+NAMES = {"ba": "Blahut-Arimoto", "rdub": "upper bound (beta-VAE)", "ntc": "NTC (upper bound)",
+         "rdlb": "lower bound", "mbt2018": "mbt2018", "ms2020": "ms2020"}
 
 
 def rate_in_nats(record, rate):
@@ -34,17 +36,24 @@ def rate_in_nats(record, rate):
 
 
 def collect(root):
-    """{label: [records]} for every results.jsonl under root, with the run's flags in record['_flags']."""
+    """{label: [records]} for every results.jsonl under root, with the run's flags in record['_flags'].
+
+    Runs that differ only in lambda form one group. A method with one group is labelled by its name; with
+    several, by its name and the rest of the run name.
+    """
     groups = {}
     for path in sorted(Path(root).rglob("results.jsonl")):
         flags_path = path.parent / runs.FLAGS_NAME
         flags = json.loads(flags_path.read_text()) if flags_path.exists() else {}
         config = LAMBDA_KEY.sub("", path.parent.name)
         for record in jsonl.read(path):
-            method = record.get("method", "?")
-            label = config if config.startswith(method) else f"{method}: {config}"
-            groups.setdefault(label, []).append({**record, "_flags": flags})
-    return groups
+            key = (record.get("method", "?"), config)
+            groups.setdefault(key, []).append({**record, "_flags": flags})
+    per_method = {}
+    for method, _ in groups:
+        per_method[method] = per_method.get(method, 0) + 1
+    return {(NAMES.get(m, m) if per_method[m] == 1 else f"{NAMES.get(m, m)}: {c}"): recs
+            for (m, c), recs in groups.items()}
 
 
 def gaussian_variances(groups):
@@ -95,7 +104,7 @@ def lower_curves(lower, d_grid, scale):
     curves = []
     for label, records in lower:
         lambs = [r["lamb"] for r in records]
-        curve = {"label": f"{label} (lower bound)", "D": d_grid,
+        curve = {"label": label, "D": d_grid,
                  "R": lower_bound_curve(lambs, [r["R_lb"] for r in records], d_grid) * scale,
                  "band": (lower_bound_curve(lambs, [r["R_lb_lo"] for r in records], d_grid) * scale,
                           lower_bound_curve(lambs, [r["R_lb_hi"] for r in records], d_grid) * scale)}

@@ -23,7 +23,7 @@ def test_collects_methods_in_common_units(tmp_path):
                   [{"method": "ba", "lamb": lamb, "R": 1.0 * lamb, "D": 0.5 / lamb, "lagrangian": 0.0,
                     "data_dim": 4, "rate_unit": "nats", "per_dim": False}])
         # An upper bound logged in bits per dimension: 1 bit/dim in 4-d = 4 ln 2 nats per sample.
-        write_run(root, f"rdub_mlp-data_dim=4-lambda={lamb}", flags,
+        write_run(root, f"rdub_mlp-data_dim=4-lmbda={lamb}-prior_type=gmm_1", flags,
                   [{"method": "rdub", "lambda": lamb, "rate": 1.0, "rate_stderr": 0.01, "mse": 0.3 / lamb,
                     "mse_stderr": 0.0, "loss": 0.0, "data_dim": 4, "rate_unit": "bits", "per_dim": True}])
         write_run(root, f"rdlb-data_dim=4-lamb={lamb}", flags,
@@ -38,7 +38,8 @@ def test_collects_methods_in_common_units(tmp_path):
     assert {m: len(v) for m, v in by_method.items()} == {"ba": 2, "rdub": 2, "rdlb": 2}
     assert float(by_method["rdub"][0]["R"]) == pytest.approx(4 * math.log(2))
     assert [float(r["lamb"]) for r in by_method["ba"]] == [1.0, 3.0]
-    assert {r["label"] for r in by_method["ba"]} == {"ba-bins=30"}
+    assert {r["label"] for r in by_method["ba"]} == {"Blahut-Arimoto"}
+    assert {r["label"] for r in by_method["rdub"]} == {"upper bound (beta-VAE)"}
 
 
 def test_empty_folder_is_a_clear_error(tmp_path):

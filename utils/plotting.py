@@ -28,7 +28,7 @@ def plot_rd(curves, path, xlabel="distortion D (MSE)", ylabel="rate R", title=No
     if title:
         ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
