@@ -30,12 +30,17 @@ def make_run_dir(root, name):
     return path
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def _atomic(path, write):
     """Writes via a temporary file in the same folder and renames it over `path`: never half-written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the user's usual permissions
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

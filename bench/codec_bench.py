@@ -1,0 +1,98 @@
+"""Speed of the image codecs: training steps/s, and encode/decode seconds per Kodak image.
+
+    RDS_DATA_DIR=/work/shared/data python bench/codec_bench.py [--steps 5] [--images 2] [--quick]
+
+For mbt2018 and ms2020, at the paper's width and at the CPU recipe's width, it prints
+- train steps/s on random 256x256 crops, batch 8 (the paper's setting) and on the recipe's 128x128, batch 8;
+- seconds to compress and to decompress one Kodak image (768x512), with the eval forward pass (the model's
+  quantized reconstruction, no range coding) timed alongside as the baseline, so the ratios survive noisy
+  shared machines. Weights are freshly initialized: the speed of the transforms does not depend on them, and
+  range coding is a small part of the time (see the ratios).
+"""
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from utils import images  # noqa: E402
+from utils.sources import data_dir  # noqa: E402
+
+# The scripts are loaded as modules here (a benchmark, not a script importing a script).
+import importlib.util  # noqa: E402
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+PAPER = {"mbt2018": dict(num_filters=192, latent_depth=None),
+         "ms2020": dict(num_filters=192, latent_depth=320, hyperprior_depth=192, num_slices=10, max_support_slices=5)}
+RECIPE = {"mbt2018": dict(num_filters=64, latent_depth=None),
+          "ms2020": dict(num_filters=64, latent_depth=160, hyperprior_depth=64, num_slices=10, max_support_slices=5)}
+CLASSES = {"mbt2018": "MeanScaleHyperprior", "ms2020": "ChannelwiseAutoregressive"}
+
+
+def timed(fn, repeats):
+    fn()  # trace / warm up
+    t = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - t) / repeats
+
+
+def train_speed(model, patch, batch, steps):
+    model.compile(optimizer=tf.keras.optimizers.Adam(1e-4))
+    x = tf.random.uniform([batch, patch, patch, 3], 0, 255, seed=1)
+    step = tf.function(model.train_step)
+    return 1.0 / timed(lambda: step(x)["loss"].numpy(), steps)
+
+
+def coding_speed(model, image, repeats):
+    model.make_coders()
+    x = tf.constant(image)
+    strings = model.compress(x)
+    shape = tf.constant(image.shape[:2], tf.int32)
+    enc = timed(lambda: model.compress(x).numpy(), repeats)
+    dec = timed(lambda: model.decompress(strings, shape).numpy(), repeats)
+    fwd = timed(lambda: model.estimate(x)[0].numpy(), repeats)
+    return enc, dec, fwd
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=3, help="timed training steps per setting")
+    p.add_argument("--images", type=int, default=1, help="timed encode/decode repeats")
+    p.add_argument("--quick", action="store_true", help="recipe width only")
+    args = p.parse_args()
+    kodak = data_dir() / "kodak" / "kodim01.png"
+    image = images.read_image(kodak)[0] if kodak.exists() else \
+        np.random.default_rng(0).integers(0, 256, (512, 768, 3), dtype=np.uint8)
+    print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs; image {image.shape[1]}x{image.shape[0]}"
+          f"{'' if kodak.exists() else ' (random: Kodak not found)'}")
+    widths = [("recipe", RECIPE)] + ([] if args.quick else [("paper", PAPER)])
+    for name in ("mbt2018", "ms2020"):
+        module = load_script(name)
+        for label, table in widths:
+            cls = getattr(module, CLASSES[name])
+            model = cls(lmbda=0.01, **table[name])
+            model.build_weights()
+            params = sum(int(np.prod(w.shape)) for w in model.weights)
+            s256 = train_speed(model, 256, 8, args.steps)
+            s128 = train_speed(model, 128, 8, args.steps)
+            enc, dec, fwd = coding_speed(model, image, args.images)
+            print(f"{name:8s} {label:6s} {params / 1e6:6.2f}M params | train steps/s: {s256:6.3f} (256px, batch 8)"
+                  f" {s128:6.3f} (128px, batch 8) | Kodak image: encode {enc:6.2f} s, decode {dec:6.2f} s, "
+                  f"forward {fwd:6.2f} s (encode/forward {enc / fwd:4.2f}, decode/forward {dec / fwd:4.2f})",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()

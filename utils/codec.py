@@ -1,0 +1,370 @@
+"""What the image codec scripts share: the model base class, the eval loop, compress/decompress, and the CLI.
+
+A codec script (mbt2018.py, ms2020.py) defines its transforms and a subclass of `ImageCodec`, adds its
+architecture flags, and calls `main`. Everything else (training through utils.training.fit, evaluation with
+rates from real bytes, the file commands) lives here once.
+
+Images enter the models as float32 in [0, 255]; the loss is bits per pixel + lambda * MSE on that scale.
+"""
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_compression as tfc
+
+from utils import coding, images, jsonl, training
+from utils.cli import InputError, positive_float, positive_int
+from utils.runs import atomic_save_npz, atomic_write_bytes, make_run_dir, run_name, save_flags
+from utils.sources import resolve_path
+
+RESULTS_NAME = "results.jsonl"
+
+# Scale indexes of the Gaussian conditional: NUM_SCALES log-spaced scales in [SCALES_MIN, SCALES_MAX].
+SCALES_MIN, SCALES_MAX, NUM_SCALES = 0.11, 256.0, 64
+
+
+def scale_fn(index):
+    """The scale of a (possibly fractional) index: log-linear between SCALES_MIN and SCALES_MAX."""
+    step = (np.log(SCALES_MAX) - np.log(SCALES_MIN)) / (NUM_SCALES - 1)
+    return tf.exp(np.log(SCALES_MIN) + step * tf.cast(index, tf.float32))
+
+
+def conv(filters, kernel, stride=1, activation=None):
+    return tf.keras.layers.Conv2D(filters, kernel, stride, padding="same", activation=activation)
+
+
+def deconv(filters, kernel, stride=1, activation=None):
+    return tf.keras.layers.Conv2DTranspose(filters, kernel, stride, padding="same", activation=activation)
+
+
+def analysis_transform(num_filters, latent_depth):
+    """The GDN encoder both papers share: four 5x5 stride-2 convolutions, GDN between them (16x downsampling)."""
+    return tf.keras.Sequential([
+        conv(num_filters, 5, 2), tfc.GDN(),
+        conv(num_filters, 5, 2), tfc.GDN(),
+        conv(num_filters, 5, 2), tfc.GDN(),
+        conv(latent_depth, 5, 2),
+    ], name="analysis")
+
+
+def synthesis_transform(num_filters):
+    """Its mirror: four 5x5 stride-2 transposed convolutions with inverse GDN, to 3 channels."""
+    return tf.keras.Sequential([
+        deconv(num_filters, 5, 2), tfc.GDN(inverse=True),
+        deconv(num_filters, 5, 2), tfc.GDN(inverse=True),
+        deconv(num_filters, 5, 2), tfc.GDN(inverse=True),
+        deconv(3, 5, 2),
+    ], name="synthesis")
+
+
+class ImageCodec(tf.keras.Model):
+    """A learned image codec trained on bpp + lambda * MSE, with range coding through fixed-signature functions.
+
+    Subclasses define `pad_multiple` (the total downsampling factor), `self.hyperprior` (the deep factorized
+    density of the hyper-latents z; the latents y are Gaussians with predicted means and scale indexes), and
+    - `forward(x, ems, training)`: (x_hat, bits per image) for a batch x in [0, 255], with noise when training
+      and real quantization otherwise;
+    - `encode(x, ems)`: the list of string tensors (each of shape [1]) coding a padded batch of one image;
+    - `decode(strings, shape, ems)`: the padded reconstruction from those strings, `shape` = padded [H, W]
+      (a decoder needs nothing else: the latent shapes follow from it).
+    `forward(training=False)` and `encode`/`decode` must quantize identically, so that `estimate` reconstructs
+    exactly what `decompress` does.
+    """
+
+    def __init__(self, lmbda, **kwargs):
+        super().__init__(**kwargs)
+        self.lmbda = float(lmbda)
+        self.trackers = [tf.keras.metrics.Mean(name=n) for n in ("loss", "bpp", "mse")]
+        self.coders = None
+
+    def entropy_models(self, compression):
+        """(z's model, y's model); with `compression`, the range-coding tables are built from the weights."""
+        kw = dict(coding_rank=3, compression=compression, stateless=True)
+        return (tfc.ContinuousBatchedEntropyModel(self.hyperprior, **kw),
+                tfc.LocationScaleIndexedEntropyModel(tfc.NoisyNormal, NUM_SCALES, scale_fn, **kw))
+
+    # ---- training (utils.training.fit calls these) ----
+
+    def losses_of(self, x, training):
+        x_hat, bits = self.forward(x, self.entropy_models(compression=False), training)
+        num_pixels = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), tf.float32)
+        bpp = tf.reduce_sum(bits) / num_pixels
+        mse = tf.reduce_mean(tf.math.squared_difference(x, x_hat))
+        return dict(loss=bpp + self.lmbda * mse, bpp=bpp, mse=mse)
+
+    def call(self, x, training=False):
+        return self.losses_of(x, training)["loss"]
+
+    def train_step(self, x):
+        with tf.GradientTape() as tape:
+            values = self.losses_of(x, training=True)
+        variables = self.trainable_variables
+        self.optimizer.apply_gradients(zip(tape.gradient(values["loss"], variables), variables))
+        return self._track(values)
+
+    def test_step(self, x):
+        return self._track(self.losses_of(x, training=False))
+
+    def _track(self, values):
+        for t in self.trackers:
+            t.update_state(values[t.name])
+        return {t.name: t.result() for t in self.trackers}
+
+    @property
+    def metrics(self):
+        return self.trackers
+
+    def build_weights(self):
+        """Creates the variables (a forward pass on a small dummy batch), so checkpoints can be restored."""
+        self(tf.zeros([1, self.pad_multiple, self.pad_multiple, 3]))
+
+    # ---- coding ----
+
+    def make_coders(self):
+        """Builds the range-coding tables from the current weights; call after restoring a checkpoint."""
+        self.coders = self.entropy_models(compression=True)
+
+    def _padded(self, image):
+        return images.pad_to_multiple(tf.cast(image, tf.float32)[None], self.pad_multiple)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
+    def compress(self, image):
+        """One uint8 image [H, W, 3] -> a 1-d tensor of strings."""
+        return tf.concat(self.encode(self._padded(image), self.coders), 0)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([2], tf.int32)])
+    def decompress(self, strings, shape):
+        """Strings and the image's [H, W] -> the uint8 reconstruction [H, W, 3]."""
+        m = self.pad_multiple
+        padded = (shape + m - 1) // m * m
+        x_hat = self.decode(strings, padded, self.coders)
+        return tf.saturate_cast(tf.round(x_hat[0, :shape[0], :shape[1], :]), tf.uint8)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
+    def estimate(self, image):
+        """The quantized reconstruction as floats [H, W, 3] and the model's estimated bits for one image."""
+        x_hat, bits = self.forward(self._padded(image), self.coders, training=False)
+        shape = tf.shape(image)
+        return x_hat[0, :shape[0], :shape[1], :], tf.reduce_sum(bits)
+
+
+# ---- the command line ---------------------------------------------------------------------------
+
+def build_parser(script, description, add_model_flags):
+    p = argparse.ArgumentParser(prog=f"{script}.py", description=description,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("-V", "--verbose", action="store_true", help="report progress")
+    p.add_argument("--checkpoint_dir", default="checkpoints",
+                   help="parent folder of the run folders (named from the model flags)")
+    p.add_argument("--lambda", dest="lmbda", type=positive_float, default=0.01,
+                   help="weight of the MSE ([0, 255] scale) in the loss bpp + lambda * MSE")
+    p.add_argument("--seed", type=int, default=0, help="seeds numpy and TensorFlow")
+    add_model_flags(p)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train on random crops of an image set",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    t.add_argument("--train_glob", help="glob or folder of training images (or an .npy of uint8 images)")
+    t.add_argument("--dataset", help=f"a named image set under $RDS_DATA_DIR: {', '.join(images.NAMED)} "
+                                     "(bsds500 validates on its val split)")
+    t.add_argument("--patchsize", type=positive_int, default=256, help="side of the random square crops")
+    t.add_argument("--batchsize", type=positive_int, default=8)
+    t.add_argument("--epochs", type=positive_int, default=600)
+    t.add_argument("--steps_per_epoch", type=positive_int, default=1000)
+    t.add_argument("--lr", type=positive_float, default=1e-4)
+    t.add_argument("--lr_schedule", default="step", choices=training.SCHEDULES, help="see utils/training.py")
+    t.add_argument("--warmup", type=int, default=0, help="epochs before early stopping may trigger")
+    t.add_argument("--patience", type=positive_int, help="stop after this many epochs without improvement")
+    t.add_argument("--max_validation_steps", type=positive_int, default=16,
+                   help="validation batches per epoch (at most)")
+    t.add_argument("--cont", action="store_true", help="resume the run's latest checkpoint")
+
+    e = sub.add_parser("eval", help="per-image bpp from real bytes, estimated bpp, MSE, PSNR, MS-SSIM",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    e.add_argument("--dataset", default="kodak",
+                   help=f"{', '.join(images.NAMED)}, a glob or folder of images, or an .npy of uint8 images")
+    e.add_argument("--results_dir", help="folder for the .npz of per-image figures (default: the run folder)")
+    e.add_argument("--no_cast_xhat", action="store_true",
+                   help="measure distortion on the float reconstruction instead of the decoded uint8 image")
+
+    c = sub.add_parser("compress", help="compress an image file (PNG, JPEG, ...) to a .tfci file")
+    c.add_argument("input")
+    c.add_argument("output")
+    d = sub.add_parser("decompress", help="decompress a .tfci file to a PNG")
+    d.add_argument("input")
+    d.add_argument("output")
+    return p
+
+
+def main(argv, script, model_class, add_model_flags, arch_flags, description):
+    """Parses `argv` and runs a subcommand for the codec `model_class`, whose constructor takes `lmbda` and
+    the flags named in `arch_flags` (these, with lambda, also name the run folder, and identify the model)."""
+    args = build_parser(script, description, add_model_flags).parse_args(argv)
+    tf.keras.utils.set_random_seed(args.seed)
+    arch = {k: getattr(args, k) for k in arch_flags}
+    named = {k: v for k, v in arch.items() if v is not None}  # an unset flag takes its default from another
+    run_dir = Path(args.checkpoint_dir) / run_name(script, **named, lmbda=args.lmbda)
+    model = model_class(lmbda=args.lmbda, **arch)
+    model.build_weights()
+    if args.command == "train":
+        return train(args, model, run_dir)
+    restored = restore(model, run_dir, args.verbose)
+    identity = identity_of(script, arch, model)
+    if args.command == "eval":
+        return evaluate_codec(args, script, model, identity, run_dir, restored)
+    if args.command == "compress":
+        return compress_file(script, model, identity, args.input, args.output, args.verbose)
+    return decompress_file(script, model, identity, args.input, args.output, args.verbose)
+
+
+def train(args, model, run_dir):
+    if bool(args.train_glob) == bool(args.dataset):
+        raise InputError("train: give exactly one of --train_glob and --dataset")
+    spec, what = (args.train_glob, "--train_glob") if args.train_glob else (args.dataset, "--dataset")
+    training.check_run_dir(run_dir, args.cont)
+    train_ds = images.training_dataset(spec, args.patchsize, args.batchsize, args.seed, "train", what)
+    val_ds = images.validation_dataset(spec, args.patchsize, args.batchsize, what=what)
+    make_run_dir(run_dir.parent, run_dir.name)
+    save_flags(run_dir, args)
+    records = training.fit(model, train_ds, val_ds, run_dir, epochs=args.epochs,
+                           steps_per_epoch=args.steps_per_epoch, lr=args.lr, warmup=args.warmup,
+                           patience=args.patience, max_validation_steps=args.max_validation_steps,
+                           cont=args.cont, verbose=args.verbose, lr_schedule=args.lr_schedule)
+    if records:
+        print(json.dumps(records[-1]))
+
+
+def identity_of(script, arch, model):
+    """The model's identity for the file header: its script, architecture flags and trained weights."""
+    return coding.model_id(script, dict(arch), [w.numpy() for w in model.trainable_weights])
+
+
+def restore(model, run_dir, verbose):
+    latest = training.restore_latest(model, run_dir)
+    model.make_coders()
+    if verbose:
+        print(f"restored {latest}", file=sys.stderr)
+    return latest
+
+
+# ---- files --------------------------------------------------------------------------------------
+
+def compress_image(script, model, identity, image, channels):
+    """The bytes of the compressed file of one uint8 image [H, W, 3]."""
+    strings = model.compress(tf.constant(image)).numpy().tolist()
+    return coding.pack(script, identity, image.shape[:2], channels, strings)
+
+
+def decompress_bytes(script, model, identity, data, what):
+    """(uint8 RGB image, channels of the source) from the bytes of a compressed file."""
+    shape, channels, strings = coding.unpack(data, script, identity, what)
+    try:
+        rgb = model.decompress(tf.constant(strings, tf.string), tf.constant(shape, tf.int32)).numpy()
+    except tf.errors.InvalidArgumentError as e:
+        raise InputError(f"{what}: corrupt file (range decoding failed: {e.message.splitlines()[0]})")
+    return rgb, channels
+
+
+def compress_file(script, model, identity, src, dst, verbose=False):
+    image, channels, note = images.read_image(resolve_path(src, "input image"), "input image")
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    data = compress_image(script, model, identity, image, channels)
+    atomic_write_bytes(dst, data)
+    if verbose:
+        h, w = image.shape[:2]
+        print(f"{src} -> {dst}: {len(data)} bytes, {coding.bpp(len(data), h, w):.4f} bpp", file=sys.stderr)
+
+
+def decompress_file(script, model, identity, src, dst, verbose=False):
+    try:
+        data = Path(src).read_bytes()
+    except OSError as e:
+        raise InputError(f"input file {src}: {e.strerror}")
+    rgb, channels = decompress_bytes(script, model, identity, data, f"input file {src}")
+    images.write_png(dst, images.to_channels(rgb, channels))
+    if verbose:
+        print(f"{src} -> {dst}: {rgb.shape[0]}x{rgb.shape[1]}, {'RGB' if channels == 3 else 'grayscale'}",
+              file=sys.stderr)
+
+
+# ---- evaluation ---------------------------------------------------------------------------------
+
+def evaluate_images(items, measure, npz_path, results_path, record, verbose=False):
+    """The eval loop every image model shares.
+
+    `items` yields (name, uint8 image [H, W, 3], channels of the source); `measure(image, channels)` returns a
+    dict with `x_hat` (the reconstruction in the source's channels, uint8 or float on [0, 255]), `bpp`, and any
+    further per-image scalars. Distortion is measured against the image in its source's channels.
+    Writes the per-image arrays (names, height, width, bpp, mse, psnr, msssim, and the extras) to `npz_path`,
+    appends `record` updated with the averages to `results_path` (JSONL), and returns that record.
+    PSNR is averaged over images (the convention of the published Kodak curves); MS-SSIM over the images
+    large enough to have one.
+    """
+    rows = []
+    for name, image, channels in items:
+        source = images.to_channels(image, channels)
+        out = measure(image, channels)
+        x_hat = out.pop("x_hat")
+        m = images.mse(source, x_hat)
+        row = dict(names=name, height=image.shape[0], width=image.shape[1], mse=m, psnr=images.psnr(m),
+                   msssim=images.ms_ssim(source, x_hat), **out)
+        rows.append(row)
+        if verbose:
+            print(" ".join(f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
+                  file=sys.stderr)
+    if not rows:
+        raise InputError("the evaluation set is empty")
+    arrays = {k: np.array([r[k] for r in rows]) for k in rows[0]}
+    atomic_save_npz(npz_path, **arrays)
+    dims = {3 * r["height"] * r["width"] for r in rows}
+    record = dict(record)
+    record.update(num_images=len(rows), data_dim=dims.pop() if len(dims) == 1 else None)
+    for k, v in arrays.items():
+        if k in ("names", "height", "width"):
+            continue
+        if v.dtype.kind == "b":
+            record[k] = bool(np.all(v))
+        else:  # MS-SSIM is undefined (NaN) on small images: averaged over the others
+            finite = v[np.isfinite(v)]
+            record[k] = float(np.mean(finite)) if finite.size else float("nan")
+    record.update(rate=record["bpp"], rate_unit="bits", per_dim=False, per_pixel=True, npz=str(npz_path),
+                  time=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    jsonl.append(results_path, record)
+    print(json.dumps({k: None if isinstance(v, float) and not np.isfinite(v) else v for k, v in record.items()}))
+    return record
+
+
+def evaluate_codec(args, script, model, identity, run_dir, checkpoint):
+    """`eval`: every image is compressed to bytes, decoded, and checked against the model's own quantized
+    reconstruction; bpp counts the whole file (header included), bpp_est is the model's estimate."""
+    label = images.dataset_label(args.dataset)
+    results_dir = Path(args.results_dir) if args.results_dir else run_dir
+    npz_path = results_dir / f"{run_dir.name}-dataset={label}.npz"
+    cast = not args.no_cast_xhat
+
+    def measure(image, channels):
+        h, w = image.shape[:2]
+        data = compress_image(script, model, identity, image, channels)
+        decoded, _ = decompress_bytes(script, model, identity, data, "eval")
+        x_est, bits = model.estimate(tf.constant(image))
+        x_est = x_est.numpy()
+        exact = bool(np.array_equal(decoded, np.clip(np.round(x_est), 0, 255).astype(np.uint8)))
+        x_hat = decoded if cast else x_est
+        return dict(x_hat=images.to_channels(x_hat, channels) if cast or channels == 3 else x_hat.mean(axis=2),
+                    bpp=coding.bpp(len(data), h, w), bpp_est=float(bits) / (h * w), num_bytes=len(data),
+                    decode_exact=exact)
+
+    record = dict(method=script, dataset=str(args.dataset), **{"lambda": args.lmbda}, run=run_dir.name,
+                  checkpoint=str(checkpoint), cast_xhat=cast)
+    out = evaluate_images(images.eval_images(args.dataset), measure, npz_path, run_dir / RESULTS_NAME,
+                          record, args.verbose)
+    if not out["decode_exact"]:
+        warnings.warn("some decoded images differ from the model's quantized reconstruction "
+                      "(see decode_exact in the .npz)")
+    return out
