@@ -204,7 +204,11 @@ class SampleFile:
 
 
 def make_source(name, data_dim=None, gparams_path=None):
-    """`gaussian`, `banana`, or a path to an .npy of samples (a `split=train` file finds its test twin)."""
+    """`gaussian`, `banana`, a GAN-image source (`lowgan`, `basenji`, ...; `data_dim` is its latent dimension),
+    or a path to an .npy of samples (a `split=train` file finds its test twin) or of images [N, H, W, C]."""
+    from utils.gan_sources import is_gan_source, make_gan_source
+    if is_gan_source(name):
+        return make_gan_source(name, data_dim)
     if name == "gaussian":
         if gparams_path:
             loc, scale = load_gaussian_params(gparams_path, data_dim)
@@ -216,7 +220,8 @@ def make_source(name, data_dim=None, gparams_path=None):
         return Banana(2 if data_dim is None else data_dim)
     if name.endswith(".npy"):
         return ImageFile(name, data_dim) if _npy_ndim(name) == 4 else SampleFile(name, data_dim)
-    raise InputError(f"--dataset {name!r}: expected 'gaussian', 'banana', or a path to an .npy file of samples")
+    raise InputError(f"--dataset {name!r}: expected 'gaussian', 'banana', a GAN-image source (lowgan, basenji, "
+                     f"beagle, jay, magpie), or a path to an .npy file of samples")
 
 
 # ---- image arrays -------------------------------------------------------------------------------

@@ -1,0 +1,102 @@
+"""Speed of resnet_vae.py: training steps/s and eval seconds per Kodak image, at the paper's width and the CPU recipe's.
+
+    RDS_DATA_DIR=/work/shared/data python bench/resnet_vae_bench.py [--steps 2] [--images 2] [--quick]
+
+- train: one optimizer step (forward, KL, backward, Adam) on random crops, batch 8, timed over --steps steps after a
+  compiling step: the paper's model (num_filters 256, latent_channels 4,8,16,32,64,128, AR prior on 4 levels with
+  8 slices) on 256x256 crops, and the CPU recipe's (num_filters 64, latent_channels 4,8,16,32, AR prior on 2 levels
+  with 4 slices) on 128x128 crops, which is also timed on 256x256 crops;
+- eval: `estimate` on one Kodak image (768x512; random pixels without $RDS_DATA_DIR), the whole per-image cost of
+  `eval` but the metrics.
+The ratios to the recipe's 256x256 step, measured in the same run, survive the noise of a shared machine better than
+the absolute figures. Weights are freshly initialized: speed does not depend on them. `--quick` skips the paper's
+width (its steps take many seconds each on a CPU).
+"""
+import argparse
+import importlib.util
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from utils import images  # noqa: E402
+from utils.cli import InputError  # noqa: E402
+
+LATENTS = "4,8,16,32,64,128"
+CONFIGS = {  # name: model flags
+    "paper": ["--num_filters", "256", "--latent_channels", LATENTS, "--ar_prior_levels", "4", "--ar_slices", "8"],
+    "recipe": ["--num_filters", "64", "--latent_channels", "4,8,16,32", "--ar_prior_levels", "2", "--ar_slices", "4"],
+}
+
+
+def load_script(name):
+    """The script as a module (a benchmark, not a script importing a script)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def timed(fn, repeats):
+    fn()  # trace / warm up
+    t = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - t) / repeats
+
+
+def build(rv, flags):
+    model = rv.build(rv.parse_args([*flags, "--lambda", "0.01", "eval"]))
+    model.build_weights()
+    return model
+
+
+def step_seconds(model, patch, batch, steps):
+    model.compile(optimizer=tf.keras.optimizers.Adam(1e-4))
+    x = tf.random.uniform([batch, patch, patch, 3], 0, 255, seed=1)
+    step = tf.function(model.train_step)
+    return timed(lambda: step(x)["loss"].numpy(), steps)
+
+
+def kodak_image():
+    try:
+        _, image, _ = next(images.eval_images("kodak"))
+        return image.astype(np.float32), "kodim01"
+    except InputError:
+        return np.random.default_rng(0).uniform(0, 255, (512, 768, 3)).astype(np.float32), "random 768x512"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--steps", type=int, default=2, help="timed training steps per setting (after one compiling step)")
+    p.add_argument("--images", type=int, default=2, help="timed eval passes per model (after one compiling pass)")
+    p.add_argument("--quick", action="store_true", help="skip the paper's width")
+    args = p.parse_args()
+    rv = load_script("resnet_vae")
+    tf.keras.utils.set_random_seed(0)
+    image, label = kodak_image()
+    print(f"TensorFlow {tf.__version__}, {tf.config.threading.get_intra_op_parallelism_threads() or 'all'} "
+          f"intra-op threads; Kodak image: {label}")
+    names = ["recipe"] + ([] if args.quick else ["paper"])
+    settings = {"recipe": [(128, 8), (256, 8)], "paper": [(256, 8)]}
+    base = None
+    for name in names:
+        model = build(rv, CONFIGS[name])
+        params = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+        print(f"{name}: {' '.join(CONFIGS[name])} ({params / 1e6:.2f} M parameters)")
+        for patch, batch in settings[name]:
+            s = step_seconds(model, patch, batch, args.steps)
+            base = s if (name, patch) == ("recipe", 256) else base
+            ratio = f", {s / base:.1f}x the recipe's 256x256 step" if base and (name, patch) != ("recipe", 256) else ""
+            print(f"  train {patch}x{patch} batch {batch}: {1 / s:.3f} steps/s ({s:.2f} s/step over {args.steps} "
+                  f"steps{ratio})")
+        e = timed(lambda: model.estimate(tf.constant(image))[1].numpy(), args.images)
+        print(f"  eval one Kodak image ({label}): {e:.2f} s/image (over {args.images})")
+
+
+if __name__ == "__main__":
+    main()

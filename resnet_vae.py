@@ -1,0 +1,444 @@
+#!/usr/bin/env python
+"""Hierarchical ResNet-VAE upper bound on the R-D function of images (Yang & Mandt, ICLR 2022).
+
+A beta-VAE whose rate, the KL divergence between posterior and prior in bits per pixel, is an information rate:
+for any trained model, (E[KL], E[MSE]) is an achievable point above the R-D function of the image source. It is
+an upper bound on R(D), not a bitstream: no entropy coder produces these rates here, and every output says so.
+
+Architecture (ResNet-VAE with bidirectional inference, Kingma et al. 2016, appendix), levels i = 0..L-1 bottom-up:
+
+    bottom-up:  x -> [stride-2 conv, residual block] x L -> features h_0 (H/2) ... h_{L-1} (H/2^L)
+    top-down:   d_{L-1} = a learned constant (or, with --flat_z0, a dense map of the flat top latent z_{L-1})
+                at level i:  prior p(z_i | d_i) from d_i;  posterior q(z_i | x, z_>i) from [h_i, d_i];
+                             z_i ~ q; d_i <- resblock(d_i + conv(z_i)); d_{i-1} = upsample(d_i)
+                x_hat = conv(upsample(d_0))
+
+Every z_i has --latent_channels[i] channels with diagonal Gaussian posteriors and priors. With --ar_prior_levels
+L' --ar_slices S the priors of the L' lowest levels are channel-wise autoregressive: the channels are split into
+S slices and slice s is Gaussian given d_i and slices < s (an affine autoregressive flow over slices). With
+--flat_z0 the top latent is a vector of --latent_channels[-1] values under a MAF prior (--maf_stacks layers of
+--maf_units MADEs, utils.priors.MAF); it needs fixed-size images (--img_dim).
+
+Loss = bpp + lambda * MSE (on [0, 255]), bpp = the single-sample KL estimate log q(z|x) - log p(z) summed over
+levels, in bits per pixel. Evaluation uses the same single-sample estimate and a sample z ~ q for x_hat, so that
+the averaged (bpp, MSE) is an unbiased estimate of the bound's point.
+
+    python resnet_vae.py -V --latent_channels 8,16,32 --num_filters 32 --lambda 0.01 --checkpoint_dir ckpt \
+        train --dataset bsds500 --patchsize 64 --epochs 10 --steps_per_epoch 200
+    python resnet_vae.py --latent_channels 8,16,32 --num_filters 32 --lambda 0.01 --checkpoint_dir ckpt \
+        eval --dataset kodak
+"""
+import argparse
+import json
+import math
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from utils import codec, gan_sources, images, training
+from utils.cli import InputError, int_list, positive_float, positive_int, run
+from utils.priors import MAF
+from utils.runs import FLAGS_NAME, make_run_dir, run_name, save_flags
+
+SCRIPT = "resnet_vae"
+RATE_TYPE = "information rate (single-sample KL, an R-D upper bound), not a bitstream"
+MAF_ACTIVATION = "elu"
+MIN_SCALE = 1e-5  # keeps log-densities finite when a posterior collapses
+SOFTPLUS_ONE = math.log(math.e - 1)  # softplus(SOFTPLUS_ONE) = 1: scales start at 1
+
+
+def conv(filters, kernel=3, stride=1, name=None, scale=1.0):
+    """A 'same' convolution with fan-in scaled initial weights; scale=0 starts it at zero."""
+    init = (tf.keras.initializers.VarianceScaling(scale, mode="fan_in", distribution="truncated_normal")
+            if scale else "zeros")
+    return tf.keras.layers.Conv2D(filters, kernel, stride, padding="same", kernel_initializer=init, name=name)
+
+
+def deconv(filters, kernel=4, stride=2, name=None):
+    return tf.keras.layers.Conv2DTranspose(filters, kernel, stride, padding="same", name=name)
+
+
+def gaussian_log_prob(z, mean, raw_scale):
+    """log N(z; mean, scale^2) summed over all but the batch axis; scale = softplus(raw + SOFTPLUS_ONE)."""
+    scale = tf.nn.softplus(raw_scale + SOFTPLUS_ONE) + MIN_SCALE
+    log_p = -0.5 * tf.square((z - mean) / scale) - tf.math.log(scale) - 0.5 * math.log(2 * math.pi)
+    return tf.reduce_sum(log_p, axis=tf.range(1, tf.rank(z)))
+
+
+def sample_gaussian(mean, raw_scale):
+    scale = tf.nn.softplus(raw_scale + SOFTPLUS_ONE) + MIN_SCALE
+    return mean + scale * tf.random.normal(tf.shape(mean))
+
+
+class ResBlock(tf.keras.layers.Layer):
+    """x + conv(elu(conv(elu(x)))); the second conv starts small, so a fresh block is close to the identity."""
+
+    def __init__(self, filters, **kwargs):
+        super().__init__(**kwargs)
+        self.conv1 = conv(filters, name="conv1")
+        self.conv2 = conv(filters, name="conv2", scale=0.1)
+
+    def call(self, x):
+        return x + self.conv2(tf.nn.elu(self.conv1(tf.nn.elu(x))))
+
+
+def slice_sizes(channels, slices):
+    """Channel counts of min(slices, channels) near-equal slices (the first ones take the remainder)."""
+    n = min(slices, channels)
+    return [channels // n + (1 if s < channels % n else 0) for s in range(n)]
+
+
+class LatentLevel(tf.keras.layers.Layer):
+    """One spatial latent level: prior from the top-down features, posterior from bottom-up and top-down."""
+
+    def __init__(self, filters, channels, ar_slices=None, **kwargs):
+        super().__init__(**kwargs)
+        self.channels = channels
+        # Posterior and prior start as N(0, 1) (zero weights), so a fresh level costs no rate: training adds rate
+        # where it buys distortion, rather than having to remove the rate of random initial latents.
+        self.posterior = conv(2 * channels, name="posterior", scale=0)
+        # Autoregressive: slice s has its own conv over [d, z_<s]; factorized: one conv over d.
+        self.sizes = slice_sizes(channels, ar_slices) if ar_slices else [channels]
+        self.prior = [conv(2 * c, name=f"prior{s}", scale=0) for s, c in enumerate(self.sizes)]
+        self.merge = conv(filters, name="merge")
+        self.block = ResBlock(filters, name="block")
+
+    def prior_log_prob(self, z, d):
+        total, start = 0.0, 0
+        for net, size in zip(self.prior, self.sizes):
+            mean, raw = tf.split(net(tf.concat([d, z[..., :start]], -1) if start else d), 2, -1)
+            total += gaussian_log_prob(z[..., start:start + size], mean, raw)
+            start += size
+        return total
+
+    def call(self, h, d):
+        """(new top-down features, log q(z) - log p(z) per image in nats)."""
+        mean, raw = tf.split(self.posterior(tf.concat([h, d], -1)), 2, -1)
+        z = sample_gaussian(mean, raw)
+        kl = gaussian_log_prob(z, mean, raw) - self.prior_log_prob(z, d)
+        return self.block(d + self.merge(z)), kl
+
+
+class FlatTop(tf.keras.layers.Layer):
+    """The top latent as a flat vector under a MAF prior; its decoder maps it to the top feature map."""
+
+    def __init__(self, filters, dim, top_side, maf_units, maf_stacks, **kwargs):
+        super().__init__(**kwargs)
+        self.top_shape = [-1, top_side, top_side, filters]
+        self.flat_size = top_side * top_side * filters
+        self.posterior = tf.keras.layers.Dense(2 * dim, kernel_initializer="zeros", name="posterior")  # starts N(0, 1)
+        self.prior = MAF(dim, maf_stacks, maf_units, MAF_ACTIVATION, name="maf_prior")
+        self.expand = tf.keras.layers.Dense(top_side * top_side * filters, name="expand")
+        self.block = ResBlock(filters, name="block")
+
+    def call(self, h):
+        mean, raw = tf.split(self.posterior(tf.reshape(h, [-1, self.flat_size])), 2, -1)
+        z = sample_gaussian(mean, raw)
+        kl = gaussian_log_prob(z, mean, raw) - self.prior.log_prob(z)
+        return self.block(tf.reshape(self.expand(z), self.top_shape)), kl
+
+
+class ResNetVAE(tf.keras.Model):
+    """Trained on bpp + lambda * MSE with utils.training.fit (train_step / test_step / metrics)."""
+
+    def __init__(self, lmbda, num_filters, latent_channels, ar_prior_levels=0, ar_slices=1, flat_z0=False,
+                 img_dim=None, maf_units=(32, 16), maf_stacks=3):
+        super().__init__()
+        self.lmbda = float(lmbda)
+        levels = len(latent_channels)
+        self.levels = levels
+        self.pad_multiple = 2 ** levels
+        self.img_dim = img_dim if flat_z0 else None
+        f = num_filters
+        self.down = [conv(f, 4, 2, name=f"down{i}") for i in range(levels)]
+        self.encoder = [ResBlock(f, name=f"encoder{i}") for i in range(levels)]
+        spatial = levels - 1 if flat_z0 else levels  # with --flat_z0 the top level's latent is FlatTop's
+        self.latents = [LatentLevel(f, c, ar_slices if i < ar_prior_levels else None, name=f"latent{i}")
+                        for i, c in enumerate(latent_channels[:spatial])]
+        self.up = [deconv(f, name=f"up{i}") for i in range(levels)]
+        self.out = conv(3, name="out", scale=0)  # starts at mid-gray
+        if flat_z0:
+            self.top = FlatTop(f, latent_channels[-1], img_dim // self.pad_multiple, maf_units, maf_stacks,
+                               name="flat_top")
+        else:
+            self.top = None
+            self.top_input = self.add_weight("top_input", [f], initializer="zeros")
+        self.trackers = [tf.keras.metrics.Mean(name=n) for n in ("loss", "bpp", "mse")]
+
+    def forward(self, x):
+        """x in [0, 255], sides multiples of pad_multiple -> (x_hat, KL per image and level in nats [batch, L])."""
+        h = x / 255.0 - 0.5
+        features = []
+        for down, block in zip(self.down, self.encoder):
+            h = block(down(h))
+            features.append(h)
+        kls = []
+        if self.top is not None:
+            d, kl = self.top(features[-1])
+            kls.append(kl)
+        else:
+            d = tf.zeros_like(features[-1]) + self.top_input
+        for i in reversed(range(self.levels)):
+            if i < len(self.latents):
+                d, kl = self.latents[i](features[i], d)
+                kls.append(kl)
+            d = tf.nn.elu(self.up[i](d))
+        x_hat = (self.out(d) + 0.5) * 255.0
+        return x_hat, tf.stack(kls[::-1], axis=1)  # bottom-up order
+
+    def losses_of(self, x):
+        x_hat, kls = self.forward(x)
+        num_pixels = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), tf.float32)
+        bpp = tf.reduce_sum(kls) / (num_pixels * math.log(2))
+        mse = tf.reduce_mean(tf.math.squared_difference(x, x_hat))
+        return dict(loss=bpp + self.lmbda * mse, bpp=bpp, mse=mse)
+
+    def call(self, x, training=False):
+        return self.losses_of(x)["loss"]
+
+    def train_step(self, x):
+        with tf.GradientTape() as tape:
+            values = self.losses_of(x)
+        variables = self.trainable_variables
+        self.optimizer.apply_gradients(zip(tape.gradient(values["loss"], variables), variables))
+        return self._track(values)
+
+    def test_step(self, x):
+        return self._track(self.losses_of(x))
+
+    def _track(self, values):
+        for t in self.trackers:
+            t.update_state(values[t.name])
+        return {t.name: t.result() for t in self.trackers}
+
+    @property
+    def metrics(self):
+        return self.trackers
+
+    def build_weights(self):
+        side = self.img_dim or self.pad_multiple
+        self(tf.zeros([1, side, side, 3]))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.float32)])
+    def estimate(self, image):
+        """One image [H, W, 3] in [0, 255] -> (x_hat [H, W, 3], unclipped; KL per level in bits [L])."""
+        shape = tf.shape(image)
+        x_hat, kls = self.forward(images.pad_to_multiple(image[None], self.pad_multiple))
+        return x_hat[0, :shape[0], :shape[1], :], kls[0] / math.log(2)
+
+
+# ---- data -----------------------------------------------------------------------------------------
+
+def image_spec(dataset, data_dim):
+    """Checks --dataset/--data_dim: a GAN source object, or None for an image set (whose files are checked later)."""
+    if gan_sources.is_gan_source(dataset):
+        return gan_sources.make_gan_source(dataset, data_dim)
+    if data_dim is not None:
+        raise InputError(f"--data_dim applies to the GAN sources ({', '.join(gan_sources.NAMES)}), "
+                         f"not to --dataset {dataset}")
+    if str(dataset).endswith(".npy") or dataset in images.NAMED:
+        return None
+    try:
+        images.list_images(dataset)
+    except InputError as e:
+        raise InputError(f"{e}; or a GAN source: {', '.join(gan_sources.NAMES)}")
+    return None
+
+
+def check_size(model, height, width, what):
+    if model.img_dim is not None and (height, width) != (model.img_dim, model.img_dim):
+        raise InputError(f"{what} is {height}x{width} but --flat_z0 fixes the image size to --img_dim "
+                         f"{model.img_dim}")
+
+
+def training_data(args, model, source):
+    """(endless train batches, validation batches or None), images in [0, 255]."""
+    if source is not None:
+        check_size(model, *source.shape[:2], f"the {source.name} image size")
+        scaled = lambda x: x * 255.0  # noqa: E731
+        # A fixed validation stream: the same seeded draws every epoch.
+        return (source.dataset(args.batchsize, args.seed).map(scaled),
+                source.dataset(args.batchsize, args.seed + 1).map(scaled).take(args.max_validation_steps))
+    check_size(model, args.patchsize, args.patchsize, "--patchsize")
+    if args.patchsize % model.pad_multiple:
+        raise InputError(f"--patchsize {args.patchsize} must be a multiple of 2^levels = {model.pad_multiple}")
+    return (images.training_dataset(args.dataset, args.patchsize, args.batchsize, args.seed, "train", "--dataset"),
+            images.validation_dataset(args.dataset, args.patchsize, args.batchsize, what="--dataset"))
+
+
+def eval_items(args, source):
+    """(name, image [H, W, 3] on [0, 255], channels) of the evaluation set; GAN images stay continuous (float)."""
+    if source is None:
+        yield from images.eval_images(args.dataset)
+        return
+    x = source.test_set(args.batchsize, seed=args.seed) * 255.0
+    width = len(str(len(x) - 1))
+    for i, img in enumerate(x):
+        yield f"{i:0{width}d}", img, 3
+
+
+# ---- commands -------------------------------------------------------------------------------------
+
+def train(args, model, run_dir, source):
+    training.check_run_dir(run_dir, args.cont)
+    train_ds, val_ds = training_data(args, model, source)
+    make_run_dir(run_dir.parent, run_dir.name)
+    save_flags(run_dir, args)
+    records = training.fit(model, train_ds, val_ds, run_dir, epochs=args.epochs,
+                           steps_per_epoch=args.steps_per_epoch, lr=args.lr, warmup=args.warmup,
+                           patience=args.patience, max_validation_steps=args.max_validation_steps,
+                           cont=args.cont, verbose=args.verbose, lr_schedule=args.lr_schedule)
+    if records:
+        print(json.dumps(records[-1]))
+    return records
+
+
+def warn_if_untrained_size(run_dir, model):
+    """Deep levels trained on crops so small that their maps are all border positions (zero padding everywhere)
+    meet interior positions on larger images, out of distribution: their rates can blow up by orders of magnitude."""
+    try:
+        patch = json.loads((run_dir / FLAGS_NAME).read_text()).get("patchsize")
+    except (OSError, ValueError):
+        return
+    if patch and patch // model.pad_multiple < 4:
+        warnings.warn(f"{run_dir.name} was trained on {patch}x{patch} crops: its top level saw only "
+                      f"{patch // model.pad_multiple}x{patch // model.pad_multiple} maps, so on larger images its "
+                      f"rates may be far off (train with --patchsize >= {4 * model.pad_multiple}, or fewer levels)")
+
+
+def evaluate(args, model, run_dir, source):
+    checkpoint = training.restore_latest(model, run_dir)
+    if source is None:
+        warn_if_untrained_size(run_dir, model)
+    if args.verbose:
+        print(f"restored {checkpoint}", file=sys.stderr)
+    label = images.dataset_label(args.dataset) if source is None else f"{args.dataset}-data_dim={args.data_dim}"
+    results_dir = Path(args.results_dir) if args.results_dir else run_dir
+    if args.results_dir and not args.no_sub_dir:
+        results_dir = results_dir / Path(args.checkpoint_dir).resolve().name
+    npz_path = results_dir / f"{run_dir.name}-dataset={label}.npz"
+    cast = not args.no_cast_xhat
+
+    def measure(image, channels):
+        h, w = image.shape[:2]
+        check_size(model, h, w, "the image size")
+        x_hat, bits = model.estimate(tf.constant(image, tf.float32))
+        x_hat = np.clip(x_hat.numpy(), 0, 255)
+        if channels == 1:
+            x_hat = x_hat.mean(axis=2)
+        if cast:
+            x_hat = np.round(x_hat).astype(np.uint8)
+        bits = bits.numpy().astype(np.float64)
+        return dict(x_hat=x_hat, bpp=float(bits.sum()) / (h * w), nats=float(bits.sum() * math.log(2)),
+                    **{f"bpp_level{i}": float(b) / (h * w) for i, b in enumerate(bits)})
+
+    record = dict(method=SCRIPT, bound="upper", rate_type=RATE_TYPE, dataset=str(args.dataset),
+                  **{"lambda": args.lmbda}, run=run_dir.name, checkpoint=str(checkpoint), cast_xhat=cast)
+    if source is not None:
+        # rdlb.py's Lagrangian for the same source is nats per image + lamb * MSE on [0, 1]; this model's is
+        # (bpp + lambda * MSE on [0, 255]) * pixels * ln 2 of it: the same trade-off at rdlb_lamb.
+        h, w = source.shape[:2]
+        record.update(latent_dim=source.latent_dim, rdlb_lamb=args.lmbda * h * w * math.log(2) * 255.0 ** 2)
+    return codec.evaluate_images(eval_items(args, source), measure, npz_path, run_dir / codec.RESULTS_NAME,
+                                 record, args.verbose)
+
+
+# ---- flags ----------------------------------------------------------------------------------------
+
+def parse_args(argv):
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = argparse.ArgumentParser(prog=f"{SCRIPT}.py", description=__doc__.split("\n")[0], formatter_class=fmt)
+    p.add_argument("-V", "--verbose", action="store_true", help="report progress")
+    p.add_argument("--checkpoint_dir", default="checkpoints",
+                   help="parent folder of the run folders (named from the model flags)")
+    p.add_argument("--lambda", dest="lmbda", type=positive_float, default=0.01,
+                   help="weight of the MSE ([0, 255] scale) in the loss bpp + lambda * MSE")
+    p.add_argument("--seed", type=int, default=0, help="seeds numpy and TensorFlow")
+    p.add_argument("--num_filters", type=positive_int, default=256, help="channels of every residual block")
+    p.add_argument("--latent_channels", type=int_list, default=[4, 8, 16, 32, 64, 128],
+                   help="latent channels per level, bottom-up; one level per entry (each halves the resolution)")
+    p.add_argument("--ar_prior_levels", type=int, default=0,
+                   help="the number of lowest levels with a channel-wise autoregressive prior")
+    p.add_argument("--ar_slices", type=positive_int, default=8, help="channel slices of the autoregressive priors")
+    p.add_argument("--flat_z0", action="store_true",
+                   help="make the top latent a flat vector of --latent_channels[-1] values with a MAF prior")
+    p.add_argument("--img_dim", type=positive_int, help="image side, required by --flat_z0 (square images)")
+    p.add_argument("--maf_units", type=int_list, default=[32, 16], help="hidden units of each MADE of the MAF prior")
+    p.add_argument("--maf_stacks", type=positive_int, default=3, help="MADE layers of the MAF prior")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sets = f"{', '.join(images.NAMED)}, a glob or folder of images, an .npy of uint8 images, or a GAN source " \
+           f"({', '.join(gan_sources.NAMES)}) with --data_dim"
+    t = sub.add_parser("train", help="train on random crops of an image set or on GAN samples", formatter_class=fmt)
+    t.add_argument("--dataset", required=True, help=sets)
+    t.add_argument("--data_dim", type=positive_int, help="latent dimension d of a GAN source")
+    t.add_argument("--patchsize", type=positive_int, default=256, help="side of the random square crops")
+    t.add_argument("--batchsize", type=positive_int, default=8)
+    t.add_argument("--epochs", type=positive_int, default=600)
+    t.add_argument("--steps_per_epoch", type=positive_int, default=1000)
+    t.add_argument("--lr", type=positive_float, default=1e-4)
+    t.add_argument("--lr_schedule", default="step", choices=training.SCHEDULES, help="see utils/training.py")
+    t.add_argument("--warmup", type=int, default=0, help="epochs before early stopping may trigger")
+    t.add_argument("--patience", type=positive_int, help="stop after this many epochs without improvement")
+    t.add_argument("--max_validation_steps", type=positive_int, default=16, help="validation batches per epoch")
+    t.add_argument("--cont", action="store_true", help="resume the run's latest checkpoint")
+
+    e = sub.add_parser("eval", help="per-image bpp (information rate), MSE, PSNR, MS-SSIM", formatter_class=fmt)
+    e.add_argument("--dataset", default="kodak", help=sets)
+    e.add_argument("--data_dim", type=positive_int, help="latent dimension d of a GAN source")
+    e.add_argument("--batchsize", type=positive_int, default=100, help="number of GAN samples to evaluate")
+    e.add_argument("--no_cast_xhat", action="store_true",
+                   help="measure distortion on the float reconstruction instead of the rounded uint8 image")
+    e.add_argument("--results_dir", help="folder for the .npz of per-image figures (default: the run folder)")
+    e.add_argument("--no_sub_dir", action="store_true",
+                   help="write into --results_dir itself, not into its subfolder named after --checkpoint_dir")
+    args = p.parse_args(argv)
+    levels = len(args.latent_channels)
+    if levels < 1 or min(args.latent_channels) < 1:
+        raise InputError(f"--latent_channels {args.latent_channels}: give at least one positive channel count")
+    if not 0 <= args.ar_prior_levels <= levels:
+        raise InputError(f"--ar_prior_levels {args.ar_prior_levels}: must lie in 0..{levels} (the number of levels)")
+    if args.flat_z0:
+        if args.img_dim is None:
+            raise InputError("--flat_z0 needs --img_dim, the side of the (square) images")
+        if args.img_dim % 2 ** levels:
+            raise InputError(f"--img_dim {args.img_dim} must be a multiple of 2^levels = {2 ** levels}")
+        if args.ar_prior_levels == levels:
+            raise InputError("--flat_z0 gives the top level a MAF prior: --ar_prior_levels must be below the "
+                             f"number of levels ({levels})")
+    if not args.maf_units or min(args.maf_units) < 1:
+        raise InputError(f"--maf_units {args.maf_units}: give positive hidden sizes")
+    return args
+
+
+def model_flags(args):
+    """The flags that define the model: they build it and name its run folder."""
+    flags = dict(num_filters=args.num_filters, latent_channels=args.latent_channels)
+    if args.ar_prior_levels:
+        flags.update(ar_prior_levels=args.ar_prior_levels, ar_slices=args.ar_slices)
+    if args.flat_z0:
+        flags.update(flat_z0=True, img_dim=args.img_dim, maf_units=args.maf_units, maf_stacks=args.maf_stacks)
+    return flags
+
+
+def build(args):
+    return ResNetVAE(args.lmbda, **model_flags(args))
+
+
+def main(argv):
+    args = parse_args(argv)
+    tf.keras.utils.set_random_seed(args.seed)
+    source = image_spec(args.dataset, args.data_dim)
+    run_dir = Path(args.checkpoint_dir) / run_name(SCRIPT, **model_flags(args), lmbda=args.lmbda)
+    model = build(args)
+    model.build_weights()
+    if args.command == "train":
+        return train(args, model, run_dir, source)
+    return evaluate(args, model, run_dir, source)
+
+
+if __name__ == "__main__":
+    run(main)

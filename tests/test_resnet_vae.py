@@ -1,0 +1,156 @@
+"""resnet_vae.py: the KL estimate's math, training lowers the loss, --cont, eval in the codecs' format, bad input."""
+import json
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+import resnet_vae
+from conftest import run_script
+from utils import jsonl
+from utils.cli import InputError
+
+TINY = ["--num_filters", "8", "--latent_channels", "2,4,4", "--lambda", "0.01"]
+
+
+def smooth_images(n, side, seed=0):
+    """uint8 images of random smooth color gradients and blobs (cheap stand-ins for photos)."""
+    rng = np.random.default_rng(seed)
+    t = np.linspace(0, 1, side)
+    yy, xx = np.meshgrid(t, t, indexing="ij")
+    out = []
+    for _ in range(n):
+        a = rng.uniform(-1, 1, (3, 3))
+        c = rng.uniform(0.2, 0.8, (2,))
+        blob = np.exp(-((yy - c[0]) ** 2 + (xx - c[1]) ** 2) / 0.05)
+        img = 0.5 + 0.3 * (a[:, 0] * yy[..., None] + a[:, 1] * xx[..., None] + a[:, 2] * blob[..., None])
+        out.append(np.clip(img * 255, 0, 255).round().astype(np.uint8))
+    return np.stack(out)
+
+
+def test_gaussian_log_prob_and_single_sample_kl():
+    rng = np.random.default_rng(0)
+    mean, raw, z = (tf.constant(rng.standard_normal((4, 3, 3, 2)), tf.float32) for _ in range(3))
+    scale = tf.nn.softplus(raw + resnet_vae.SOFTPLUS_ONE) + resnet_vae.MIN_SCALE
+    expected = tf.reduce_sum(tfp.distributions.Normal(mean, scale).log_prob(z), axis=[1, 2, 3])
+    np.testing.assert_allclose(resnet_vae.gaussian_log_prob(z, mean, raw), expected, rtol=1e-5, atol=1e-4)
+    # The single-sample estimate log q(z) - log p(z), z ~ q, averages to the analytic KL (and is >= 0 on average).
+    mq, rq = tf.fill([20000, 1], 0.7), tf.fill([20000, 1], -1.0)
+    mp, rp = tf.zeros([20000, 1]), tf.zeros([20000, 1])
+    zs = resnet_vae.sample_gaussian(mq, rq)
+    kl_mc = resnet_vae.gaussian_log_prob(zs, mq, rq) - resnet_vae.gaussian_log_prob(zs, mp, rp)
+    sq = float(tf.nn.softplus(-1.0 + resnet_vae.SOFTPLUS_ONE)) + resnet_vae.MIN_SCALE
+    sp = 1.0 + resnet_vae.MIN_SCALE
+    analytic = math.log(sp / sq) + (sq ** 2 + 0.7 ** 2) / (2 * sp ** 2) - 0.5
+    assert float(tf.reduce_mean(kl_mc)) == pytest.approx(analytic, abs=4 * float(tf.math.reduce_std(kl_mc)) / 141)
+
+
+def test_slices_cover_the_channels():
+    assert resnet_vae.slice_sizes(4, 8) == [1, 1, 1, 1]
+    assert resnet_vae.slice_sizes(10, 4) == [3, 3, 2, 2]
+    assert resnet_vae.slice_sizes(16, 8) == [2] * 8
+
+
+@pytest.mark.parametrize("extra", [[], ["--ar_prior_levels", "2", "--ar_slices", "3", "--flat_z0", "--img_dim", "32",
+                                        "--maf_units", "8", "--maf_stacks", "2"]])
+def test_training_lowers_the_loss(extra):
+    tf.keras.utils.set_random_seed(0)
+    args = resnet_vae.parse_args([*TINY, *extra, "train", "--dataset", "kodak"])
+    model = resnet_vae.build(args)
+    model.build_weights()
+    model.compile(optimizer=tf.keras.optimizers.Adam(3e-3))
+    x = tf.constant(smooth_images(4, 32), tf.float32)
+    step = tf.function(model.train_step)
+    losses = [{k: float(v) for k, v in step(x).items()} for _ in range(40)]
+    for m in model.metrics:
+        m.reset_state()
+    first, last = losses[0], model.test_step(x)
+    assert all(np.isfinite(r["loss"]) for r in losses)
+    assert float(last["loss"]) < 0.5 * first["loss"]
+    # The rate is a KL: its single-sample estimates are non-negative on average, per level within sampling error
+    # (a level whose posterior still equals its prior has KL 0 and estimates scattered around it).
+    kls = model.forward(tf.repeat(x, 16, axis=0))[1].numpy()
+    mean, stderr = kls.mean(axis=0), kls.std(axis=0) / np.sqrt(len(kls))
+    assert np.all(mean > -3 * stderr - 1e-3)
+    assert kls.sum(axis=1).mean() > 0 and float(last["bpp"]) > 0
+
+
+def test_train_cont_and_eval_in_the_shared_format(tmp_path, capsys):
+    data = tmp_path / "imgs.npy"
+    np.save(data, smooth_images(12, 32))
+    ckpt = tmp_path / "ckpt"
+    flags = [*TINY, "--checkpoint_dir", str(ckpt)]
+    train = ["train", "--dataset", str(data), "--patchsize", "32", "--batchsize", "4", "--steps_per_epoch", "5",
+             "--lr", "3e-3"]
+    resnet_vae.main([*flags, *train, "--epochs", "2"])
+    (run_dir,) = ckpt.iterdir()
+    assert run_dir.name == "resnet_vae-num_filters=8-latent_channels=2_4_4-lmbda=0.01"
+    resnet_vae.main([*flags, *train, "--epochs", "3", "--cont"])
+    log = jsonl.read(run_dir / "log.jsonl")
+    assert [r["epoch"] for r in log] == [1, 2, 3] and log[-1]["step"] == 15
+    assert all(np.isfinite(r["loss"]) for r in log)
+    with pytest.raises(InputError, match="--cont"):
+        resnet_vae.main([*flags, *train, "--epochs", "3"])
+
+    capsys.readouterr()
+    resnet_vae.main([*flags, "eval", "--dataset", str(data), "--results_dir", str(tmp_path / "res")])
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert record == jsonl.read(run_dir / "results.jsonl")[-1]
+    assert record["method"] == "resnet_vae" and "not a bitstream" in record["rate_type"]
+    assert (record["rate_unit"], record["per_dim"], record["num_images"]) == ("bits", False, 12)
+    npz = tmp_path / "res" / "ckpt" / f"{run_dir.name}-dataset=imgs.npz"  # subfolder named after --checkpoint_dir
+    assert record["npz"] == str(npz)
+    with np.load(npz) as d:
+        assert {"names", "height", "width", "bpp", "mse", "psnr", "msssim", "nats"} <= set(d.files)
+        assert d["bpp"].shape == (12,) and np.all(np.isfinite(d["bpp"]))
+        np.testing.assert_allclose(d["psnr"], 10 * np.log10(255 ** 2 / d["mse"]))
+        np.testing.assert_allclose(sum(d[f"bpp_level{i}"] for i in range(3)), d["bpp"], rtol=1e-6)
+        np.testing.assert_allclose(d["nats"], d["bpp"] * 32 * 32 * math.log(2), rtol=1e-6)
+        assert record["bpp"] == pytest.approx(d["bpp"].mean()) and record["mse"] == pytest.approx(d["mse"].mean())
+    resnet_vae.main([*flags, "eval", "--dataset", str(data), "--results_dir", str(tmp_path / "flat"), "--no_sub_dir"])
+    assert (tmp_path / "flat" / f"{run_dir.name}-dataset=imgs.npz").exists()
+
+
+def test_gan_source_train_and_eval(tmp_path, capsys):
+    flags = ["--num_filters", "4", "--latent_channels", "2,4,8", "--flat_z0", "--img_dim", "128", "--maf_units",
+             "8", "--maf_stacks", "1", "--lambda", "1e-4", "--checkpoint_dir", str(tmp_path)]
+    resnet_vae.main([*flags, "train", "--dataset", "lowgan", "--data_dim", "2", "--batchsize", "2", "--epochs", "1",
+                     "--steps_per_epoch", "2", "--max_validation_steps", "1"])
+    capsys.readouterr()
+    resnet_vae.main([*flags, "eval", "--dataset", "lowgan", "--data_dim", "2", "--batchsize", "3", "--no_cast_xhat"])
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert record["num_images"] == 3 and record["data_dim"] == 128 * 128 * 3 and record["latent_dim"] == 2
+    assert record["cast_xhat"] is False and record["npz"].endswith("-dataset=lowgan-data_dim=2.npz")
+    # The same trade-off in rdlb.py's units (nats per image + lamb * MSE on [0, 1]).
+    assert record["rdlb_lamb"] == pytest.approx(1e-4 * 128 * 128 * math.log(2) * 255 ** 2)
+    assert record["nats"] == pytest.approx(record["bpp"] * 128 * 128 * math.log(2))
+    with np.load(record["npz"]) as d:
+        # Float reconstructions of float images: the MSE is not a multiple of anything uint8-like.
+        assert np.all(d["mse"] > 0) and np.all(np.isfinite(d["bpp"]))
+
+
+@pytest.mark.parametrize("model, command, message", [
+    (TINY, ["train", "--dataset", "no_such_set"], "no image files match"),
+    ([*TINY, "--flat_z0"], ["train", "--dataset", "lowgan", "--data_dim", "2"], "--flat_z0 needs --img_dim"),
+    (TINY, ["train", "--dataset", "lowgan", "--data_dim", "129"], "--data_dim 129"),
+    ([*TINY, "--flat_z0", "--img_dim", "64"], ["train", "--dataset", "lowgan", "--data_dim", "2"], "--img_dim 64"),
+    ([*TINY, "--ar_prior_levels", "4"], ["train", "--dataset", "kodak"], "--ar_prior_levels 4"),
+    (TINY, ["train", "--dataset", "kodak", "--data_dim", "2"], "--data_dim applies to the GAN sources"),
+    (TINY, ["eval", "--dataset", "kodak"], "no checkpoint"),
+])
+def test_bad_input(tmp_path, model, command, message):
+    with pytest.raises(InputError, match=message):
+        resnet_vae.main([*model, "--checkpoint_dir", str(tmp_path / "ckpt"), *command])
+    assert not any(tmp_path.iterdir())  # nothing half-written
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch):
+    monkeypatch.delenv("RDS_BIGGAN_MODULE", raising=False)
+    proc = run_script("resnet_vae.py", *TINY, "--checkpoint_dir", tmp_path, "train", "--dataset", "basenji",
+                      "--data_dim", "2", check=False)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: --dataset basenji") and "RDS_BIGGAN_MODULE" in lines[-1]
+    assert "Traceback" not in proc.stderr and "lowgan" in lines[-1]
