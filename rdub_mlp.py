@@ -38,8 +38,9 @@ MODEL_FLAGS = ("dataset", "gparams_path", "data_dim", "latent_dim", "encoder_uni
                "iaf_stacks", "ar_hidden_units", "ar_activation", "lmbda", "nats", "rpd")
 
 
-class RDVAE(tf.keras.Model):
+class RDVAE(training.LossModel):
     """Encoder -> posterior q(y|x) -> sample y -> decoder (or none: x_hat = y), with a learned prior p(y)."""
+    METRICS = ("loss", "rate", "mse")
 
     def __init__(self, data_dim, latent_dim, encoder_units, decoder_units, encoder_activation,
                  decoder_activation, posterior_type, prior, iaf_mades, lmbda, rate_scale):
@@ -54,15 +55,10 @@ class RDVAE(tf.keras.Model):
             name="decoder")
         self.prior = prior
         self.iaf_mades = iaf_mades
-        self.trackers = [tf.keras.metrics.Mean(name=k) for k in ("loss", "rate", "mse")]
         self.encoder.build([None, data_dim])
         if self.decoder is not None:
             self.decoder.build([None, latent_dim])
         self.per_sample(tf.zeros([1, data_dim]))  # creates the prior's and flows' variables
-
-    @property
-    def metrics(self):
-        return self.trackers
 
     def posterior(self, x):
         """q(y|x) for the gaussian/iaf posteriors; the center of the unit box for the uniform one."""
@@ -92,26 +88,11 @@ class RDVAE(tf.keras.Model):
         mse = tf.reduce_mean(tf.math.squared_difference(x, self.reconstruct(y)), axis=-1)
         return kl, mse
 
-    def _objective(self, x):
+    def losses_of(self, x, training=False):
         kl, mse = self.per_sample(x)
         rate = tf.reduce_mean(kl) * self.rate_scale
         mse = tf.reduce_mean(mse)
-        return rate + self.lmbda * mse, rate, mse
-
-    def _report(self, values):
-        for tracker, v in zip(self.trackers, values):
-            tracker.update_state(v)
-        return {t.name: t.result() for t in self.trackers}
-
-    def train_step(self, x):
-        with tf.GradientTape() as tape:
-            values = self._objective(x)
-        grads = tape.gradient(values[0], self.trainable_variables)
-        self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
-        return self._report(values)
-
-    def test_step(self, x):
-        return self._report(self._objective(x))
+        return {"loss": rate + self.lmbda * mse, "rate": rate, "mse": mse}
 
 
 # ---- flags and set-up ---------------------------------------------------------------------------
@@ -227,13 +208,9 @@ def train(args, source, model, run_dir):
     else:
         val_ds = source.dataset(args.batchsize, seed=args.seed + 1)
         max_val = args.max_validation_steps or 10
-    run_dir.mkdir(parents=True, exist_ok=True)
-    runs.save_flags(run_dir, args)
     if args.verbose:
         print(f"run folder: {run_dir}", file=sys.stderr)
-    training.fit(model, train_ds, val_ds, run_dir, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
-                 lr=args.lr, warmup=args.warmup, patience=args.patience, max_validation_steps=max_val,
-                 cont=args.cont, verbose=args.verbose, lr_schedule=args.lr_schedule)
+    training.fit_from_flags(args, model, run_dir, train_ds, val_ds, max_validation_steps=max_val)
 
 
 # ---- eval ---------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ import tensorflow as tf
 from utils import codec, gan_sources, images, training
 from utils.cli import InputError, int_list, positive_float, positive_int, run
 from utils.priors import MAF
-from utils.runs import FLAGS_NAME, make_run_dir, run_name, save_flags
+from utils.runs import FLAGS_NAME, run_name
 
 SCRIPT = "resnet_vae"
 RATE_TYPE = "information rate (single-sample KL, an R-D upper bound), not a bitstream"
@@ -141,8 +141,9 @@ class FlatTop(tf.keras.layers.Layer):
         return self.block(tf.reshape(self.expand(z), self.top_shape)), kl
 
 
-class ResNetVAE(tf.keras.Model):
-    """Trained on bpp + lambda * MSE with utils.training.fit (train_step / test_step / metrics)."""
+class ResNetVAE(training.LossModel):
+    """Trained on bpp + lambda * MSE with utils.training.fit."""
+    METRICS = ("loss", "bpp", "mse")
 
     def __init__(self, lmbda, num_filters, latent_channels, ar_prior_levels=0, ar_slices=1, flat_z0=False,
                  img_dim=None, maf_units=(32, 16), maf_stacks=3):
@@ -166,7 +167,6 @@ class ResNetVAE(tf.keras.Model):
         else:
             self.top = None
             self.top_input = self.add_weight("top_input", [f], initializer="zeros")
-        self.trackers = [tf.keras.metrics.Mean(name=n) for n in ("loss", "bpp", "mse")]
 
     def forward(self, x):
         """x in [0, 255], sides multiples of pad_multiple -> (x_hat, KL per image and level in nats [batch, L])."""
@@ -189,7 +189,7 @@ class ResNetVAE(tf.keras.Model):
         x_hat = (self.out(d) + 0.5) * 255.0
         return x_hat, tf.stack(kls[::-1], axis=1)  # bottom-up order
 
-    def losses_of(self, x):
+    def losses_of(self, x, training=False):
         x_hat, kls = self.forward(x)
         num_pixels = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), tf.float32)
         bpp = tf.reduce_sum(kls) / (num_pixels * math.log(2))
@@ -198,25 +198,6 @@ class ResNetVAE(tf.keras.Model):
 
     def call(self, x, training=False):
         return self.losses_of(x)["loss"]
-
-    def train_step(self, x):
-        with tf.GradientTape() as tape:
-            values = self.losses_of(x)
-        variables = self.trainable_variables
-        self.optimizer.apply_gradients(zip(tape.gradient(values["loss"], variables), variables))
-        return self._track(values)
-
-    def test_step(self, x):
-        return self._track(self.losses_of(x))
-
-    def _track(self, values):
-        for t in self.trackers:
-            t.update_state(values[t.name])
-        return {t.name: t.result() for t in self.trackers}
-
-    @property
-    def metrics(self):
-        return self.trackers
 
     def build_weights(self):
         side = self.img_dim or self.pad_multiple
@@ -285,12 +266,7 @@ def eval_items(args, source):
 def train(args, model, run_dir, source):
     training.check_run_dir(run_dir, args.cont)
     train_ds, val_ds = training_data(args, model, source)
-    make_run_dir(run_dir.parent, run_dir.name)
-    save_flags(run_dir, args)
-    records = training.fit(model, train_ds, val_ds, run_dir, epochs=args.epochs,
-                           steps_per_epoch=args.steps_per_epoch, lr=args.lr, warmup=args.warmup,
-                           patience=args.patience, max_validation_steps=args.max_validation_steps,
-                           cont=args.cont, verbose=args.verbose, lr_schedule=args.lr_schedule)
+    records = training.fit_from_flags(args, model, run_dir, train_ds, val_ds)
     if records:
         print(json.dumps(records[-1]))
     return records

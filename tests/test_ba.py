@@ -7,7 +7,7 @@ import pytest
 
 from conftest import data_path, run_script
 from utils import jsonl
-from utils.ba import DenseBA, FastBA, Histogram, run_ba
+from utils.ba import Histogram, run_ba
 from utils.rd import gaussian_rd_at_lambda
 
 

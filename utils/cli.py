@@ -29,31 +29,19 @@ int_list = _number_list(int, "integers")
 float_list = _number_list(float, "numbers")
 
 
-def positive_float(text):
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
-    if not v > 0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text!r}")
-    return v
+def _checked_number(cast, kind, ok, requirement):
+    """An argparse type: `cast` the text, then require `ok(value)` (finite, for floats)."""
+    def parse(text):
+        try:
+            v = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}")
+        if not ok(v) or v in (float("inf"), float("-inf")):
+            raise argparse.ArgumentTypeError(f"must be {requirement}, got {text!r}")
+        return v
+    return parse
 
 
-def positive_int(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}")
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
-    return v
-
-
-def nonnegative_float(text):
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
-    if not v >= 0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a non-negative finite number, got {text!r}")
-    return v
+positive_float = _checked_number(float, "a number", lambda v: v > 0, "a positive finite number")
+nonnegative_float = _checked_number(float, "a number", lambda v: v >= 0, "a non-negative finite number")
+positive_int = _checked_number(int, "an integer", lambda v: v >= 1, ">= 1")

@@ -19,7 +19,7 @@ import tensorflow_compression as tfc
 
 from utils import coding, images, jsonl, training
 from utils.cli import InputError, positive_float, positive_int
-from utils.runs import atomic_save_npz, atomic_write_bytes, make_run_dir, run_name, save_flags
+from utils.runs import atomic_save_npz, atomic_write_bytes, run_name
 from utils.sources import resolve_path
 
 RESULTS_NAME = "results.jsonl"
@@ -62,7 +62,7 @@ def synthesis_transform(num_filters):
     ], name="synthesis")
 
 
-class ImageCodec(tf.keras.Model):
+class ImageCodec(training.LossModel):
     """A learned image codec trained on bpp + lambda * MSE, with range coding through fixed-signature functions.
 
     Subclasses define `pad_multiple` (the total downsampling factor), `self.hyperprior` (the deep factorized
@@ -75,11 +75,11 @@ class ImageCodec(tf.keras.Model):
     `forward(training=False)` and `encode`/`decode` must quantize identically, so that `estimate` reconstructs
     exactly what `decompress` does.
     """
+    METRICS = ("loss", "bpp", "mse")
 
     def __init__(self, lmbda, **kwargs):
         super().__init__(**kwargs)
         self.lmbda = float(lmbda)
-        self.trackers = [tf.keras.metrics.Mean(name=n) for n in ("loss", "bpp", "mse")]
         self.coders = None
 
     def entropy_models(self, compression):
@@ -99,25 +99,6 @@ class ImageCodec(tf.keras.Model):
 
     def call(self, x, training=False):
         return self.losses_of(x, training)["loss"]
-
-    def train_step(self, x):
-        with tf.GradientTape() as tape:
-            values = self.losses_of(x, training=True)
-        variables = self.trainable_variables
-        self.optimizer.apply_gradients(zip(tape.gradient(values["loss"], variables), variables))
-        return self._track(values)
-
-    def test_step(self, x):
-        return self._track(self.losses_of(x, training=False))
-
-    def _track(self, values):
-        for t in self.trackers:
-            t.update_state(values[t.name])
-        return {t.name: t.result() for t in self.trackers}
-
-    @property
-    def metrics(self):
-        return self.trackers
 
     def build_weights(self):
         """Creates the variables (a forward pass on a small dummy batch), so checkpoints can be restored."""
@@ -229,12 +210,7 @@ def train(args, model, run_dir):
     training.check_run_dir(run_dir, args.cont)
     train_ds = images.training_dataset(spec, args.patchsize, args.batchsize, args.seed, "train", what)
     val_ds = images.validation_dataset(spec, args.patchsize, args.batchsize, what=what)
-    make_run_dir(run_dir.parent, run_dir.name)
-    save_flags(run_dir, args)
-    records = training.fit(model, train_ds, val_ds, run_dir, epochs=args.epochs,
-                           steps_per_epoch=args.steps_per_epoch, lr=args.lr, warmup=args.warmup,
-                           patience=args.patience, max_validation_steps=args.max_validation_steps,
-                           cont=args.cont, verbose=args.verbose, lr_schedule=args.lr_schedule)
+    records = training.fit_from_flags(args, model, run_dir, train_ds, val_ds)
     if records:
         print(json.dumps(records[-1]))
 

@@ -25,7 +25,7 @@ import tensorflow as tf
 
 from utils import jsonl
 from utils.cli import InputError
-from utils.runs import LOG_NAME
+from utils.runs import LOG_NAME, save_flags
 
 SCHEDULES = ("step", "cosine", "constant")
 WARMUP_FRACTION = 0.01
@@ -192,3 +192,44 @@ def fit(model, train_ds, val_ds, run_dir, *, epochs, steps_per_epoch, lr, warmup
               steps_per_epoch=steps_per_epoch, validation_data=val_ds, verbose=keras_verbose,
               callbacks=[logger])
     return logger.records
+
+
+class LossModel(tf.keras.Model):
+    """A model that `fit` trains. Subclasses set METRICS (the names `losses_of` returns, 'loss' first) and define
+    `losses_of(x, training)`; this class gives Keras the train and test steps and the per-epoch means."""
+    METRICS = ("loss",)
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.trackers = [tf.keras.metrics.Mean(name=n) for n in self.METRICS]
+
+    @property
+    def metrics(self):  # Keras resets these at every epoch
+        return self.trackers
+
+    def train_step(self, x):
+        with tf.GradientTape() as tape:
+            values = self.losses_of(x, training=True)
+        variables = self.trainable_variables
+        self.optimizer.apply_gradients(zip(tape.gradient(values["loss"], variables), variables))
+        return self._track(values)
+
+    def test_step(self, x):
+        return self._track(self.losses_of(x, training=False))
+
+    def _track(self, values):
+        for t in self.trackers:
+            t.update_state(values[t.name])
+        return {t.name: t.result() for t in self.trackers}
+
+
+def fit_from_flags(args, model, run_dir, train_ds, val_ds, max_validation_steps=None):
+    """Creates the run folder with its flags.json, then `fit` with the `train` subcommand's flags.
+    Call check_run_dir and validate the inputs first, so that a refused run leaves nothing behind."""
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    save_flags(run_dir, args)
+    if max_validation_steps is None:
+        max_validation_steps = args.max_validation_steps
+    return fit(model, train_ds, val_ds, run_dir, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
+               lr=args.lr, warmup=args.warmup, patience=args.patience, max_validation_steps=max_validation_steps,
+               cont=args.cont, verbose=args.verbose, lr_schedule=args.lr_schedule)
