@@ -17,6 +17,7 @@ the paper does.
     python ms2020.py --checkpoint_dir ckpt --lambda 0.01 compress kodim01.png kodim01.tfci
     python ms2020.py --checkpoint_dir ckpt --lambda 0.01 decompress kodim01.tfci kodim01-decoded.png
 """
+import utils  # noqa: F401  (before TensorFlow: sets its C++ log level)
 import tensorflow as tf
 import tensorflow_compression as tfc
 

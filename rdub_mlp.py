@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import utils  # noqa: F401  (before TensorFlow: sets its C++ log level)
 import tensorflow as tf
 import tensorflow_compression as tfc
 import tensorflow_probability as tfp

@@ -36,6 +36,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import utils  # noqa: F401  (before TensorFlow: sets its C++ log level)
 import tensorflow as tf
 
 from utils import codec, gan_sources, images, training
@@ -351,16 +352,7 @@ def parse_args(argv):
     t = sub.add_parser("train", help="train on random crops of an image set or on GAN samples", formatter_class=fmt)
     t.add_argument("--dataset", required=True, help=sets)
     t.add_argument("--data_dim", type=positive_int, help="latent dimension d of a GAN source")
-    t.add_argument("--patchsize", type=positive_int, default=256, help="side of the random square crops")
-    t.add_argument("--batchsize", type=positive_int, default=8)
-    t.add_argument("--epochs", type=positive_int, default=600)
-    t.add_argument("--steps_per_epoch", type=positive_int, default=1000)
-    t.add_argument("--lr", type=positive_float, default=1e-4)
-    t.add_argument("--lr_schedule", default="step", choices=training.SCHEDULES, help="see utils/training.py")
-    t.add_argument("--warmup", type=int, default=0, help="epochs before early stopping may trigger")
-    t.add_argument("--patience", type=positive_int, help="stop after this many epochs without improvement")
-    t.add_argument("--max_validation_steps", type=positive_int, default=16, help="validation batches per epoch")
-    t.add_argument("--cont", action="store_true", help="resume the run's latest checkpoint")
+    codec.add_image_train_flags(t)
 
     e = sub.add_parser("eval", help="per-image bpp (information rate), MSE, PSNR, MS-SSIM", formatter_class=fmt)
     e.add_argument("--dataset", default="kodak", help=sets)

@@ -136,6 +136,21 @@ class ImageCodec(training.LossModel):
 
 # ---- the command line ---------------------------------------------------------------------------
 
+def add_image_train_flags(t):
+    """The `train` flags every image model shares (the paper's defaults for 256-pixel crops)."""
+    t.add_argument("--patchsize", type=positive_int, default=256, help="side of the random square crops")
+    t.add_argument("--batchsize", type=positive_int, default=8)
+    t.add_argument("--epochs", type=positive_int, default=600)
+    t.add_argument("--steps_per_epoch", type=positive_int, default=1000)
+    t.add_argument("--lr", type=positive_float, default=1e-4)
+    t.add_argument("--lr_schedule", default="step", choices=training.SCHEDULES, help="see utils/training.py")
+    t.add_argument("--warmup", type=int, default=0, help="epochs before early stopping may trigger")
+    t.add_argument("--patience", type=positive_int, help="stop after this many epochs without improvement")
+    t.add_argument("--max_validation_steps", type=positive_int, default=16,
+                   help="validation batches per epoch (at most)")
+    t.add_argument("--cont", action="store_true", help="resume the run's latest checkpoint")
+
+
 def build_parser(script, description, add_model_flags):
     p = argparse.ArgumentParser(prog=f"{script}.py", description=description,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -153,17 +168,7 @@ def build_parser(script, description, add_model_flags):
     t.add_argument("--train_glob", help="glob or folder of training images (or an .npy of uint8 images)")
     t.add_argument("--dataset", help=f"a named image set under $RDS_DATA_DIR: {', '.join(images.NAMED)} "
                                      "(bsds500 validates on its val split)")
-    t.add_argument("--patchsize", type=positive_int, default=256, help="side of the random square crops")
-    t.add_argument("--batchsize", type=positive_int, default=8)
-    t.add_argument("--epochs", type=positive_int, default=600)
-    t.add_argument("--steps_per_epoch", type=positive_int, default=1000)
-    t.add_argument("--lr", type=positive_float, default=1e-4)
-    t.add_argument("--lr_schedule", default="step", choices=training.SCHEDULES, help="see utils/training.py")
-    t.add_argument("--warmup", type=int, default=0, help="epochs before early stopping may trigger")
-    t.add_argument("--patience", type=positive_int, help="stop after this many epochs without improvement")
-    t.add_argument("--max_validation_steps", type=positive_int, default=16,
-                   help="validation batches per epoch (at most)")
-    t.add_argument("--cont", action="store_true", help="resume the run's latest checkpoint")
+    add_image_train_flags(t)
 
     e = sub.add_parser("eval", help="per-image bpp from real bytes, estimated bpp, MSE, PSNR, MS-SSIM",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
