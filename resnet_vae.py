@@ -40,7 +40,7 @@ import utils  # noqa: F401  (before TensorFlow: sets its C++ log level)
 import tensorflow as tf
 
 from utils import codec, gan_sources, images, training
-from utils.cli import InputError, int_list, positive_float, positive_int, run
+from utils.cli import InputError, int_list, positive_int, run
 from utils.priors import MAF
 from utils.runs import FLAGS_NAME, run_name
 
@@ -328,12 +328,7 @@ def evaluate(args, model, run_dir, source):
 def parse_args(argv):
     fmt = argparse.ArgumentDefaultsHelpFormatter
     p = argparse.ArgumentParser(prog=f"{SCRIPT}.py", description=__doc__.split("\n")[0], formatter_class=fmt)
-    p.add_argument("-V", "--verbose", action="store_true", help="report progress")
-    p.add_argument("--checkpoint_dir", default="checkpoints",
-                   help="parent folder of the run folders (named from the model flags)")
-    p.add_argument("--lambda", dest="lmbda", type=positive_float, default=0.01,
-                   help="weight of the MSE ([0, 255] scale) in the loss bpp + lambda * MSE")
-    p.add_argument("--seed", type=int, default=0, help="seeds numpy and TensorFlow")
+    codec.add_run_flags(p)
     p.add_argument("--num_filters", type=positive_int, default=256, help="channels of every residual block")
     p.add_argument("--latent_channels", type=int_list, default=[4, 8, 16, 32, 64, 128],
                    help="latent channels per level, bottom-up; one level per entry (each halves the resolution)")

@@ -11,26 +11,13 @@ For mbt2018 and ms2020, at the paper's width and at the CPU recipe's width, it p
 """
 import argparse
 import os
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from utils import images  # noqa: E402
-from utils.sources import data_dir  # noqa: E402
-
-# The scripts are loaded as modules here (a benchmark, not a script importing a script).
-import importlib.util  # noqa: E402
-
-
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from harness import load_script, timed
+from utils import images
+from utils.sources import data_dir
 
 
 PAPER = {"mbt2018": dict(num_filters=192, latent_depth=None),
@@ -38,14 +25,6 @@ PAPER = {"mbt2018": dict(num_filters=192, latent_depth=None),
 RECIPE = {"mbt2018": dict(num_filters=64, latent_depth=None),
           "ms2020": dict(num_filters=64, latent_depth=160, hyperprior_depth=64, num_slices=10, max_support_slices=5)}
 CLASSES = {"mbt2018": "MeanScaleHyperprior", "ms2020": "ChannelwiseAutoregressive"}
-
-
-def timed(fn, repeats):
-    fn()  # trace / warm up
-    t = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    return (time.perf_counter() - t) / repeats
 
 
 def train_speed(model, patch, batch, steps):

@@ -13,40 +13,19 @@ the absolute figures. Weights are freshly initialized: speed does not depend on 
 width (its steps take many seconds each on a CPU).
 """
 import argparse
-import importlib.util
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from utils import images  # noqa: E402
-from utils.cli import InputError  # noqa: E402
+from harness import load_script, timed
+from utils import images
+from utils.cli import InputError
 
 LATENTS = "4,8,16,32,64,128"
 CONFIGS = {  # name: model flags
     "paper": ["--num_filters", "256", "--latent_channels", LATENTS, "--ar_prior_levels", "4", "--ar_slices", "8"],
     "recipe": ["--num_filters", "64", "--latent_channels", "4,8,16,32", "--ar_prior_levels", "2", "--ar_slices", "4"],
 }
-
-
-def load_script(name):
-    """The script as a module (a benchmark, not a script importing a script)."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def timed(fn, repeats):
-    fn()  # trace / warm up
-    t = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    return (time.perf_counter() - t) / repeats
 
 
 def build(rv, flags):

@@ -136,6 +136,16 @@ class ImageCodec(training.LossModel):
 
 # ---- the command line ---------------------------------------------------------------------------
 
+def add_run_flags(p):
+    """The flags before the subcommand that every image model shares: run folder, lambda, seed, verbosity."""
+    p.add_argument("-V", "--verbose", action="store_true", help="report progress")
+    p.add_argument("--checkpoint_dir", default="checkpoints",
+                   help="parent folder of the run folders (named from the model flags)")
+    p.add_argument("--lambda", dest="lmbda", type=positive_float, default=0.01,
+                   help="weight of the MSE ([0, 255] scale) in the loss bpp + lambda * MSE")
+    p.add_argument("--seed", type=int, default=0, help="seeds numpy and TensorFlow")
+
+
 def add_image_train_flags(t):
     """The `train` flags every image model shares (the paper's defaults for 256-pixel crops)."""
     t.add_argument("--patchsize", type=positive_int, default=256, help="side of the random square crops")
@@ -154,12 +164,7 @@ def add_image_train_flags(t):
 def build_parser(script, description, add_model_flags):
     p = argparse.ArgumentParser(prog=f"{script}.py", description=description,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("-V", "--verbose", action="store_true", help="report progress")
-    p.add_argument("--checkpoint_dir", default="checkpoints",
-                   help="parent folder of the run folders (named from the model flags)")
-    p.add_argument("--lambda", dest="lmbda", type=positive_float, default=0.01,
-                   help="weight of the MSE ([0, 255] scale) in the loss bpp + lambda * MSE")
-    p.add_argument("--seed", type=int, default=0, help="seeds numpy and TensorFlow")
+    add_run_flags(p)
     add_model_flags(p)
     sub = p.add_subparsers(dest="command", required=True)
 
