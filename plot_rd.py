@@ -7,7 +7,9 @@ lambda form one curve, labelled by method and the rest of the run name. Lower-bo
 become the curve R_L(D) = max_lambda (R_lb - lambda D), with a band from their 95% intervals. Where the runs'
 source is a Gaussian (read from their flags.json), the analytic R(D) is drawn too.
 
-Rates are converted to nats per sample (or --bits, --rpd per dimension); D is the MSE per dimension.
+Rates are converted to nats per sample (or --bits, --rpd per dimension); D is the MSE per dimension. The image
+models' records (bits per pixel, MSE on [0, 255]) become nats per image and MSE on [0, 1], rdlb.py's units, so a
+folder of GAN-source runs gives the image sandwich.
 Writes <out>.csv and <out>.png.
 """
 import argparse
@@ -26,13 +28,23 @@ from utils.sources import load_gaussian_params
 
 LAMBDA_KEY = re.compile(r"-(lamb|lambda|lmbda)=[^-]+")
 NAMES = {"ba": "Blahut-Arimoto", "rdub": "upper bound (beta-VAE)", "ntc": "NTC (upper bound)",
-         "rdlb": "lower bound", "mbt2018": "mbt2018", "ms2020": "ms2020"}
+         "rdlb": "lower bound", "mbt2018": "mbt2018", "ms2020": "ms2020", "resnet_vae": "upper bound (ResNet-VAE)"}
 
 
 def rate_in_nats(record, rate):
-    """A record's rate as nats per sample."""
+    """A record's rate as nats per sample (per image for the image models' bits per pixel)."""
     rate = rate * (math.log(2.0) if record.get("rate_unit") == "bits" else 1.0)
+    if record.get("per_pixel"):
+        if record.get("data_dim") is None:
+            raise cli.InputError(f"{record.get('run')}: an image evaluation over images of several sizes has no "
+                                 "rate per image; plot_rd.py draws fixed-size sources (e.g. the GAN sources)")
+        return rate * record["data_dim"] / 3
     return rate * (record["data_dim"] if record.get("per_dim") else 1.0)
+
+
+def distortion(record):
+    """A record's MSE per dimension, on [0, 1] for the image models (which measure it on [0, 255])."""
+    return record["mse"] / 255.0 ** 2 if record.get("per_pixel") else record["mse"]
 
 
 def collect(root):
@@ -89,7 +101,7 @@ def build_curves(groups, scale):
             if method == "ba":
                 D, R, err = r["D"], rate_in_nats(r, r["R"]), 0.0
             else:
-                D, R, err = r["mse"], rate_in_nats(r, r["rate"]), rate_in_nats(r, r.get("rate_stderr", 0.0))
+                D, R, err = distortion(r), rate_in_nats(r, r["rate"]), rate_in_nats(r, r.get("rate_stderr", 0.0))
             pts.append((D, R * scale, err * scale, r.get("lamb", r.get("lambda"))))
             rows.append({"label": label, "method": method, "lamb": pts[-1][3], "D": D, "R": R * scale,
                          "R_lo": (R - 2 * err) * scale, "R_hi": (R + 2 * err) * scale})

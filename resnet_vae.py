@@ -39,7 +39,7 @@ import numpy as np
 import utils  # noqa: F401  (before TensorFlow: sets its C++ log level)
 import tensorflow as tf
 
-from utils import codec, gan_sources, images, training
+from utils import codec, image_data, images, training
 from utils.cli import InputError, int_list, positive_int, run
 from utils.priors import MAF
 from utils.runs import FLAGS_NAME, run_name
@@ -212,23 +212,7 @@ class ResNetVAE(training.LossModel):
         return x_hat[0, :shape[0], :shape[1], :], kls[0] / math.log(2)
 
 
-# ---- data -----------------------------------------------------------------------------------------
-
-def image_spec(dataset, data_dim):
-    """Checks --dataset/--data_dim: a GAN source object, or None for an image set (whose files are checked later)."""
-    if gan_sources.is_gan_source(dataset):
-        return gan_sources.make_gan_source(dataset, data_dim)
-    if data_dim is not None:
-        raise InputError(f"--data_dim applies to the GAN sources ({', '.join(gan_sources.NAMES)}), "
-                         f"not to --dataset {dataset}")
-    if str(dataset).endswith(".npy") or dataset in images.NAMED:
-        return None
-    try:
-        images.list_images(dataset)
-    except InputError as e:
-        raise InputError(f"{e}; or a GAN source: {', '.join(gan_sources.NAMES)}")
-    return None
-
+# ---- commands -------------------------------------------------------------------------------------
 
 def check_size(model, height, width, what):
     if model.img_dim is not None and (height, width) != (model.img_dim, model.img_dim):
@@ -236,41 +220,14 @@ def check_size(model, height, width, what):
                          f"{model.img_dim}")
 
 
-def training_data(args, model, source):
-    """(endless train batches, validation batches or None), images in [0, 255]."""
+def train(args, model, run_dir, source):
     if source is not None:
         check_size(model, *source.shape[:2], f"the {source.name} image size")
-        scaled = lambda x: x * 255.0  # noqa: E731
-        # A fixed validation stream: the same seeded draws every epoch.
-        return (source.dataset(args.batchsize, args.seed).map(scaled),
-                source.dataset(args.batchsize, args.seed + 1).map(scaled).take(args.max_validation_steps))
-    check_size(model, args.patchsize, args.patchsize, "--patchsize")
-    if args.patchsize % model.pad_multiple:
-        raise InputError(f"--patchsize {args.patchsize} must be a multiple of 2^levels = {model.pad_multiple}")
-    return (images.training_dataset(args.dataset, args.patchsize, args.batchsize, args.seed, "train", "--dataset"),
-            images.validation_dataset(args.dataset, args.patchsize, args.batchsize, what="--dataset"))
-
-
-def eval_items(args, source):
-    """(name, image [H, W, 3] on [0, 255], channels) of the evaluation set; GAN images stay continuous (float)."""
-    if source is None:
-        yield from images.eval_images(args.dataset)
-        return
-    x = source.test_set(args.batchsize, seed=args.seed) * 255.0
-    width = len(str(len(x) - 1))
-    for i, img in enumerate(x):
-        yield f"{i:0{width}d}", img, 3
-
-
-# ---- commands -------------------------------------------------------------------------------------
-
-def train(args, model, run_dir, source):
-    training.check_run_dir(run_dir, args.cont)
-    train_ds, val_ds = training_data(args, model, source)
-    records = training.fit_from_flags(args, model, run_dir, train_ds, val_ds)
-    if records:
-        print(json.dumps(records[-1]))
-    return records
+    else:
+        check_size(model, args.patchsize, args.patchsize, "--patchsize")
+        if args.patchsize % model.pad_multiple:
+            raise InputError(f"--patchsize {args.patchsize} must be a multiple of 2^levels = {model.pad_multiple}")
+    return codec.train(args, model, run_dir, args.dataset, source)
 
 
 def warn_if_untrained_size(run_dir, model):
@@ -292,11 +249,6 @@ def evaluate(args, model, run_dir, source):
         warn_if_untrained_size(run_dir, model)
     if args.verbose:
         print(f"restored {checkpoint}", file=sys.stderr)
-    label = images.dataset_label(args.dataset) if source is None else f"{args.dataset}-data_dim={args.data_dim}"
-    results_dir = Path(args.results_dir) if args.results_dir else run_dir
-    if args.results_dir and not args.no_sub_dir:
-        results_dir = results_dir / Path(args.checkpoint_dir).resolve().name
-    npz_path = results_dir / f"{run_dir.name}-dataset={label}.npz"
     cast = not args.no_cast_xhat
 
     def measure(image, channels):
@@ -309,18 +261,14 @@ def evaluate(args, model, run_dir, source):
         if cast:
             x_hat = np.round(x_hat).astype(np.uint8)
         bits = bits.numpy().astype(np.float64)
-        return dict(x_hat=x_hat, bpp=float(bits.sum()) / (h * w), nats=float(bits.sum() * math.log(2)),
+        return dict(x_hat=x_hat, bpp=float(bits.sum()) / (h * w),
                     **{f"bpp_level{i}": float(b) / (h * w) for i, b in enumerate(bits)})
 
     record = dict(method=SCRIPT, bound="upper", rate_type=RATE_TYPE, dataset=str(args.dataset),
                   **{"lambda": args.lmbda}, run=run_dir.name, checkpoint=str(checkpoint), cast_xhat=cast)
-    if source is not None:
-        # rdlb.py's Lagrangian for the same source is nats per image + lamb * MSE on [0, 1]; this model's is
-        # (bpp + lambda * MSE on [0, 255]) * pixels * ln 2 of it: the same trade-off at rdlb_lamb.
-        h, w = source.shape[:2]
-        record.update(latent_dim=source.latent_dim, rdlb_lamb=args.lmbda * h * w * math.log(2) * 255.0 ** 2)
-    return codec.evaluate_images(eval_items(args, source), measure, npz_path, run_dir / codec.RESULTS_NAME,
-                                 record, args.verbose)
+    items = image_data.eval_items(args.dataset, source, args.batchsize, args.seed)
+    return codec.evaluate_images(items, measure, codec.results_npz(args, run_dir, source),
+                                 run_dir / codec.RESULTS_NAME, record, args.verbose, source)
 
 
 # ---- flags ----------------------------------------------------------------------------------------
@@ -342,22 +290,12 @@ def parse_args(argv):
     p.add_argument("--maf_stacks", type=positive_int, default=3, help="MADE layers of the MAF prior")
     sub = p.add_subparsers(dest="command", required=True)
 
-    sets = f"{', '.join(images.NAMED)}, a glob or folder of images, an .npy of uint8 images, or a GAN source " \
-           f"({', '.join(gan_sources.NAMES)}) with --data_dim"
     t = sub.add_parser("train", help="train on random crops of an image set or on GAN samples", formatter_class=fmt)
-    t.add_argument("--dataset", required=True, help=sets)
-    t.add_argument("--data_dim", type=positive_int, help="latent dimension d of a GAN source")
+    t.add_argument("--dataset", required=True, help=codec.DATASETS_HELP)
     codec.add_image_train_flags(t)
 
     e = sub.add_parser("eval", help="per-image bpp (information rate), MSE, PSNR, MS-SSIM", formatter_class=fmt)
-    e.add_argument("--dataset", default="kodak", help=sets)
-    e.add_argument("--data_dim", type=positive_int, help="latent dimension d of a GAN source")
-    e.add_argument("--batchsize", type=positive_int, default=100, help="number of GAN samples to evaluate")
-    e.add_argument("--no_cast_xhat", action="store_true",
-                   help="measure distortion on the float reconstruction instead of the rounded uint8 image")
-    e.add_argument("--results_dir", help="folder for the .npz of per-image figures (default: the run folder)")
-    e.add_argument("--no_sub_dir", action="store_true",
-                   help="write into --results_dir itself, not into its subfolder named after --checkpoint_dir")
+    codec.add_image_eval_flags(e)
     args = p.parse_args(argv)
     levels = len(args.latent_channels)
     if levels < 1 or min(args.latent_channels) < 1:
@@ -394,7 +332,7 @@ def build(args):
 def main(argv):
     args = parse_args(argv)
     tf.keras.utils.set_random_seed(args.seed)
-    source = image_spec(args.dataset, args.data_dim)
+    source = image_data.gan_source(args.dataset, args.data_dim)
     run_dir = Path(args.checkpoint_dir) / run_name(SCRIPT, **model_flags(args), lmbda=args.lmbda)
     model = build(args)
     model.build_weights()

@@ -36,7 +36,7 @@ def train_speed(model, patch, batch, steps):
 
 def coding_speed(model, image, repeats):
     model.make_coders()
-    x = tf.constant(image)
+    x = tf.constant(image, tf.float32)
     strings = model.compress(x)
     shape = tf.constant(image.shape[:2], tf.int32)
     enc = timed(lambda: model.compress(x).numpy(), repeats)

@@ -14,7 +14,7 @@ from PIL import Image
 import mbt2018
 import ms2020
 from conftest import run_script
-from utils import codec, coding, images
+from utils import codec, coding, gan_sources, images
 from utils.cli import InputError, run
 
 SCRIPTS = {"mbt2018": mbt2018, "ms2020": ms2020}
@@ -100,7 +100,8 @@ def test_eval_is_what_decompress_gives(trained, restored, folders, tmp_path):
     is dropped, odd sizes come back at their size."""
     script, ckpt, run_dir = trained
     main = SCRIPTS[script].main
-    main(model_argv(script, ckpt) + ["eval", "--dataset", str(folders / "eval"), "--results_dir", str(tmp_path)])
+    main(model_argv(script, ckpt) + ["eval", "--dataset", str(folders / "eval"), "--results_dir", str(tmp_path),
+                                     "--no_sub_dir"])
     npz = np.load(tmp_path / f"{run_dir.name}-dataset=eval.npz")
     assert {"names", "height", "width", "bpp", "bpp_est", "mse", "psnr", "msssim", "num_bytes",
             "decode_exact"} <= set(npz.files)
@@ -128,6 +129,51 @@ def test_eval_is_what_decompress_gives(trained, restored, folders, tmp_path):
         assert images.mse(source, decoded) == npz["mse"][i]
         assert tfci.stat().st_size == npz["num_bytes"][i]
         assert coding.bpp(tfci.stat().st_size, *decoded.shape[:2]) == npz["bpp"][i]
+
+
+def test_gan_source_is_coded_as_continuous_images(trained, restored, tmp_path, capsys):
+    """On a GAN source eval codes the float images themselves: the bytes decode to the uint8 image whose MSE
+    against the float image is eval's, --no_cast_xhat measures the float reconstruction instead, and the record
+    carries the point in rdlb.py's units."""
+    script, ckpt, run_dir = trained
+    _, model, identity = restored
+    argv = model_argv(script, ckpt) + ["eval", "--dataset", "lowgan", "--data_dim", "2", "--batchsize", "2",
+                                       "--results_dir", str(tmp_path)]
+    records = []
+    for extra in ([], ["--no_cast_xhat"]):
+        capsys.readouterr()
+        SCRIPTS[script].main(argv + extra)
+        records.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1]))
+    cast, float_ = records
+    assert cast["decode_exact"] and cast["latent_dim"] == 2 and cast["data_dim"] == 128 * 128 * 3
+    assert cast["npz"] == str(tmp_path / ckpt.name / f"{run_dir.name}-dataset=lowgan-data_dim=2.npz")
+    assert cast["bpp"] == float_["bpp"] and cast["mse"] != float_["mse"]
+    lamb = 0.01 * 128 * 128 * np.log(2) * 255 ** 2
+    assert cast["rdlb_lamb"] == pytest.approx(lamb)
+    assert cast["nats"] == pytest.approx(cast["bpp"] * 128 * 128 * np.log(2))
+    assert cast["rdlb_lagrangian"] == pytest.approx(cast["nats"] + lamb * cast["mse"] / 255 ** 2)
+
+    x = gan_sources.make_gan_source("lowgan", 2).test_set(2, seed=0) * 255.0  # eval's draws (--seed 0)
+    mses = []
+    for image in x:
+        data = codec.compress_image(script, model, identity, image, 3)
+        decoded, _ = codec.decompress_bytes(script, model, identity, data, "test")
+        mses.append(images.mse(image, decoded))
+    assert np.mean(mses) == pytest.approx(cast["mse"], rel=1e-12)
+
+
+def test_codecs_train_on_a_gan_source(tmp_path):
+    mbt2018.main(model_argv("mbt2018", tmp_path) + ["train", "--dataset", "lowgan", "--data_dim", "2",
+                                                    "--batchsize", "2", "--epochs", "1", "--steps_per_epoch", "2",
+                                                    "--max_validation_steps", "1"])
+    (run_dir,) = tmp_path.iterdir()
+    (record,) = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert record["step"] == 2 and np.isfinite(record["loss"]) and np.isfinite(record["val_loss"])
+    with pytest.raises(InputError, match="lowgan needs --data_dim"):
+        mbt2018.main(model_argv("mbt2018", tmp_path / "x") + ["train", "--dataset", "lowgan"])
+    with pytest.raises(InputError, match="--data_dim applies to the GAN sources"):
+        mbt2018.main(model_argv("mbt2018", tmp_path / "x") + ["eval", "--dataset", "kodak", "--data_dim", "2"])
+    assert not (tmp_path / "x").exists()
 
 
 def test_same_bytes_on_every_run(trained, restored, folders, tmp_path):
@@ -194,9 +240,9 @@ def test_bpp_from_bytes_is_close_to_the_estimate(restored):
     A trained model on Kodak is measured in the README (bytes within about 1% of the estimate)."""
     script, model, identity = restored
     image = smooth_image(256, 384, 5)
-    strings = model.compress(tf.constant(image)).numpy().tolist()
+    strings = model.compress(tf.constant(image, tf.float32)).numpy().tolist()
     payload_bits = 8 * sum(len(s) for s in strings)
-    bits = float(model.estimate(tf.constant(image))[1])
+    bits = float(model.estimate(tf.constant(image, tf.float32))[1])
     assert 0.5 * bits <= payload_bits <= 1.05 * bits + 8 * 3 * len(strings)
     header = len(codec.compress_image(script, model, identity, image, 3)) - payload_bits // 8
     assert header <= 20 + 2 + 2 + 2 * len(strings)  # fixed part, two varint sizes, one length per string

@@ -45,3 +45,25 @@ def test_collects_methods_in_common_units(tmp_path):
 def test_empty_folder_is_a_clear_error(tmp_path):
     proc = run_script("plot_rd.py", "--checkpoint_dir", tmp_path, check=False)
     assert proc.returncode == 2 and "no results.jsonl" in proc.stderr
+
+
+def test_image_models_are_drawn_in_rdlb_units(tmp_path):
+    """A GAN-source image model's bits per pixel and MSE on [0, 255] become nats per image and MSE on [0, 1]."""
+    root = tmp_path / "ck"
+    write_run(root, "resnet_vae-num_filters=8-lmbda=1e-06", {},
+              [{"method": "resnet_vae", "lambda": 1e-6, "rate": 0.001, "bpp": 0.001, "mse": 650.25,
+                "data_dim": 128 * 128 * 3, "rate_unit": "bits", "per_dim": False, "per_pixel": True}])
+    write_run(root, "rdlb-data_dim=2-lamb=1000.0", {},
+              [{"method": "rdlb", "lamb": 1000.0, "R_lb": 3.0, "R_lb_stderr": 0.1, "R_lb_lo": 2.8, "R_lb_hi": 3.2,
+                "num_xi": 10, "data_dim": 2, "rate_unit": "nats", "per_dim": False}])
+    run_script("plot_rd.py", "--checkpoint_dir", root, "--out", tmp_path / "rd", check=True)
+    (ub,) = [r for r in csv.DictReader(open(tmp_path / "rd.csv")) if r["method"] == "resnet_vae"]
+    assert float(ub["R"]) == pytest.approx(0.001 * 128 * 128 * math.log(2))
+    assert float(ub["D"]) == pytest.approx(0.01)
+    assert ub["label"] == "upper bound (ResNet-VAE)"
+
+    write_run(root, "resnet_vae-num_filters=8-lmbda=0.01", {},
+              [{"method": "resnet_vae", "lambda": 0.01, "rate": 0.5, "mse": 50.0, "data_dim": None,
+                "rate_unit": "bits", "per_dim": False, "per_pixel": True, "run": "kodak-run"}])
+    proc = run_script("plot_rd.py", "--checkpoint_dir", root, "--out", tmp_path / "rd2", check=False)
+    assert proc.returncode == 2 and "kodak-run" in proc.stderr and not (tmp_path / "rd2.csv").exists()

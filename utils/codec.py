@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_compression as tfc
 
-from utils import coding, images, jsonl, training
+from utils import coding, gan_sources, image_data, images, jsonl, training
 from utils.cli import InputError, positive_float, positive_int
 from utils.runs import atomic_save_npz, atomic_write_bytes, run_name
 from utils.sources import resolve_path
@@ -111,11 +111,11 @@ class ImageCodec(training.LossModel):
         self.coders = self.entropy_models(compression=True)
 
     def _padded(self, image):
-        return images.pad_to_multiple(tf.cast(image, tf.float32)[None], self.pad_multiple)
+        return images.pad_to_multiple(image[None], self.pad_multiple)
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
+    @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.float32)])
     def compress(self, image):
-        """One uint8 image [H, W, 3] -> a 1-d tensor of strings."""
+        """One image [H, W, 3] on [0, 255] (uint8 values, or continuous for a GAN source) -> 1-d string tensor."""
         return tf.concat(self.encode(self._padded(image), self.coders), 0)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([2], tf.int32)])
@@ -126,7 +126,7 @@ class ImageCodec(training.LossModel):
         x_hat = self.decode(strings, padded, self.coders)
         return tf.saturate_cast(tf.round(x_hat[0, :shape[0], :shape[1], :]), tf.uint8)
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
+    @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.float32)])
     def estimate(self, image):
         """The quantized reconstruction as floats [H, W, 3] and the model's estimated bits for one image."""
         x_hat, bits = self.forward(self._padded(image), self.coders, training=False)
@@ -146,9 +146,17 @@ def add_run_flags(p):
     p.add_argument("--seed", type=int, default=0, help="seeds numpy and TensorFlow")
 
 
+DATASETS_HELP = (f"{', '.join(images.NAMED)} (named sets under $RDS_DATA_DIR; bsds500 validates on its val "
+                 f"split), a glob or folder of images, an .npy of uint8 images [N, H, W, 3], or a GAN source "
+                 f"({', '.join(gan_sources.NAMES)}) with --data_dim")
+DATA_DIM_HELP = "latent dimension d of a GAN source (its images lie on a d-dimensional manifold)"
+
+
 def add_image_train_flags(t):
     """The `train` flags every image model shares (the paper's defaults for 256-pixel crops)."""
-    t.add_argument("--patchsize", type=positive_int, default=256, help="side of the random square crops")
+    t.add_argument("--data_dim", type=positive_int, help=DATA_DIM_HELP)
+    t.add_argument("--patchsize", type=positive_int, default=256,
+                   help="side of the random square crops (GAN images are used whole)")
     t.add_argument("--batchsize", type=positive_int, default=8)
     t.add_argument("--epochs", type=positive_int, default=600)
     t.add_argument("--steps_per_epoch", type=positive_int, default=1000)
@@ -161,6 +169,30 @@ def add_image_train_flags(t):
     t.add_argument("--cont", action="store_true", help="resume the run's latest checkpoint")
 
 
+def add_image_eval_flags(e):
+    """The `eval` flags every image model shares."""
+    e.add_argument("--dataset", default="kodak", help=DATASETS_HELP)
+    e.add_argument("--data_dim", type=positive_int, help=DATA_DIM_HELP)
+    e.add_argument("--batchsize", type=positive_int, default=100, help="number of GAN samples to evaluate")
+    e.add_argument("--no_cast_xhat", action="store_true",
+                   help="measure distortion on the float reconstruction (clipped to [0, 255]) instead of the "
+                        "rounded uint8 image, as the paper does for the continuous GAN sources")
+    e.add_argument("--results_dir",
+                   help="folder for the .npz of per-image figures, in a subfolder named after --checkpoint_dir "
+                        "(default: the run folder)")
+    e.add_argument("--no_sub_dir", action="store_true", help="write into --results_dir itself, not a subfolder")
+
+
+def results_npz(args, run_dir, source):
+    """Where eval writes its per-image arrays: see add_image_eval_flags."""
+    folder = run_dir
+    if args.results_dir:
+        folder = Path(args.results_dir)
+        if not args.no_sub_dir:
+            folder = folder / Path(args.checkpoint_dir).resolve().name
+    return folder / f"{run_dir.name}-dataset={image_data.label(args.dataset, source)}.npz"
+
+
 def build_parser(script, description, add_model_flags):
     p = argparse.ArgumentParser(prog=f"{script}.py", description=description,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -168,20 +200,15 @@ def build_parser(script, description, add_model_flags):
     add_model_flags(p)
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train on random crops of an image set",
+    t = sub.add_parser("train", help="train on random crops of an image set, or on GAN samples",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     t.add_argument("--train_glob", help="glob or folder of training images (or an .npy of uint8 images)")
-    t.add_argument("--dataset", help=f"a named image set under $RDS_DATA_DIR: {', '.join(images.NAMED)} "
-                                     "(bsds500 validates on its val split)")
+    t.add_argument("--dataset", help=DATASETS_HELP)
     add_image_train_flags(t)
 
     e = sub.add_parser("eval", help="per-image bpp from real bytes, estimated bpp, MSE, PSNR, MS-SSIM",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    e.add_argument("--dataset", default="kodak",
-                   help=f"{', '.join(images.NAMED)}, a glob or folder of images, or an .npy of uint8 images")
-    e.add_argument("--results_dir", help="folder for the .npz of per-image figures (default: the run folder)")
-    e.add_argument("--no_cast_xhat", action="store_true",
-                   help="measure distortion on the float reconstruction instead of the decoded uint8 image")
+    add_image_eval_flags(e)
 
     c = sub.add_parser("compress", help="compress an image file (PNG, JPEG, ...) to a .tfci file")
     c.add_argument("input")
@@ -200,29 +227,36 @@ def main(argv, script, model_class, add_model_flags, arch_flags, description):
     arch = {k: getattr(args, k) for k in arch_flags}
     named = {k: v for k, v in arch.items() if v is not None}  # an unset flag takes its default from another
     run_dir = Path(args.checkpoint_dir) / run_name(script, **named, lmbda=args.lmbda)
+    source = None
+    if args.command == "train":
+        if bool(args.train_glob) == bool(args.dataset):
+            raise InputError("train: give exactly one of --train_glob and --dataset")
+        what = "--train_glob" if args.train_glob else "--dataset"
+        source = image_data.gan_source(args.train_glob or args.dataset, args.data_dim, what)
+    elif args.command == "eval":
+        source = image_data.gan_source(args.dataset, args.data_dim)
     model = model_class(lmbda=args.lmbda, **arch)
     model.build_weights()
     if args.command == "train":
-        return train(args, model, run_dir)
+        return train(args, model, run_dir, args.train_glob or args.dataset, source, what)
     restored = restore(model, run_dir, args.verbose)
     identity = identity_of(script, arch, model)
     if args.command == "eval":
-        return evaluate_codec(args, script, model, identity, run_dir, restored)
+        return evaluate_codec(args, script, model, identity, run_dir, restored, source)
     if args.command == "compress":
         return compress_file(script, model, identity, args.input, args.output, args.verbose)
     return decompress_file(script, model, identity, args.input, args.output, args.verbose)
 
 
-def train(args, model, run_dir):
-    if bool(args.train_glob) == bool(args.dataset):
-        raise InputError("train: give exactly one of --train_glob and --dataset")
-    spec, what = (args.train_glob, "--train_glob") if args.train_glob else (args.dataset, "--dataset")
+def train(args, model, run_dir, dataset, source, what="--dataset"):
+    """`train` for every image model: crops of an image set or whole GAN images, through utils.training."""
     training.check_run_dir(run_dir, args.cont)
-    train_ds = images.training_dataset(spec, args.patchsize, args.batchsize, args.seed, "train", what)
-    val_ds = images.validation_dataset(spec, args.patchsize, args.batchsize, what=what)
+    train_ds, val_ds = image_data.training_data(dataset, source, args.patchsize, args.batchsize, args.seed,
+                                                args.max_validation_steps, what)
     records = training.fit_from_flags(args, model, run_dir, train_ds, val_ds)
     if records:
         print(json.dumps(records[-1]))
+    return records
 
 
 def identity_of(script, arch, model):
@@ -241,8 +275,8 @@ def restore(model, run_dir, verbose):
 # ---- files --------------------------------------------------------------------------------------
 
 def compress_image(script, model, identity, image, channels):
-    """The bytes of the compressed file of one uint8 image [H, W, 3]."""
-    strings = model.compress(tf.constant(image)).numpy().tolist()
+    """The bytes of the compressed file of one image [H, W, 3] on [0, 255]."""
+    strings = model.compress(tf.constant(image, tf.float32)).numpy().tolist()
     return coding.pack(script, identity, image.shape[:2], channels, strings)
 
 
@@ -281,25 +315,26 @@ def decompress_file(script, model, identity, src, dst, verbose=False):
 
 # ---- evaluation ---------------------------------------------------------------------------------
 
-def evaluate_images(items, measure, npz_path, results_path, record, verbose=False):
+def evaluate_images(items, measure, npz_path, results_path, record, verbose=False, source=None):
     """The eval loop every image model shares.
 
-    `items` yields (name, uint8 image [H, W, 3], channels of the source); `measure(image, channels)` returns a
-    dict with `x_hat` (the reconstruction in the source's channels, uint8 or float on [0, 255]), `bpp`, and any
-    further per-image scalars. Distortion is measured against the image in its source's channels.
+    `items` yields (name, image [H, W, 3] on [0, 255], channels of the source); `measure(image, channels)`
+    returns a dict with `x_hat` (the reconstruction in the source's channels, uint8 or float on [0, 255]), `bpp`,
+    and any further per-image scalars. Distortion is measured against the image in its source's channels.
     Writes the per-image arrays (names, height, width, bpp, mse, psnr, msssim, and the extras) to `npz_path`,
     appends `record` updated with the averages to `results_path` (JSONL), and returns that record.
     PSNR is averaged over images (the convention of the published Kodak curves); MS-SSIM over the images
-    large enough to have one.
+    large enough to have one. For a GAN `source` the record also has the point in rdlb.py's units (nats per
+    image, `rdlb_lamb`, and `rdlb_lagrangian` = nats + rdlb_lamb * MSE on [0, 1]), the image sandwich's check.
     """
     rows = []
     for name, image, channels in items:
-        source = images.to_channels(image, channels)
+        source_image = images.to_channels(image, channels)
         out = measure(image, channels)
         x_hat = out.pop("x_hat")
-        m = images.mse(source, x_hat)
+        m = images.mse(source_image, x_hat)
         row = dict(names=name, height=image.shape[0], width=image.shape[1], mse=m, psnr=images.psnr(m),
-                   msssim=images.ms_ssim(source, x_hat), **out)
+                   msssim=images.ms_ssim(source_image, x_hat), **out)
         rows.append(row)
         if verbose:
             print(" ".join(f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
@@ -319,37 +354,41 @@ def evaluate_images(items, measure, npz_path, results_path, record, verbose=Fals
         else:  # MS-SSIM is undefined (NaN) on small images: averaged over the others
             finite = v[np.isfinite(v)]
             record[k] = float(np.mean(finite)) if finite.size else float("nan")
-    record.update(rate=record["bpp"], rate_unit="bits", per_dim=False, per_pixel=True, npz=str(npz_path),
-                  time=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    record.update(rate=record["bpp"], rate_unit="bits", per_dim=False, per_pixel=True, npz=str(npz_path))
+    if source is not None:
+        lamb = image_data.rdlb_lamb(record["lambda"], source)
+        nats = record["bpp"] * np.prod(source.shape[:2]) * np.log(2)
+        record.update(latent_dim=source.latent_dim, nats=float(nats), rdlb_lamb=lamb,
+                      rdlb_lagrangian=float(nats + lamb * record["mse"] / 255.0 ** 2))
+    record.update(time=time.strftime("%Y-%m-%dT%H:%M:%S"))
     jsonl.append(results_path, record)
     print(json.dumps({k: None if isinstance(v, float) and not np.isfinite(v) else v for k, v in record.items()}))
     return record
 
 
-def evaluate_codec(args, script, model, identity, run_dir, checkpoint):
+def evaluate_codec(args, script, model, identity, run_dir, checkpoint, source=None):
     """`eval`: every image is compressed to bytes, decoded, and checked against the model's own quantized
-    reconstruction; bpp counts the whole file (header included), bpp_est is the model's estimate."""
-    label = images.dataset_label(args.dataset)
-    results_dir = Path(args.results_dir) if args.results_dir else run_dir
-    npz_path = results_dir / f"{run_dir.name}-dataset={label}.npz"
+    reconstruction; bpp counts the whole file (header included), bpp_est is the model's estimate. GAN images
+    are coded as they are (continuous values): the bytes describe the quantized latents, not the pixels."""
     cast = not args.no_cast_xhat
 
     def measure(image, channels):
         h, w = image.shape[:2]
         data = compress_image(script, model, identity, image, channels)
         decoded, _ = decompress_bytes(script, model, identity, data, "eval")
-        x_est, bits = model.estimate(tf.constant(image))
+        x_est, bits = model.estimate(tf.constant(image, tf.float32))
         x_est = x_est.numpy()
         exact = bool(np.array_equal(decoded, np.clip(np.round(x_est), 0, 255).astype(np.uint8)))
-        x_hat = decoded if cast else x_est
+        x_hat = decoded if cast else np.clip(x_est, 0, 255)
         return dict(x_hat=images.to_channels(x_hat, channels) if cast or channels == 3 else x_hat.mean(axis=2),
                     bpp=coding.bpp(len(data), h, w), bpp_est=float(bits) / (h * w), num_bytes=len(data),
                     decode_exact=exact)
 
     record = dict(method=script, dataset=str(args.dataset), **{"lambda": args.lmbda}, run=run_dir.name,
                   checkpoint=str(checkpoint), cast_xhat=cast)
-    out = evaluate_images(images.eval_images(args.dataset), measure, npz_path, run_dir / RESULTS_NAME,
-                          record, args.verbose)
+    items = image_data.eval_items(args.dataset, source, args.batchsize, args.seed)
+    out = evaluate_images(items, measure, results_npz(args, run_dir, source), run_dir / RESULTS_NAME, record,
+                          args.verbose, source)
     if not out["decode_exact"]:
         warnings.warn("some decoded images differ from the model's quantized reconstruction "
                       "(see decode_exact in the .npz)")
