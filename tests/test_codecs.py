@@ -152,6 +152,10 @@ def test_gan_source_is_coded_as_continuous_images(trained, restored, tmp_path, c
     assert cast["rdlb_lamb"] == pytest.approx(lamb)
     assert cast["nats"] == pytest.approx(cast["bpp"] * 128 * 128 * np.log(2))
     assert cast["rdlb_lagrangian"] == pytest.approx(cast["nats"] + lamb * cast["mse"] / 255 ** 2)
+    with np.load(float_["npz"]) as d:  # the same file name: the later eval's arrays
+        lagrangian = d["bpp"] * 128 * 128 * np.log(2) + lamb * d["mse"] / 255 ** 2
+        assert float_["rdlb_lagrangian_stderr"] == pytest.approx(np.std(lagrangian, ddof=1) / np.sqrt(2))
+        assert float_["rate_stderr"] == pytest.approx(np.std(d["bpp"], ddof=1) / np.sqrt(2))
 
     x = gan_sources.make_gan_source("lowgan", 2).test_set(2, seed=0) * 255.0  # eval's draws (--seed 0)
     mses = []

@@ -315,6 +315,11 @@ def decompress_file(script, model, identity, src, dst, verbose=False):
 
 # ---- evaluation ---------------------------------------------------------------------------------
 
+def stderr(values):
+    """The standard error of the mean of per-image values (0 for a single image)."""
+    return float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
+
+
 def evaluate_images(items, measure, npz_path, results_path, record, verbose=False, source=None):
     """The eval loop every image model shares.
 
@@ -324,8 +329,9 @@ def evaluate_images(items, measure, npz_path, results_path, record, verbose=Fals
     Writes the per-image arrays (names, height, width, bpp, mse, psnr, msssim, and the extras) to `npz_path`,
     appends `record` updated with the averages to `results_path` (JSONL), and returns that record.
     PSNR is averaged over images (the convention of the published Kodak curves); MS-SSIM over the images
-    large enough to have one. For a GAN `source` the record also has the point in rdlb.py's units (nats per
-    image, `rdlb_lamb`, and `rdlb_lagrangian` = nats + rdlb_lamb * MSE on [0, 1]), the image sandwich's check.
+    large enough to have one; `rate_stderr` and `mse_stderr` are the standard errors of the bpp and MSE means.
+    For a GAN `source` the record also has the point in rdlb.py's units (nats per image, `rdlb_lamb`, and
+    `rdlb_lagrangian` = nats + rdlb_lamb * MSE on [0, 1], with its standard error): the image sandwich's check.
     """
     rows = []
     for name, image, channels in items:
@@ -354,12 +360,14 @@ def evaluate_images(items, measure, npz_path, results_path, record, verbose=Fals
         else:  # MS-SSIM is undefined (NaN) on small images: averaged over the others
             finite = v[np.isfinite(v)]
             record[k] = float(np.mean(finite)) if finite.size else float("nan")
-    record.update(rate=record["bpp"], rate_unit="bits", per_dim=False, per_pixel=True, npz=str(npz_path))
+    record.update(rate=record["bpp"], rate_stderr=stderr(arrays["bpp"]), mse_stderr=stderr(arrays["mse"]),
+                  rate_unit="bits", per_dim=False, per_pixel=True, npz=str(npz_path))
     if source is not None:
         lamb = image_data.rdlb_lamb(record["lambda"], source)
-        nats = record["bpp"] * np.prod(source.shape[:2]) * np.log(2)
-        record.update(latent_dim=source.latent_dim, nats=float(nats), rdlb_lamb=lamb,
-                      rdlb_lagrangian=float(nats + lamb * record["mse"] / 255.0 ** 2))
+        nats = arrays["bpp"] * np.prod(source.shape[:2]) * np.log(2)
+        lagrangian = nats + lamb * arrays["mse"] / 255.0 ** 2
+        record.update(latent_dim=source.latent_dim, nats=float(np.mean(nats)), rdlb_lamb=lamb,
+                      rdlb_lagrangian=float(np.mean(lagrangian)), rdlb_lagrangian_stderr=stderr(lagrangian))
     record.update(time=time.strftime("%Y-%m-%dT%H:%M:%S"))
     jsonl.append(results_path, record)
     print(json.dumps({k: None if isinstance(v, float) and not np.isfinite(v) else v for k, v in record.items()}))
