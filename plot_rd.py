@@ -23,7 +23,7 @@ import numpy as np
 
 from utils import cli, jsonl, runs
 from utils.plotting import plot_rd
-from utils.rd import gaussian_rd_curve, lower_bound_curve
+from utils.rd import aggregate_lb_results, gaussian_rd_curve, lower_bound_curve, mean_ci
 from utils.sources import load_gaussian_params
 
 LAMBDA_KEY = re.compile(r"-(lamb|lambda|lmbda)=[^-]+")
@@ -60,7 +60,7 @@ def collect(root):
         config = LAMBDA_KEY.sub("", path.parent.name)
         for record in jsonl.read(path):
             key = (record.get("method", "?"), config)
-            groups.setdefault(key, []).append({**record, "_flags": flags})
+            groups.setdefault(key, []).append({**record, "_flags": flags, "_dir": path.parent})
     per_method = {}
     for method, _ in groups:
         per_method[method] = per_method.get(method, 0) + 1
@@ -84,13 +84,34 @@ def gaussian_variances(groups):
     return np.ones(dim)
 
 
+def pool_lower_bounds(records):
+    """One record per lambda, sorted: evaluations at the same lambda (seeds) pool their xi samples.
+
+    Taking the largest of several noisy estimates instead would bias the bound upwards. Records whose .npz is
+    missing are kept as they are."""
+    by_lamb = {}
+    for r in records:
+        by_lamb.setdefault(r["lamb"], []).append(r)
+    pooled = []
+    for lamb, recs in sorted(by_lamb.items()):
+        files = [r["_dir"] / r["npz"] for r in recs if r.get("npz")]
+        if len(recs) == 1 or len(files) < len(recs) or not all(f.exists() for f in files):
+            pooled += recs
+            continue
+        xi = np.concatenate(list(aggregate_lb_results([str(f) for f in files]).values()))
+        ci = mean_ci(xi)
+        pooled.append({**recs[0], "R_lb": ci["mean"], "R_lb_stderr": ci["stderr"], "R_lb_lo": ci["lo"],
+                       "R_lb_hi": ci["hi"], "num_xi": xi.size})
+    return pooled
+
+
 def build_curves(groups, scale):
     """Plot curves and CSV rows. `scale` converts nats per sample into the plotted unit."""
     curves, rows, lower = [], [], []
     for label, records in sorted(groups.items()):
         method = records[0].get("method")
         if method == "rdlb":
-            records = sorted(records, key=lambda r: r["lamb"])
+            records = pool_lower_bounds(records)
             for r in records:
                 rows.append({"label": label, "method": method, "lamb": r["lamb"], "D": "",
                              "R": r["R_lb"] * scale, "R_lo": r["R_lb_lo"] * scale, "R_hi": r["R_lb_hi"] * scale})
@@ -153,9 +174,10 @@ def main(argv):
         curves.insert(0, {"label": "analytic R(D)", "D": D, "R": R * scale})
         d_values = np.concatenate([d_values, D])
     if lower:
-        if d_values.size == 0:
-            lambs = np.array([r["lamb"] for _, rec in lower for r in rec])
-            d_values = np.array([0.01, 10.0]) / lambs.max()
+        # The lower-bound curve spans the other curves' D and each line's zero crossing R_lb / lambda.
+        lambs = np.array([r["lamb"] for _, rec in lower for r in rec])
+        crossings = np.array([max(r["R_lb"], 0.0) for _, rec in lower for r in rec]) / lambs
+        d_values = np.concatenate([d_values, crossings, [0.01 / lambs.max()]])
         d_grid = np.geomspace(d_values[d_values > 0].min(), d_values.max(), 300)
         curves += lower_curves(lower, d_grid, scale)
 

@@ -67,3 +67,22 @@ def test_image_models_are_drawn_in_rdlb_units(tmp_path):
                 "rate_unit": "bits", "per_dim": False, "per_pixel": True, "run": "kodak-run"}])
     proc = run_script("plot_rd.py", "--checkpoint_dir", root, "--out", tmp_path / "rd2", check=False)
     assert proc.returncode == 2 and "kodak-run" in proc.stderr and not (tmp_path / "rd2.csv").exists()
+
+
+def test_seeds_at_one_lambda_are_pooled_not_maximized(tmp_path):
+    """Two evaluations at the same lambda become one point, the mean of all their xi samples."""
+    import numpy as np
+    root = tmp_path / "ck"
+    run_dir = runs.make_run_dir(root, "rdlb-data_dim=2-lamb=10.0")
+    xis = [np.array([1.0, 2.0, 3.0]), np.array([5.0, 6.0, 7.0])]
+    for seed, xi in enumerate(xis):
+        npz = f"rd-lamb=10.0-seed={seed}.npz"
+        np.savez(run_dir / npz, lamb=10.0, xi=xi)
+        jsonl.append(run_dir / "results.jsonl",
+                     {"method": "rdlb", "lamb": 10.0, "R_lb": float(xi.mean()), "R_lb_stderr": 0.5,
+                      "R_lb_lo": 0.0, "R_lb_hi": 9.0, "num_xi": 3, "data_dim": 2, "rate_unit": "nats",
+                      "per_dim": False, "npz": npz})
+    run_script("plot_rd.py", "--checkpoint_dir", root, "--out", tmp_path / "rd", check=True)
+    (row,) = list(csv.DictReader(open(tmp_path / "rd.csv")))
+    assert float(row["R"]) == pytest.approx(4.0)  # not max(2, 6)
+    assert float(row["R_lo"]) < 4.0 < float(row["R_hi"])
