@@ -15,9 +15,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from harness import load_script, timed
-from utils import images
-from utils.sources import data_dir
+from harness import kodak_image, load_script, timed, train_step_seconds
 
 
 PAPER = {"mbt2018": dict(num_filters=192, latent_depth=None),
@@ -25,13 +23,6 @@ PAPER = {"mbt2018": dict(num_filters=192, latent_depth=None),
 RECIPE = {"mbt2018": dict(num_filters=64, latent_depth=None),
           "ms2020": dict(num_filters=64, latent_depth=160, hyperprior_depth=64, num_slices=10, max_support_slices=5)}
 CLASSES = {"mbt2018": "MeanScaleHyperprior", "ms2020": "ChannelwiseAutoregressive"}
-
-
-def train_speed(model, patch, batch, steps):
-    model.compile(optimizer=tf.keras.optimizers.Adam(1e-4))
-    x = tf.random.uniform([batch, patch, patch, 3], 0, 255, seed=1)
-    step = tf.function(model.train_step)
-    return 1.0 / timed(lambda: step(x)["loss"].numpy(), steps)
 
 
 def coding_speed(model, image, repeats):
@@ -51,11 +42,8 @@ def main():
     p.add_argument("--images", type=int, default=1, help="timed encode/decode repeats")
     p.add_argument("--quick", action="store_true", help="recipe width only")
     args = p.parse_args()
-    kodak = data_dir() / "kodak" / "kodim01.png"
-    image = images.read_image(kodak)[0] if kodak.exists() else \
-        np.random.default_rng(0).integers(0, 256, (512, 768, 3), dtype=np.uint8)
-    print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs; image {image.shape[1]}x{image.shape[0]}"
-          f"{'' if kodak.exists() else ' (random: Kodak not found)'}")
+    image, label = kodak_image()
+    print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs; Kodak image: {label}")
     widths = [("recipe", RECIPE)] + ([] if args.quick else [("paper", PAPER)])
     for name in ("mbt2018", "ms2020"):
         module = load_script(name)
@@ -64,8 +52,8 @@ def main():
             model = cls(lmbda=0.01, **table[name])
             model.build_weights()
             params = sum(int(np.prod(w.shape)) for w in model.weights)
-            s256 = train_speed(model, 256, 8, args.steps)
-            s128 = train_speed(model, 128, 8, args.steps)
+            s256 = 1 / train_step_seconds(model, 256, 8, args.steps)
+            s128 = 1 / train_step_seconds(model, 128, 8, args.steps)
             enc, dec, fwd = coding_speed(model, image, args.images)
             print(f"{name:8s} {label:6s} {params / 1e6:6.2f}M params | train steps/s: {s256:6.3f} (256px, batch 8)"
                   f" {s128:6.3f} (128px, batch 8) | Kodak image: encode {enc:6.2f} s, decode {dec:6.2f} s, "

@@ -1,4 +1,5 @@
-"""What the benchmarks share: the repository on sys.path, loading a script as a module, and timing a call."""
+"""What the benchmarks share: the repository on sys.path, loading a script as a module, timing a call, a training
+step's time, and the Kodak image the image benchmarks code."""
 import importlib.util
 import sys
 import time
@@ -23,3 +24,25 @@ def timed(fn, repeats):
     for _ in range(repeats):
         fn()
     return (time.perf_counter() - t) / repeats
+
+
+def train_step_seconds(model, patch, batch, steps):
+    """Seconds per optimizer step (Adam) of a Keras model with a `train_step`, on a random batch of square
+    images on [0, 255], after one compiling step."""
+    import tensorflow as tf
+    model.compile(optimizer=tf.keras.optimizers.Adam(1e-4))
+    x = tf.random.uniform([batch, patch, patch, 3], 0, 255, seed=1)
+    step = tf.function(model.train_step)
+    return timed(lambda: step(x)["loss"].numpy(), steps)
+
+
+def kodak_image():
+    """(the first Kodak image, uint8 [H, W, 3], its name); random 768x512 pixels when $RDS_DATA_DIR has no Kodak."""
+    import numpy as np
+    from utils import images
+    from utils.cli import InputError
+    try:
+        name, image, _ = next(images.eval_images("kodak"))
+        return image, name
+    except InputError:
+        return np.random.default_rng(0).integers(0, 256, (512, 768, 3), dtype=np.uint8), "random 768x512"

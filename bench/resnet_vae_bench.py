@@ -17,9 +17,7 @@ import argparse
 import numpy as np
 import tensorflow as tf
 
-from harness import load_script, timed
-from utils import images
-from utils.cli import InputError
+from harness import kodak_image, load_script, timed, train_step_seconds
 
 LATENTS = "4,8,16,32,64,128"
 CONFIGS = {  # name: model flags
@@ -32,21 +30,6 @@ def build(rv, flags):
     model = rv.build(rv.parse_args([*flags, "--lambda", "0.01", "eval"]))
     model.build_weights()
     return model
-
-
-def step_seconds(model, patch, batch, steps):
-    model.compile(optimizer=tf.keras.optimizers.Adam(1e-4))
-    x = tf.random.uniform([batch, patch, patch, 3], 0, 255, seed=1)
-    step = tf.function(model.train_step)
-    return timed(lambda: step(x)["loss"].numpy(), steps)
-
-
-def kodak_image():
-    try:
-        _, image, _ = next(images.eval_images("kodak"))
-        return image.astype(np.float32), "kodim01"
-    except InputError:
-        return np.random.default_rng(0).uniform(0, 255, (512, 768, 3)).astype(np.float32), "random 768x512"
 
 
 def main():
@@ -68,12 +51,12 @@ def main():
         params = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
         print(f"{name}: {' '.join(CONFIGS[name])} ({params / 1e6:.2f} M parameters)")
         for patch, batch in settings[name]:
-            s = step_seconds(model, patch, batch, args.steps)
+            s = train_step_seconds(model, patch, batch, args.steps)
             base = s if (name, patch) == ("recipe", 256) else base
             ratio = f", {s / base:.1f}x the recipe's 256x256 step" if base and (name, patch) != ("recipe", 256) else ""
             print(f"  train {patch}x{patch} batch {batch}: {1 / s:.3f} steps/s ({s:.2f} s/step over {args.steps} "
                   f"steps{ratio})")
-        e = timed(lambda: model.estimate(tf.constant(image))[1].numpy(), args.images)
+        e = timed(lambda: model.estimate(tf.constant(image, tf.float32))[1].numpy(), args.images)
         print(f"  eval one Kodak image ({label}): {e:.2f} s/image (over {args.images})")
 
 
