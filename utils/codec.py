@@ -251,8 +251,7 @@ def main(argv, script, model_class, add_model_flags, arch_flags, description):
 def train(args, model, run_dir, dataset, source, what="--dataset"):
     """`train` for every image model: crops of an image set or whole GAN images, through utils.training."""
     training.check_run_dir(run_dir, args.cont)
-    train_ds, val_ds = image_data.training_data(dataset, source, args.patchsize, args.batchsize, args.seed,
-                                                args.max_validation_steps, what)
+    train_ds, val_ds = image_data.training_data(dataset, source, args.patchsize, args.batchsize, args.seed, what)
     records = training.fit_from_flags(args, model, run_dir, train_ds, val_ds)
     if records:
         print(json.dumps(records[-1]))

@@ -3,7 +3,7 @@
 mbt2018.py, ms2020.py and resnet_vae.py all take `--dataset` with `--data_dim`:
 
     source = image_data.gan_source(args.dataset, args.data_dim)   # None for an image set
-    train_ds, val_ds = image_data.training_data(args.dataset, source, patchsize, batchsize, seed, max_val)
+    train_ds, val_ds = image_data.training_data(args.dataset, source, patchsize, batchsize, seed)
     for name, image, channels in image_data.eval_items(args.dataset, source, args.batchsize, args.seed): ...
 
 Images enter the models on [0, 255]: image files as uint8, GAN images as float32 (their alphabet is continuous,
@@ -35,15 +35,15 @@ def gan_source(dataset, data_dim, what="--dataset"):
     return None
 
 
-def training_data(dataset, source, patchsize, batchsize, seed, max_validation_steps, what="--dataset"):
+def training_data(dataset, source, patchsize, batchsize, seed, what="--dataset"):
     """(endless training batches, validation batches or None), float32 on [0, 255].
 
     An image set gives random `patchsize` crops and validates on its val split; a GAN source gives whole images
-    (128x128, `patchsize` unused) and validates on a fixed seeded stream, the same draws every epoch."""
+    (128x128, `patchsize` unused) and validates on a fixed seeded stream, the same draws every epoch (endless:
+    utils.training.fit takes its first --max_validation_steps batches)."""
     if source is not None:
         scaled = lambda x: x * 255.0  # noqa: E731
-        return (source.dataset(batchsize, seed).map(scaled),
-                source.dataset(batchsize, seed + 1).map(scaled).take(max_validation_steps))
+        return source.dataset(batchsize, seed).map(scaled), source.dataset(batchsize, seed + 1).map(scaled)
     return (images.training_dataset(dataset, patchsize, batchsize, seed, "train", what),
             images.validation_dataset(dataset, patchsize, batchsize, what=what))
 
