@@ -6,13 +6,15 @@
 Several --lamb values sweep the curve, each warm-started from the previous solution. Per lambda, a run
 folder `<save_dir>/ba-lamb=<lamb>-bins=<bins>` gets `log.jsonl` (one record per iteration: step, R, D,
 lagrangian) and `results.jsonl` (the final point). Rates are nats per sample; D is the MSE per dimension.
+On a terminal, a progress bar per lambda (iterations, with the current R, D and Lagrangian) runs on stderr;
+-V shows the bars also when stderr is a log (one line per lambda, when it is done).
 """
 import argparse
 import time
 
 import numpy as np
 
-from utils import cli, jsonl, runs
+from utils import Progress, cli, jsonl, runs
 from utils.ba import METHODS, Histogram, check_memory, run_ba
 from utils.sources import load_samples, make_source
 
@@ -36,7 +38,9 @@ def parse_args(argv):
                    help="fast: separable per-dimension kernels; dense: the full |X| x |Y| matrix (cross-checks)")
     p.add_argument("--save_dir", default="checkpoints/ba", help="parent folder of the run folders")
     p.add_argument("--seed", type=int, default=0, help="seed of the samples drawn from a built-in source")
-    p.add_argument("-V", "--verbose", action="store_true", help="print progress")
+    p.add_argument("-V", "--verbose", action="store_true",
+                   help="the histogram's occupancy; progress bars on stderr even when it is not a terminal; "
+                        "TensorFlow's start-up log lines")
     return p.parse_args(argv)
 
 
@@ -67,16 +71,17 @@ def main(argv):
         run_dir = runs.make_run_dir(args.save_dir, runs.run_name("ba", **key))
         runs.save_flags(run_dir, args)
         log_path = run_dir / runs.LOG_NAME
-        start = time.time()
+        bar = Progress(args.steps, args.verbose, unit="iteration", values=("lamb", "R", "D", "L"))
+        start = time.time()  # after the bar, whose first use imports TensorFlow
         started = time.strftime("%Y-%m-%dT%H:%M:%S")
 
         def log(step, record):
             jsonl.append(log_path, {"step": step, **record, "run_start": started})
-            if args.verbose and (step == 1 or step % 100 == 0):
-                print(f"lamb={lamb:g} step {step}: R={record['R']:.6g} D={record['D']:.6g} "
-                      f"L={record['lagrangian']:.6g}")
+            # Not finalized here: a converged run stops before --steps, and the bar is closed once, below.
+            bar.update(step, finalize=False, lamb=lamb, R=record["R"], D=record["D"], L=record["lagrangian"])
 
         log_q, record, steps, converged = run_ba(hist, lamb, args.steps, args.tol, args.method, log_q, log)
+        bar.update(steps, finalize=True)
         summary = {"method": "ba", "lamb": lamb, **record, "steps": steps, "converged": converged,
                    "bins": args.bins, "num_samples": len(samples), "data_dim": hist.dim, "rate_unit": "nats",
                    "per_dim": False, "units": "R in nats per sample; D = squared error averaged over dimensions",

@@ -7,9 +7,11 @@ artifacts that a codec should not learn to reproduce. Output is lossless PNG.
     python prepare_imgs.py '/tmp/train2017/*.jpg' data/my_coco_train2017/
 
 Each image's factor is drawn from a generator seeded by (--seed, its position in the sorted file list), so the
-output does not depend on --workers.
+output does not depend on --workers. On a terminal a progress bar over the images runs on stderr (-V: also in a
+log, as one line at the end).
 """
 import argparse
+import contextlib
 import glob
 import os
 import sys
@@ -19,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from utils import Progress
 from utils.cli import InputError, positive_float, positive_int, run
 from utils.images import encode_png
 from utils.runs import atomic_write_bytes
@@ -53,6 +56,8 @@ def main(argv):
     p.add_argument("--max_factor", type=positive_float, default=1.0, help="exclusive")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1)
+    p.add_argument("-V", "--verbose", action="store_true",
+                   help="the progress bar even when stderr is not a terminal; TensorFlow's start-up log lines")
     args = p.parse_args(argv)
     if not args.min_factor < args.max_factor <= 1:
         raise InputError(f"need --min_factor < --max_factor <= 1, got {args.min_factor} and {args.max_factor}")
@@ -62,11 +67,14 @@ def main(argv):
     Path(args.dst_dir).mkdir(parents=True, exist_ok=True)
     jobs = [(i, f, args.dst_dir, args.min_size, (args.min_factor, args.max_factor), args.seed)
             for i, f in enumerate(files)]
-    if args.workers > 1:
-        with Pool(args.workers) as pool:
-            outcomes = pool.map(prepare, jobs, chunksize=16)
-    else:
-        outcomes = [prepare(j) for j in jobs]
+    outcomes = []
+    with Pool(args.workers) if args.workers > 1 else contextlib.nullcontext() as pool:
+        # The workers are forked before the bar may import TensorFlow (and start its threads).
+        bar = Progress(len(jobs), args.verbose, unit="image")
+        # imap keeps the input order and hands back each result as soon as it is done, for the bar.
+        for outcome in pool.imap(prepare, jobs, chunksize=16) if pool else map(prepare, jobs):
+            outcomes.append(outcome)
+            bar.update(len(outcomes))
     counts = {k: outcomes.count(k) for k in ("kept", "small", "gray", "unreadable")}
     print(f"{counts['kept']} of {len(files)} images written to {args.dst_dir}; skipped {counts['small']} smaller "
           f"than {args.min_size}, {counts['gray']} not color, {counts['unreadable']} unreadable", file=sys.stderr)

@@ -17,6 +17,8 @@ Frames of digital silence (all-zero spectra) are dropped. Each file's coordinate
 mean and standard deviation of its training split (the test split uses the same statistics), so that the
 paper's lambda grids (0.1 ... 100) span the R-D curve; raw magnitudes have standard deviations of ~0.03 to
 0.7, at which those lambdas give almost zero rate.
+
+On a terminal a progress bar over the recordings runs on stderr (-V: also in a log, as one line at the end).
 """
 import argparse
 import io
@@ -26,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from scipy.io import wavfile
 
-from utils import cli, runs
+from utils import Progress, cli, runs
 from utils.sources import data_dir
 
 FRAME_LENGTH, HOP, FFT_LENGTH = 63, 32, 64
@@ -53,15 +55,16 @@ def read_wav(path):
     return x.astype(np.float64) / scale
 
 
-def collect(recordings):
+def collect(recordings, verbose=False):
     """{(speaker, split): [spectra arrays]} over every FSDD file in the folder."""
     parts = {}
-    for path in sorted(recordings.glob("*.wav")):
-        m = NAME.match(path.name)
-        if not m:
-            continue
-        split = "test" if int(m.group(3)) in TEST_TAKES else "train"
-        parts.setdefault((m.group(2), split), []).append(spectra(read_wav(path)))
+    paths = [p for p in sorted(recordings.glob("*.wav")) if NAME.match(p.name)]
+    bar = Progress(len(paths), verbose, unit="recording")
+    for i, path in enumerate(paths):
+        speaker, take = NAME.match(path.name).group(2, 3)
+        split = "test" if int(take) in TEST_TAKES else "train"
+        parts.setdefault((speaker, split), []).append(spectra(read_wav(path)))
+        bar.update(i + 1)
     return parts
 
 
@@ -76,11 +79,13 @@ def main(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--fsdd_dir", default=None, help="folder of FSDD .wav files (default $RDS_DATA_DIR/fsdd/recordings)")
     p.add_argument("--save_dir", default="data/speech")
+    p.add_argument("-V", "--verbose", action="store_true",
+                   help="the progress bar even when stderr is not a terminal; TensorFlow's start-up log lines")
     args = p.parse_args(argv)
     recordings = Path(args.fsdd_dir) if args.fsdd_dir else data_dir() / "fsdd" / "recordings"
     if not recordings.is_dir():
         raise cli.InputError(f"--fsdd_dir: {recordings} is not a folder of FSDD recordings")
-    parts = collect(recordings)
+    parts = collect(recordings, args.verbose)
     if not parts:
         raise cli.InputError(f"--fsdd_dir: no FSDD recordings (<digit>_<speaker>_<take>.wav) in {recordings}")
     def pooled(split, speaker=None):

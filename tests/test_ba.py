@@ -1,11 +1,14 @@
 """Blahut-Arimoto: the fast and dense forms agree, match the analytic Gaussian R(D), and stay exact when the
 kernel underflows; the CLI runs the paper's command and refuses bad input."""
+import io
 import math
+import re
 
 import numpy as np
 import pytest
 
 from conftest import data_path, run_script
+import ba
 from utils import jsonl
 from utils.ba import Histogram, run_ba
 from utils.rd import gaussian_rd_at_lambda
@@ -82,8 +85,9 @@ def test_very_large_lambda_gives_the_source_entropy():
 
 def test_cli_sweep_writes_logs_and_results(tmp_path):
     np.save(tmp_path / "x.npy", np.random.default_rng(5).standard_normal((20000, 2)))
-    run_script("ba.py", "--samples", tmp_path / "x.npy", "--bins", 30, "--steps", 200, "--tol", 1e-6,
+    proc = run_script("ba.py", "--samples", tmp_path / "x.npy", "--bins", 30, "--steps", 200, "--tol", 1e-6,
                "--lamb", 3, 10, "--save_dir", tmp_path / "out", check=True)
+    assert "/200" not in proc.stderr  # no progress bar in a log without -V
     for lamb in ("3.0", "10.0"):
         run_dir = tmp_path / "out" / f"ba-lamb={lamb}-bins=30"
         log = jsonl.read(run_dir / "log.jsonl")
@@ -102,6 +106,33 @@ def test_paper_physics_command_runs_as_written(tmp_path):
     assert "BA lamb=100" in proc.stdout
     (result,) = jsonl.read(tmp_path / "checkpoints/physics/ba-lamb=100.0-bins=60/results.jsonl")
     assert result["converged"] and 0 <= result["R"] < 0.01
+    # -V in a log: the lambda's progress bar as one line when it is done, with the final values.
+    (bar,) = re.findall(r"^ *(\d+)/2000 - .* - lamb: 100\.0000 - R: (\S+) - D: (\S+) - L: (\S+)", proc.stderr, re.M)
+    assert int(bar[0]) == result["steps"]
+    assert [float(v) for v in bar[1:]] == pytest.approx([result["R"], result["D"], result["lagrangian"]],
+                                                         rel=1e-3, abs=1e-4)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_bar_on_a_terminal(tmp_path, monkeypatch, capsys):
+    np.save(tmp_path / "x.npy", np.random.default_rng(5).standard_normal((20000, 2)))
+    terminal = _Terminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    ba.main(["--samples", str(tmp_path / "x.npy"), "--bins", "30", "--steps", "200", "--tol", "1e-6",
+             "--lamb", "3", "10", "--save_dir", str(tmp_path / "out")])
+    assert "-V" not in capsys.readouterr().out  # stdout untouched by the bar
+    # One live bar per lambda (redrawn in place with \r), each closed with a newline at its last iteration.
+    finals = [line.rsplit("\r", 1)[-1] for line in terminal.getvalue().replace("\b", "").split("\n")[:-1]]
+    assert len(finals) == 2
+    for line, lamb in zip(finals, ("3.0", "10.0")):
+        (result,) = jsonl.read(tmp_path / "out" / f"ba-lamb={lamb}-bins=30" / "results.jsonl")
+        assert result["converged"] and result["steps"] < 200
+        assert line.lstrip().startswith(f"{result['steps']}/200 [") and f"lamb: {float(lamb):.4f}" in line
+        assert f"D: {result['D']:.4f}" in line
 
 
 @pytest.mark.parametrize("setup, args, message", [

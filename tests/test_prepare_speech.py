@@ -1,8 +1,11 @@
 """prepare_speech.py: FSDD recordings -> 33-d magnitude spectra, split by take, standardized, with 2-d marginals."""
+import re
+
 import numpy as np
 import pytest
 from scipy.io import wavfile
 
+import prepare_speech
 from conftest import run_script
 from prepare_speech import FRAME_LENGTH, HOP, spectra
 
@@ -17,15 +20,21 @@ def test_a_tone_peaks_in_its_fft_bin():
         assert set(np.argmax(s, axis=1)) == {expected}
 
 
-def test_files_split_by_take_and_standardized(tmp_path):
-    rec = tmp_path / "recordings"
-    rec.mkdir()
+def write_recordings(folder):
+    folder.mkdir()
     rng = np.random.default_rng(0)
     for take in (0, 1, 7, 8):  # takes 0-4 are test, the rest train
         for speaker in ("theo", "jackson"):
             noise = (rng.normal(0, 0.2, 4000) * 32767).astype(np.int16)
-            wavfile.write(rec / f"3_{speaker}_{take}.wav", 8000, noise)
-    run_script("prepare_speech.py", "--fsdd_dir", rec, "--save_dir", tmp_path / "speech", check=True)
+            wavfile.write(folder / f"3_{speaker}_{take}.wav", 8000, noise)
+    (folder / "README.wav").write_bytes(b"")  # not an FSDD name: skipped, and not counted by the progress bar
+
+
+def test_files_split_by_take_and_standardized(tmp_path):
+    rec = tmp_path / "recordings"
+    write_recordings(rec)
+    proc = run_script("prepare_speech.py", "--fsdd_dir", rec, "--save_dir", tmp_path / "speech", check=True)
+    assert "/8" not in proc.stderr  # no progress bar in a log without -V
     out = tmp_path / "speech"
     train, test = np.load(out / "stft-split=train.npy"), np.load(out / "stft-split=test.npy")
     frames = 1 + (4000 - FRAME_LENGTH) // HOP
@@ -40,3 +49,12 @@ def test_files_split_by_take_and_standardized(tmp_path):
 def test_missing_folder_is_a_clear_error(tmp_path):
     proc = run_script("prepare_speech.py", "--fsdd_dir", tmp_path / "nope", check=False)
     assert proc.returncode == 2 and "--fsdd_dir" in proc.stderr
+
+
+def test_progress_with_V(tmp_path, capsys):
+    rec = tmp_path / "recordings"
+    write_recordings(rec)
+    prepare_speech.main(["--fsdd_dir", str(rec), "--save_dir", str(tmp_path / "speech"), "-V"])
+    # stderr is not a terminal here: one line when the 8 recordings are read, the rate per recording included.
+    err = capsys.readouterr().err
+    assert re.search(r"^8/8 - \d+s - .*/recording$", err, re.M), err

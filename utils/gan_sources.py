@@ -9,9 +9,10 @@ only the first d coordinates (the rest are 0, as in the paper), and maps z to a 
 of pixel values (49152), `latent_dim` is d, `shape` is (128, 128, 3). Images are continuous in [0, 1]: training
 scripts that work on the [0, 255] scale multiply by 255.
 
-- `basenji`, `beagle`, `jay`, `magpie`: the paper's source, BigGAN-deep-128 with that ImageNet class. It needs the
-  TF-Hub module on disk (environment variable RDS_BIGGAN_MODULE, a folder holding a copy of
-  https://tfhub.dev/deepmind/biggan-deep-128/1) and the `tensorflow_hub` package; neither ships with this package.
+- `basenji`, `beagle`, `jay`, `magpie`: the paper's source, BigGAN-deep-128 with that ImageNet class, loaded with
+  `tensorflow_hub` (in requirements.txt). Only the module itself is missing here: environment variable
+  RDS_BIGGAN_MODULE names a folder holding an unpacked copy of https://tfhub.dev/deepmind/biggan-deep-128/1.
+  tests/test_gan_sources.py checks this path with a small module of the same signature.
 - `lowgan`: a stand-in with the same interface that needs nothing. It is a fixed convolutional generator whose
   weights are drawn with numpy from a fixed seed (identical on every machine and run): a dense layer to a 4x4 map,
   then five stages of bilinear 2x upsampling, 3x3 convolution (reflection padding) and tanh, then a fixed
@@ -167,18 +168,22 @@ class BigGAN(_GanSource):
         hint = "or use --dataset lowgan, the built-in stand-in generator"
         if not path:
             raise InputError(f"--dataset {name} samples BigGAN-deep-128: set ${BIGGAN_ENV} to a local copy of "
-                             f"{BIGGAN_URL} (and install tensorflow_hub), {hint}")
+                             f"{BIGGAN_URL}, {hint}")
         if not os.path.isdir(path):
             raise InputError(f"${BIGGAN_ENV}={path} is not a folder; it should hold the unpacked module of "
                              f"{BIGGAN_URL}, {hint}")
         try:
             import tensorflow_hub as hub
         except ImportError:
-            raise InputError(f"--dataset {name} needs the tensorflow_hub package to load {path}, {hint}")
+            raise InputError(f"--dataset {name} needs the tensorflow_hub package of requirements.txt to load "
+                             f"{path}, {hint}")
         try:
             self.module = hub.load(path)
         except Exception as e:  # a damaged or wrong folder: any loader error means the same to the user
             raise InputError(f"${BIGGAN_ENV}={path}: cannot load it as the BigGAN-deep-128 module ({e}), {hint}")
+        if "default" not in self.module.signatures:
+            raise InputError(f"${BIGGAN_ENV}={path} loads, but has no 'default' signature (z, y, truncation -> "
+                             f"image) as {BIGGAN_URL} has, {hint}")
         self.label = np.eye(1000, dtype=np.float32)[BIGGAN_CLASSES[name]]
 
     def generate(self, z):
