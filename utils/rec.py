@@ -1,0 +1,500 @@
+"""Relative entropy coding (iREC, Flamich, Havasi & Hernández-Lobato 2020) of diagonal Gaussian latents.
+
+The encoder turns a posterior q = N(mu, sig^2) and a prior p = N(m, s^2) over one layer of latents into a short
+list of integers from which a decoder that knows only p rebuilds, bitwise exactly, a latent z distributed close to
+q, at a cost close to KL(q || p) nats. A hierarchical VAE drives it one layer at a time:
+
+    code, z = encode_layer(post_loc, post_scale, prior_loc, prior_scale, seed=s, layer=l, config=cfg)
+    ...  the next layer's prior from z ...
+    data = pack([code_0, code_1, ...], seed=s)            # bytes
+    reader = Reader(data)
+    z = reader.decode_layer(prior_loc, prior_scale, layer=l)   # the same z, layer by layer
+    ...
+    reader.finish()
+
+How a layer is coded:
+- The layer is flattened, shuffled by a permutation keyed by (seed, layer) and cut into blocks of `block_size`
+  dimensions (the last one shorter), so that every block holds a similar share of the KL.
+- A block with KL nats gets K = ceil(KL / omega) auxiliary variables a_1..a_K, independent under the prior with
+  variances v_j summing to s^2 (z = m + a_1 + ... + a_K): step j takes the fraction (K - j)^-0.786 of the variance
+  still left, the power law of the seed paper's code, so the last one takes all that remains. With
+  fit_split the encoder picks the exponent per block (5 bits) to spread the KL evenly over the steps: the
+  paper's exponent front-loads the KL for wide posteriors and back-loads it for narrow ones, and a step whose
+  KL exceeds ln n is one the beam cannot match.
+- At step j every beam draws n = floor(exp(omega * (1 + eps))) candidates for a_j from N(0, v_j) with TF's
+  stateless Philox normal op (the one under tf.random.stateless_normal) keyed by (seed, layer, block, step, the
+  beam's index history): the decoder can redraw exactly the candidates of the path it is told. Each candidate
+  partial sum S = a_1 + ... + a_j is scored by log q(S) - log p(S) of its distribution under the posterior and
+  the prior; the best B over all beams survive.
+  At the last step S = z - m, so the score is log q(z) / p(z); the best beam's K indices are the block's code.
+- A block whose K would exceed `max_aux` is split in halves (recursively), never truncated: the stream carries
+  the split tree.
+
+Everything a decoder rebuilds is float64 formed by the same elementwise operations on both sides (the normal
+draws come from TF in float32 with the same shapes and seeds, then widen exactly; the encoder's scores, which
+only rank, are float32), so encoder and decoder agree
+bit for bit on one machine and TF version, provided they are given bitwise the same prior.
+
+Stream (`pack`): a header, then constriction's ANS words (uniform models throughout):
+
+    magic "RDSr" (4 bytes), version, fit_split (1 byte each), n, block_size, seed, payload length (varints),
+    crc32 (4 bytes)
+
+per layer: the per-block counts K (0 marks a split) as min + fixed-width offsets, then per leaf block its
+exponent (fit_split only) and its indices.
+"""
+import math
+import struct
+import zlib
+from dataclasses import dataclass
+
+import constriction
+import numpy as np
+import tensorflow as tf
+
+from utils.cli import InputError
+
+MAGIC = b"RDSr"
+VERSION = 1
+RATIO_EXPONENT = 0.7864636765648174  # the seed paper's power law for the auxiliary variance ratios
+# exponents a fitted split chooses from, one per block (5 bits): the best one ranges from ~0.55 for narrow
+# posteriors (KL piles up at the end) to ~1 for wide ones with shifted means (KL spread evenly over the variance)
+FIT_EXPONENTS = np.linspace(0.4, 1.1, 32)
+MAX_CANDIDATES = (1 << 24) - 1  # constriction's uniform model holds < 2^24 symbols
+MAX_AUX_LIMIT = (1 << 16) - 1  # counts K are coded in at most 16 bits
+_UNIFORM = constriction.stream.model.Uniform()
+_M64 = (1 << 64) - 1
+
+
+@dataclass(frozen=True)
+class Config:
+    """The encoder's settings. Only n_candidates and block_size reach the decoder (in the header)."""
+    block_size: int = 1000
+    omega: float = 3.0  # KL per auxiliary variable, nats (--kl_per_partition)
+    extra_samples: float = 1.0  # 1 + eps
+    n_beams: int = 10
+    max_aux: int = 1024  # a block needing more auxiliary variables is split in halves
+    fit_split: bool = False  # choose the power law's exponent per block (5 bits each) instead of the paper's
+
+    def __post_init__(self):
+        if not isinstance(self.block_size, (int, np.integer)) or self.block_size < 1:
+            raise InputError(f"block_size must be a positive integer, got {self.block_size!r}")
+        if not (np.isfinite(self.omega) and self.omega > 0 and np.isfinite(self.extra_samples)
+                and self.extra_samples > 0):
+            raise InputError(f"kl_per_partition ({self.omega!r}) and extra_samples ({self.extra_samples!r}) must be "
+                             "positive finite numbers")
+        if not 2 <= self.n_candidates <= MAX_CANDIDATES:
+            raise InputError(f"kl_per_partition * extra_samples = {self.omega * self.extra_samples:.4g} nats gives "
+                             f"{self.n_candidates} candidates per step; it must lie in [ln 2, ln {MAX_CANDIDATES}] "
+                             "(2 to 2^24 - 1 candidates)")
+        if not isinstance(self.n_beams, (int, np.integer)) or self.n_beams < 1:
+            raise InputError(f"n_beams must be a positive integer, got {self.n_beams!r}")
+        if not isinstance(self.max_aux, (int, np.integer)) or not 1 <= self.max_aux <= MAX_AUX_LIMIT:
+            raise InputError(f"max_aux must be an integer in [1, {MAX_AUX_LIMIT}], got {self.max_aux!r}")
+
+    @property
+    def n_candidates(self):
+        return int(math.floor(math.exp(self.omega * self.extra_samples)))
+
+
+@dataclass
+class LayerCode:
+    """One layer's code: the split tree in pre-order over the top-level blocks (0 = split in halves, else the
+    leaf's count K), each leaf block's K candidate indices and, with a fitted split, its exponent. kl and
+    log_ratio (nats: the layer's KL and the chosen latent's log q(z)/p(z)) are known to the encoder only."""
+    dims: int
+    block_size: int
+    n_candidates: int
+    tree: list
+    indices: list
+    exponents: list = None  # per leaf block, an index into FIT_EXPONENTS (fit_split), else None
+    seed: int = None  # the seed it was made with (the encoder's, or the stream's)
+    kl: float = None
+    log_ratio: float = None
+
+    def index_bits(self):
+        """Bits of the candidate indices alone: sum of K * log2(n)."""
+        return sum(len(i) for i in self.indices) * math.log2(self.n_candidates)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Shared randomness
+
+def _mix(h, x):
+    """A 64-bit hash of (h, x), elementwise on uint64 arrays (splitmix64's finalizer; wraps mod 2^64)."""
+    with np.errstate(over="ignore"):
+        z = np.asarray(h, np.uint64) + (np.asarray(x, np.uint64) + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def _check_ids(seed, layer):
+    for name, v in (("seed", seed), ("layer", layer)):
+        if not isinstance(v, (int, np.integer)) or not 0 <= v <= _M64:
+            raise InputError(f"{name} must be an integer in [0, 2^64), got {v!r}")
+
+
+def _philox(op, shape, key, step, **kw):
+    """A TF stateless random op on Philox with our own 64-bit key and the step as the counter's high word (the
+    raw op: tf.random.stateless_* re-derives key and counter from a seed pair at ~20x the cost of the draw)."""
+    return op(shape=shape, key=tf.constant([key], tf.uint64), counter=tf.constant([0, step], tf.uint64), alg=1,
+              **kw).numpy()
+
+
+def _permutation(dims, seed, layer):
+    """The layer's fixed shuffle: argsort of stateless random 64-bit integers keyed by (seed, layer)."""
+    bits = _philox(tf.raw_ops.StatelessRandomUniformFullIntV2, [dims], int(_mix(_mix(seed, layer), 0x5EC0DE)), 0,
+                   dtype=tf.int64)
+    return np.argsort(bits, kind="stable")
+
+
+@tf.function(input_signature=[tf.TensorSpec([None], tf.uint64), tf.TensorSpec([], tf.uint64),
+                              tf.TensorSpec([2], tf.int32)], autograph=False)
+def _beam_noise(keys, step, shape):
+    counter = tf.stack([tf.constant(0, tf.uint64), step])
+    return tf.map_fn(lambda k: tf.raw_ops.StatelessRandomNormalV2(shape=shape, key=k[None], counter=counter, alg=1),
+                     keys, fn_output_signature=tf.float32, parallel_iterations=4)
+
+
+def _candidate_noise(keys, step, n, d):
+    """Standard normals [len(keys), n, d] float32: for each beam key the same draws whatever the other beams (the
+    same op, shape, key and counter), so the decoder, following one beam, redraws them exactly."""
+    if len(keys) == 1:  # eager: for one draw the graph's loop costs more than it saves
+        return _philox(tf.raw_ops.StatelessRandomNormalV2, [n, d], int(keys[0]), step)[None]
+    return _beam_noise(keys, np.uint64(step), np.array([n, d], np.int32)).numpy()
+
+
+def _variance_split(prior_var, k, exponent=RATIO_EXPONENT):
+    """The auxiliary variances v_j [k, d] and what is left after each step [k, d] (0 after the last): step j
+    takes the fraction (k - j)^-exponent of what is left."""
+    left = prior_var.copy()
+    v, rest = np.empty((k,) + left.shape), np.empty((k,) + left.shape)
+    for j in range(k):
+        v[j] = left * float(k - j) ** -exponent if j < k - 1 else left
+        left = left - v[j]
+        rest[j] = left
+    return v, rest
+
+
+def _fit_exponent(mu, sig, m, s, k):
+    """The index into FIT_EXPONENTS whose split gives the block's steps the most even KL (the smallest largest
+    one). A step's KL is the growth, over the step, of the KL between the posterior's and the prior's laws of the
+    partial sum, which at variance fraction t is sum_i (t (r_i - 1 + d_i^2) - log(1 - t (1 - r_i))) / 2 with
+    r = sig^2 / s^2 and d = (mu - m) / s."""
+    r, d2 = (sig / s) ** 2, ((mu - m) / s) ** 2
+    worst = []
+    for a in FIT_EXPONENTS:
+        t = 1 - _variance_split(np.ones(1), k, a)[1][:, 0]
+        kl = 0.5 * (t[:, None] * (r - 1 + d2) - np.log1p(-t[:, None] * (1 - r))).sum(axis=1)
+        worst.append(np.max(np.diff(kl, prepend=0.0)))
+    return int(np.argmin(worst))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Blocks
+
+def _as_params(name, loc, scale, shape=None):
+    loc, scale = np.asarray(loc, np.float64), np.asarray(scale, np.float64)
+    if loc.shape != scale.shape or (shape is not None and loc.shape != shape):
+        raise ValueError(f"{name}: loc {loc.shape} and scale {scale.shape} must have the same shape"
+                         + (f" as the posterior {shape}" if shape is not None else ""))
+    if loc.size == 0:
+        raise ValueError(f"{name}: empty layer")
+    if not (np.all(np.isfinite(loc)) and np.all(np.isfinite(scale)) and np.all(scale > 0)):
+        raise ValueError(f"{name}: loc must be finite and scale positive and finite")
+    return loc, scale
+
+
+def _top_blocks(dims, block_size):
+    return [(start, min(start + block_size, dims)) for start in range(0, dims, block_size)]
+
+
+def _block_kl(mu, sig, m, s):
+    return float(np.sum(np.log(s / sig) + (sig ** 2 + (mu - m) ** 2) / (2 * s ** 2) - 0.5))
+
+
+def _split_tree(mu, sig, m, s, start, stop, omega, max_aux, tree, leaves):
+    """Appends the pre-order symbols of [start, stop) to tree and its leaf blocks (start, stop, K) to leaves."""
+    k = max(1, math.ceil(_block_kl(mu[start:stop], sig[start:stop], m[start:stop], s[start:stop]) / omega))
+    if k <= max_aux:
+        tree.append(k)
+        leaves.append((start, stop, k))
+        return
+    if stop - start == 1:
+        raise InputError(f"one latent dimension has a KL above max_aux * kl_per_partition = {max_aux * omega:.4g} "
+                         "nats; raise max_aux or kl_per_partition")
+    tree.append(0)
+    mid = start + (stop - start) // 2
+    _split_tree(mu, sig, m, s, start, mid, omega, max_aux, tree, leaves)
+    _split_tree(mu, sig, m, s, mid, stop, omega, max_aux, tree, leaves)
+
+
+def _block_key(seed, layer, block):
+    return _mix(_mix(_mix(seed, layer), block), 0xB10C)
+
+
+def _encode_block(mu, sig, m, s, k, exponent, key, n, beams):
+    """Beam search over the block's K steps; returns (indices [K] int32, z block float64)."""
+    d = len(m)
+    s2, sig2, dmu = s ** 2, sig ** 2, mu - m
+    v, rest = _variance_split(s2, k, exponent)
+    sums = np.zeros((1, d))
+    history = np.zeros((1, 0), np.int32)
+    keys = np.array([key], np.uint64)
+    for j in range(k):
+        cum = s2 - rest[j]  # prior variance of the partial sum S_j
+        t_mean = dmu * (cum / s2)
+        t_var = sig2 * (cum / s2) ** 2 + cum * rest[j] / s2
+        # log q(S) - log p(S) = S^2 . alpha + S . beta + const over the dimensions; with S = P + sqrt(v) e for a
+        # beam's partial sum P and a candidate's noise e, it is (P^2 . alpha + P . beta + const)
+        # + e^2 . (v alpha) + e . (sqrt(v) (beta + 2 alpha P)): scored in float32 on the raw draws (ranking
+        # needs no more), only the chosen sums are formed, in float64, as the decoder forms them
+        alpha = 0.5 / cum - 0.5 / t_var
+        beta = t_mean / t_var
+        const = 0.5 * np.sum(np.log(cum / t_var)) - np.sum(t_mean ** 2 / (2 * t_var))
+        scale = np.sqrt(v[j])
+        noise = _candidate_noise(keys, j, n, d)  # [beams, n, d]
+        linear = (scale * (beta + 2 * alpha * sums)).astype(np.float32)  # [beams, d]
+        score = ((sums * sums) @ alpha + sums @ beta + const)[:, None] \
+            + (noise * noise) @ (v[j] * alpha).astype(np.float32) + (noise @ linear[:, :, None])[..., 0]
+        best = np.argsort(-score.ravel(), kind="stable")[:beams]
+        parent, choice = best // n, (best % n).astype(np.int32)
+        sums = sums[parent] + noise[parent, choice].astype(np.float64) * scale
+        history = np.concatenate([history[parent], choice[:, None]], axis=1)
+        keys = _mix(keys[parent], choice)
+    return history[0], m + sums[0]
+
+
+def _decode_block(m, s, indices, exponent, key, n):
+    d, k = len(m), len(indices)
+    v, _ = _variance_split(s ** 2, k, exponent)
+    total = np.zeros(d)
+    keys = np.array([key], np.uint64)
+    for j, i in enumerate(indices):
+        # the whole [n, d] draw, as the encoder made it (same shape, same seed)
+        total = total + _candidate_noise(keys, j, n, d)[0, i].astype(np.float64) * np.sqrt(v[j])
+        keys = _mix(keys, np.array([i], np.int32))
+    return m + total
+
+
+def encode_layer(post_loc, post_scale, prior_loc, prior_scale, *, seed, layer, config):
+    """Codes one layer: returns (LayerCode, z), z float64 of the input shape, the latent the decoder rebuilds."""
+    _check_ids(seed, layer)
+    mu, sig = _as_params("posterior", post_loc, post_scale)
+    m, s = _as_params("prior", prior_loc, prior_scale, mu.shape)
+    perm = _permutation(mu.size, seed, layer)
+    mu, sig, m, s = (a.reshape(-1)[perm] for a in (mu, sig, m, s))
+    tree, leaves = [], []
+    for start, stop in _top_blocks(mu.size, config.block_size):
+        _split_tree(mu, sig, m, s, start, stop, config.omega, config.max_aux, tree, leaves)
+    z = np.empty(mu.size)
+    indices, exponents = [], []
+    for b, (start, stop, k) in enumerate(leaves):
+        block = (mu[start:stop], sig[start:stop], m[start:stop], s[start:stop])
+        exponent = RATIO_EXPONENT
+        if config.fit_split:
+            exponents.append(_fit_exponent(*block, k))
+            exponent = FIT_EXPONENTS[exponents[-1]]
+        idx, z[start:stop] = _encode_block(*block, k, exponent, _block_key(seed, layer, b), config.n_candidates,
+                                           config.n_beams)
+        indices.append(idx)
+    log_ratio = float(np.sum(np.log(s / sig) - (z - mu) ** 2 / (2 * sig ** 2) + (z - m) ** 2 / (2 * s ** 2)))
+    code = LayerCode(mu.size, config.block_size, config.n_candidates, tree, indices,
+                     exponents if config.fit_split else None, seed, _block_kl(mu, sig, m, s), log_ratio)
+    out = np.empty(mu.size)
+    out[perm] = z
+    return code, out.reshape(np.shape(post_loc))
+
+
+def _leaves(tree, dims, block_size):
+    """The leaf blocks (start, stop) of a pre-order split tree over the layer's top-level blocks."""
+    leaves, pos = [], 0
+
+    def walk(start, stop):
+        nonlocal pos
+        symbol = tree[pos]
+        pos += 1
+        if symbol:
+            leaves.append((start, stop))
+        else:
+            mid = start + (stop - start) // 2
+            walk(start, mid)
+            walk(mid, stop)
+
+    for start, stop in _top_blocks(dims, block_size):
+        walk(start, stop)
+    return leaves
+
+
+def decode_layer(prior_loc, prior_scale, code, *, seed, layer):
+    """The latent z (float64, the prior's shape) that encode_layer returned with this code."""
+    _check_ids(seed, layer)
+    m, s = _as_params("prior", prior_loc, prior_scale)
+    if m.size != code.dims:
+        raise InputError(f"the prior has {m.size} dimensions but the code is for {code.dims}")
+    shape = m.shape
+    perm = _permutation(m.size, seed, layer)
+    m, s = m.reshape(-1)[perm], s.reshape(-1)[perm]
+    z = np.empty(m.size)
+    for b, ((start, stop), idx) in enumerate(zip(_leaves(code.tree, code.dims, code.block_size), code.indices)):
+        exponent = RATIO_EXPONENT if code.exponents is None else FIT_EXPONENTS[code.exponents[b]]
+        z[start:stop] = _decode_block(m[start:stop], s[start:stop], idx, exponent, _block_key(seed, layer, b),
+                                      code.n_candidates)
+    out = np.empty(m.size)
+    out[perm] = z
+    return out.reshape(shape)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Bytes
+
+def _varint(n):
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _layer_symbols(code):
+    """(symbols, alphabet sizes) of one layer in decoding order; sizes of 1 are left out (nothing to code)."""
+    lo, hi = min(code.tree), max(code.tree)
+    width = (hi - lo).bit_length()
+    nbits = lo.bit_length()
+    syms, sizes = [nbits], [17]
+    if nbits > 1:
+        syms.append(lo - (1 << (nbits - 1)))
+        sizes.append(1 << (nbits - 1))
+    syms.append(width)
+    sizes.append(17)
+    if width:
+        syms += [t - lo for t in code.tree]
+        sizes += [1 << width] * len(code.tree)
+    for b, idx in enumerate(code.indices):
+        if code.exponents is not None:
+            syms.append(code.exponents[b])
+            sizes.append(len(FIT_EXPONENTS))
+        syms += list(idx)
+        sizes += [code.n_candidates] * len(idx)
+    return syms, sizes
+
+
+def pack(codes, *, seed):
+    """The bytes of a list of layer codes (all made with the same config and this seed)."""
+    if not codes:
+        raise ValueError("pack needs at least one layer")
+    _check_ids(seed, 0)
+    if any(c.seed != seed for c in codes):
+        raise ValueError(f"pack(seed={seed}) got codes made with seeds {sorted({c.seed for c in codes})}")
+    n, block_size, fit = codes[0].n_candidates, codes[0].block_size, codes[0].exponents is not None
+    if any((c.n_candidates, c.block_size, c.exponents is not None) != (n, block_size, fit) for c in codes):
+        raise ValueError("all layers of one stream must share n_candidates, block_size and fit_split")
+    syms, sizes = [], []
+    for c in codes:
+        s, z = _layer_symbols(c)
+        syms += s
+        sizes += z
+    coder = constriction.stream.stack.AnsCoder()
+    coder.encode_reverse(np.array(syms, np.int32), _UNIFORM, np.array(sizes, np.int32))
+    payload = coder.get_compressed().astype("<u4").tobytes()
+    # the last word's high zero bytes carry nothing: the reader pads back to whole words
+    payload = payload[:len(payload) - 3] + payload[len(payload) - 3:].rstrip(b"\0")
+    head = MAGIC + bytes([VERSION, fit]) + _varint(n) + _varint(block_size) + _varint(seed) + _varint(len(payload))
+    return head + struct.pack(">I", zlib.crc32(payload, zlib.crc32(head))) + payload
+
+
+class Reader:
+    """Parses and checks a `pack`ed stream, then hands out its layers in order (decode_layer or read_layer)."""
+
+    def __init__(self, data, what="REC stream"):
+        self.what = what
+        data = bytes(data)
+        if data[:len(MAGIC)] != MAGIC:
+            raise InputError(f"{what}: not a relative-entropy-coded stream (wrong magic number)")
+        pos = len(MAGIC)
+        if len(data) <= pos:
+            raise InputError(f"{what}: truncated ({len(data)} bytes; the header is cut off)")
+        if data[pos] != VERSION:
+            raise InputError(f"{what}: format version {data[pos]}; this code reads version {VERSION}")
+        if len(data) <= pos + 1:
+            raise InputError(f"{what}: truncated ({len(data)} bytes; the header is cut off)")
+        flag = data[pos + 1]
+        self.fit_split = flag == 1
+        pos += 2
+        fields = []
+        for _ in range(4):
+            value, shift = 0, 0
+            while True:
+                if pos >= len(data):
+                    raise InputError(f"{what}: truncated ({len(data)} bytes; the header is cut off)")
+                byte = data[pos]
+                pos += 1
+                value |= (byte & 0x7F) << shift
+                shift += 7
+                if not byte & 0x80:
+                    break
+                if shift > 70:
+                    raise InputError(f"{what}: corrupt header (a field does not end)")
+            fields.append(value)
+        self.n_candidates, self.block_size, self.seed, length = fields
+        head_end = pos
+        self.header_bytes = head_end + 4
+        if len(data) < head_end + 4 + length:
+            raise InputError(f"{what}: truncated ({len(data)} bytes; the header announces "
+                             f"{head_end + 4 + length})")
+        (crc,) = struct.unpack(">I", data[head_end:head_end + 4])
+        payload = data[head_end + 4:]
+        if len(payload) != length or zlib.crc32(payload, zlib.crc32(data[:head_end])) != crc:
+            raise InputError(f"{what}: corrupt (checksum or length mismatch)")
+        if not (2 <= self.n_candidates <= MAX_CANDIDATES and self.block_size >= 1 and flag < 2):
+            raise InputError(f"{what}: corrupt header (n = {self.n_candidates}, block size = {self.block_size})")
+        payload += b"\0" * (-len(payload) % 4)
+        self._coder = constriction.stream.stack.AnsCoder(np.frombuffer(payload, "<u4").astype(np.uint32))
+        self._layers = 0
+
+    def _pop(self, size, count=1):
+        # constriction silently decodes zeros from an empty stack
+        if self._coder.is_empty():
+            raise InputError(f"{self.what}: the stream ends inside layer {self._layers} (a different model or "
+                             "different layer shapes?)")
+        return self._coder.decode(constriction.stream.model.Uniform(size), count)
+
+    def read_layer(self, dims):
+        """The next layer's LayerCode; `dims` is its number of latent dimensions (the prior's size)."""
+        nbits = int(self._pop(17)[0])
+        lo = 0 if nbits == 0 else 1 if nbits == 1 else (1 << (nbits - 1)) + int(self._pop(1 << (nbits - 1))[0])
+        width = int(self._pop(17)[0])
+        tree = []
+
+        def walk(size):
+            symbol = lo + (int(self._pop(1 << width)[0]) if width else 0)
+            tree.append(symbol)
+            if symbol:
+                return
+            if size < 2:
+                raise InputError(f"{self.what}: corrupt layer {self._layers} (a one-dimensional block is split)")
+            walk(size // 2)
+            walk(size - size // 2)
+
+        for start, stop in _top_blocks(dims, self.block_size):
+            walk(stop - start)
+        indices, exponents = [], [] if self.fit_split else None
+        for k in tree:
+            if k:
+                if self.fit_split:
+                    exponents.append(int(self._pop(len(FIT_EXPONENTS))[0]))
+                indices.append(self._pop(self.n_candidates, k))
+        self._layers += 1
+        return LayerCode(dims, self.block_size, self.n_candidates, tree, indices, exponents, self.seed)
+
+    def decode_layer(self, prior_loc, prior_scale, *, layer):
+        """The next layer's latent z (float64, the prior's shape), as the encoder chose it."""
+        code = self.read_layer(int(np.size(prior_loc)))
+        return decode_layer(prior_loc, prior_scale, code, seed=self.seed, layer=layer)
+
+    def finish(self):
+        """Checks that every layer in the stream was read."""
+        if not self._coder.is_empty():
+            raise InputError(f"{self.what}: holds more than the {self._layers} layer(s) decoded (a different model?)")
