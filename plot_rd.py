@@ -4,7 +4,8 @@
 
 Reads every `results.jsonl` below --checkpoint_dir (BA, upper bounds, NTC, lower bounds). Runs that differ only in
 lambda form one curve, labelled by method and the rest of the run name. Lower-bound intercepts R_lb(lambda)
-become the curve R_L(D) = max_lambda (R_lb - lambda D), with a band from their 95% intervals. Where the runs'
+become the curve R_L(D) = max_lambda (R_lb - lambda D), with a band from their 95% intervals; evaluations of one
+estimator at one lambda (seeds) pool their draws first (see pool_lower_bounds). Where the runs'
 source is a Gaussian (read from their flags.json), the analytic R(D) is drawn too.
 
 Rates are converted to nats per sample (or --bits, --rpd per dimension); D is the MSE per dimension. The image
@@ -23,12 +24,13 @@ import numpy as np
 
 from utils import cli, jsonl, runs
 from utils.plotting import plot_rd
-from utils.rd import aggregate_lb_results, gaussian_rd_curve, lower_bound_curve, mean_ci
+from utils.rd import gaussian_rd_curve, lb_interval, lb_xi, lower_bound_curve
 from utils.sources import load_gaussian_params
 
 LAMBDA_KEY = re.compile(r"-(lamb|lambda|lmbda)=[^-]+")
 NAMES = {"ba": "Blahut-Arimoto", "rdub": "upper bound (beta-VAE)", "ntc": "NTC (upper bound)",
-         "rdlb": "lower bound", "mbt2018": "mbt2018", "ms2020": "ms2020", "resnet_vae": "upper bound (ResNet-VAE)"}
+         "rdlb": "lower bound", "mbt2018": "mbt2018", "ms2020": "ms2020", "resnet_vae": "upper bound (ResNet-VAE)",
+         "wgd": "upper bound (WGD)"}
 
 
 def rate_in_nats(record, rate):
@@ -85,23 +87,46 @@ def gaussian_variances(groups):
 
 
 def pool_lower_bounds(records):
-    """One record per lambda, sorted: evaluations at the same lambda (seeds) pool their xi samples.
+    """One record per estimator and lambda, sorted by lambda: evaluations of one estimator (the same checkpoint,
+    k and y_init) at one lambda, e.g. several seeds, pool their draws into one estimate (the mean of xi over all
+    draws, alpha leave-one-out over all of them) with its interval (`utils.rd.lb_interval`).
 
-    Taking the largest of several noisy estimates instead would bias the bound upwards. Records whose .npz is
-    missing are kept as they are."""
-    by_lamb = {}
+    A .npz named by several records is counted once. Pooling needs every record's draws: a record without its .npz
+    is refused, rather than left beside the others for the curve to take the largest (which biases the bound up).
+    Different estimators at one lambda stay separate lines."""
+    groups = {}
     for r in records:
-        by_lamb.setdefault(r["lamb"], []).append(r)
+        ckpt = Path(r["ckpt"]).name if r.get("ckpt") else None  # its run folder is r["_dir"]; the path may be relative
+        key = (r["lamb"], str(r["_dir"]), ckpt, r.get("batchsize"), r.get("y_init"))
+        groups.setdefault(key, []).append(r)
     pooled = []
-    for lamb, recs in sorted(by_lamb.items()):
-        files = [r["_dir"] / r["npz"] for r in recs if r.get("npz")]
-        if len(recs) == 1 or len(files) < len(recs) or not all(f.exists() for f in files):
-            pooled += recs
+    for _, recs in sorted(groups.items(), key=lambda kv: kv[0][0]):
+        if len(recs) == 1:
+            pooled.append(recs[0])  # a lone evaluation keeps its own figures
             continue
-        xi = np.concatenate(list(aggregate_lb_results([str(f) for f in files]).values()))
-        ci = mean_ci(xi)
-        pooled.append({**recs[0], "R_lb": ci["mean"], "R_lb_stderr": ci["stderr"], "R_lb_lo": ci["lo"],
-                       "R_lb_hi": ci["hi"], "num_xi": xi.size})
+        files = {}
+        for r in recs:
+            path = (r["_dir"] / r["npz"]).resolve() if r.get("npz") else None
+            if path is None or not path.exists():
+                raise cli.InputError(f"{r['_dir'] / 'results.jsonl'}: the rdlb record at lamb={r['lamb']} "
+                                     f"(seed {r.get('seed')}) has no draws to pool "
+                                     f"({path or 'no npz field'} is missing); restore or re-run its eval")
+            files[path] = r  # a file evaluated twice (the same seed re-run) holds the last run's draws
+        if len(files) == 1:
+            pooled.append(r)
+            continue
+        log_ck, nlu = [], []
+        for path in files:
+            with np.load(path) as data:
+                if "log_Ck" not in data or "neg_log_u" not in data:
+                    raise cli.InputError(f"{path}: no log_Ck / neg_log_u draws to pool; re-run its rdlb eval")
+                log_ck.append(data["log_Ck"].ravel())
+                nlu.append(data["neg_log_u"].ravel())
+        log_ck, nlu = np.concatenate(log_ck), np.concatenate(nlu)
+        xi, _ = lb_xi(log_ck, nlu)
+        ci = lb_interval(log_ck, nlu)
+        pooled.append({**recs[0], "R_lb": float(xi.mean()), "R_lb_stderr": float(xi.std(ddof=1) / math.sqrt(xi.size)),
+                       "R_lb_lo": ci["lo"], "R_lb_hi": ci["hi"], "num_xi": int(xi.size), "num_files": len(files)})
     return pooled
 
 
@@ -121,6 +146,8 @@ def build_curves(groups, scale):
         for r in sorted(records, key=lambda r: r.get("lamb", r.get("lambda", 0.0))):
             if method == "ba":
                 D, R, err = r["D"], rate_in_nats(r, r["R"]), 0.0
+            elif method == "wgd":  # wgd.py's records: R, D (nats per sample, MSE) with standard errors
+                D, R, err = r["D"], r["R"], r["R_stderr"]
             else:
                 D, R, err = distortion(r), rate_in_nats(r, r["rate"]), rate_in_nats(r, r.get("rate_stderr", 0.0))
             pts.append((D, R * scale, err * scale, r.get("lamb", r.get("lambda"))))

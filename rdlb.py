@@ -8,11 +8,13 @@ intercept min_D R(D) + lamb * D = n/2 * (1 + ln c) nats). For any u > 0 and ever
 With a batch of k samples, C_k = sup_y (1/k) sum_i exp(-lamb rho(x_i, y) - log u(x_i)) has E[C_k] >= c, and since
 log c <= c / alpha + log alpha - 1 for every alpha > 0, each batch gives
     xi = -(1/k) sum_i log u(x_i) - C_k / alpha - log alpha + 1,   E[xi] <= R_L(lamb) <= the true intercept,
-an unbiased estimate of a valid lower bound. `eval` draws M batches and sets alpha for draw j to the mean of the
-other M - 1 draws' C_k (leave-one-out: alpha is then independent of draw j, close to the optimal alpha = E[C_k], and
-costs no extra draws). Training maximizes, with M batches per step, the paper's objective
+an unbiased estimate of a valid lower bound. `eval` draws M held-out batches and sets alpha for draw j to the mean
+of the other M - 1 draws' C_k (leave-one-out: alpha is then independent of draw j, close to the optimal
+alpha = E[C_k], and costs no extra draws); C_k is heavy-tailed, so its interval is `utils.rd.lb_interval`'s, whose
+coverage bench/rdlb_coverage.py measures. Training maximizes, with M batches per step, the paper's objective
     mean_{j,i}(-log u(x_ji)) - log (1/M) sum_j C_k^(j)
-(C_k's gradient is taken at its maximizer y*, by Danskin's theorem). Everything is in the log domain.
+with log of the mean C_k linearized around a lagging average of earlier steps' (`LaggingAlpha`, the paper's loss);
+C_k's gradient is taken at its maximizer y*, by Danskin's theorem. Everything is in the log domain.
 
 C_k: multi-start ascent on log f(y), f(y) = (1/k) sum_i exp(a_i - beta ||x_i - y||^2), a_i = -log u(x_i),
 beta = lamb / n. The step y <- y + y_lr * (m(y) - y), m(y) the softmax(a - beta ||x - y||^2)-weighted mean of the
@@ -27,6 +29,7 @@ import glob
 import math
 import os
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -38,6 +41,7 @@ from utils.sources import make_source
 
 MODELS = ("mlp", "cnn")
 CKPT_SUFFIX = "-kerasckpt"
+STEP_DECAY = 0.2
 
 
 # ---- the inner optimization: C_k ----------------------------------------------------------------
@@ -66,8 +70,9 @@ def _in_chunks(tf, fn, y, chunksize, signature):
     return tf.cond(rows <= chunksize, lambda: fn(y), chunked)
 
 
-def log_sup(x, a, beta, topn=None, y_lr=1.0, y_tol=1e-6, y_steps=100, chunksize=None):
-    """log C_k = log max_y f(y) by batched multi-start ascent; returns (log C_k, y*, iterations).
+def log_sup(x, a, beta, topn=None, y_lr=1.0, y_tol=1e-6, y_steps=1000, chunksize=None):
+    """log C_k = log max_y f(y) by batched multi-start ascent; returns (log C_k, y*, iterations, whether some start
+    was still improving when --y_steps stopped it).
 
     x: [k, d] flat batch, a: [k] = -log u(x). Starts: the `topn` batch points with the largest f (quick), or every
     batch point (topn None: exhaustive). Call inside a tf.function.
@@ -100,10 +105,10 @@ def log_sup(x, a, beta, topn=None, y_lr=1.0, y_tol=1e-6, y_steps=100, chunksize=
         active = tf.tensor_scatter_nd_update(active, at, better & (rel_gain > y_tol))
         return i + 1, y, lse, target, active
 
-    iters, y, lse, _, _ = tf.while_loop(lambda i, y, lse, t, active: (i < y_steps) & tf.reduce_any(active),
-                                        body, [tf.constant(0), y, lse, target, active])
+    iters, y, lse, _, active = tf.while_loop(lambda i, y, lse, t, active: (i < y_steps) & tf.reduce_any(active),
+                                             body, [tf.constant(0), y, lse, target, active])
     best = tf.argmax(lse)
-    return lse[best] - tf.math.log(tf.cast(k, tf.float32)), y[best] + center, iters
+    return lse[best] - tf.math.log(tf.cast(k, tf.float32)), y[best] + center, iters, tf.reduce_any(active)
 
 
 def log_mean_kernel(x, a, y, beta):
@@ -113,17 +118,6 @@ def log_mean_kernel(x, a, y, beta):
     import tensorflow as tf
     logits = a - beta * tf.reduce_sum(tf.square(x - y[None, :]), 1)
     return tf.reduce_logsumexp(logits) - tf.math.log(tf.cast(tf.shape(x)[0], tf.float32))
-
-
-def xi_samples(log_ck, neg_log_u):
-    """The estimator xi for each of M draws, with alpha_j the mean of the other draws' C_k (leave-one-out)."""
-    log_ck = np.asarray(log_ck, np.float64)
-    m = log_ck.size
-    if m < 2:
-        raise InputError("--num_Ck_samples must be >= 2 (alpha and the interval need several draws of C_k)")
-    others = np.array([np.delete(log_ck, j) for j in range(m)])
-    log_alpha = np.logaddexp.reduce(others, axis=1) - math.log(m - 1)
-    return np.asarray(neg_log_u, np.float64) - np.exp(log_ck - log_alpha) - log_alpha + 1.0, log_alpha
 
 
 # ---- the log u network ---------------------------------------------------------------------------
@@ -172,43 +166,93 @@ class DualBound:
         return self.net(self.tf.reshape(x, (-1,) + self.input_shape))[:, 0]
 
     def _draw(self, x):
-        """One batch: (log C_k, mean of -log u, ascent iterations)."""
+        """One batch: (log C_k, mean of -log u, ascent iterations, whether the ascent hit --y_steps)."""
         tf = self.tf
         a = -self.log_u(x)
         xf = tf.reshape(x, [-1, self.n])
         beta = self.lamb / self.n
-        _, y, iters = log_sup(xf, a, beta, self.topn, **self.sup_kw)
-        return log_mean_kernel(xf, a, y, beta), tf.reduce_mean(a), iters
+        _, y, iters, capped = log_sup(xf, a, beta, self.topn, **self.sup_kw)
+        return log_mean_kernel(xf, a, y, beta), tf.reduce_mean(a), iters, capped
 
-    def objective(self, x, num_draws):
-        """The training objective from M = num_draws batches stacked in x; also the draws' log C_k and iterations."""
+    def terms(self, x, num_draws):
+        """From M = num_draws batches stacked in x: mean of -log u, log of the mean of the draws' C_k (differentiable
+        in log u, through C_k at its maximizer y*: Danskin), the draws' log C_k and their ascent iterations."""
         tf = self.tf
         beta = self.lamb / self.n
         a = -tf.reshape(self.log_u(x), [num_draws, -1])
         xf = tf.reshape(x, [num_draws, -1, self.n])
         log_ck, iters = [], []
         for j in range(num_draws):  # M is small and static: M independent while loops in one graph
-            _, y, it = log_sup(xf[j], tf.stop_gradient(a[j]), beta, self.topn, **self.sup_kw)
+            _, y, it, _ = log_sup(xf[j], tf.stop_gradient(a[j]), beta, self.topn, **self.sup_kw)
             log_ck.append(log_mean_kernel(xf[j], a[j], tf.stop_gradient(y), beta))
             iters.append(it)
         log_ck = tf.stack(log_ck)
         log_mean_ck = tf.reduce_logsumexp(log_ck) - math.log(num_draws)
-        return tf.reduce_mean(a) - log_mean_ck, log_ck, tf.stack(iters)
+        return tf.reduce_mean(a), log_mean_ck, log_ck, tf.stack(iters)
 
 
-def make_train_step(bound, optimizer, num_draws):
+class LaggingAlpha:
+    """The paper's training loss and its state (saved in checkpoints, so --cont continues it).
+
+    The objective E[-log u] - log E[C_k] is unchanged when a constant is added to log u, so nothing holds that
+    constant and Adam lets it drift far (log mean C_k ~ +50 within 100 steps). As the paper's code does, log E[C_k] is
+    replaced by its linearization exp(log C - log alpha) + log alpha - 1 around a lagging average alpha of earlier
+    steps' mean C_k (alpha <- beta alpha + (1 - beta) previous mean; the update is skipped when the two are more than
+    10 nats apart). A shift of log u now changes the loss until alpha catches up, which pins the constant near its
+    history. The batch's log mean C_k is held within max_delta nats of the previous step's: above, its value is
+    capped but its gradient kept; below, the gradient that would lower it further is dropped."""
+
+    def __init__(self, tf, beta, max_delta):
+        self.tf, self.beta, self.max_delta = tf, float(beta), float(max_delta)
+        self.log_alpha = tf.Variable(0.0, trainable=False, name="log_alpha")
+        self.prev = tf.Variable(0.0, trainable=False, name="prev_log_mean_Ck")
+        self.started = tf.Variable(False, trainable=False, name="alpha_started")
+
+    def loss(self, mean_neg_log_u, log_mean_ck):
+        """(loss, log alpha used, the clipped log mean C_k); call update(...) with the last two after the step."""
+        tf = self.tf
+        first = tf.logical_not(self.started)
+        prev = tf.where(first, tf.stop_gradient(log_mean_ck), self.prev)  # the first step expands around itself
+        log_alpha = tf.where(first, prev, self.log_alpha)
+        mixed = tf.reduce_logsumexp(tf.stack([log_alpha + math.log(self.beta) if self.beta > 0 else -np.inf,
+                                              prev + math.log1p(-self.beta)]))
+        log_alpha = tf.where(tf.abs(prev - log_alpha) <= 10.0, mixed, log_alpha)
+        capped = log_mean_ck - tf.stop_gradient(tf.nn.relu(log_mean_ck - (prev + self.max_delta)))
+        clipped = tf.maximum(capped, prev - self.max_delta)
+        linearized = tf.exp(clipped - log_alpha) + log_alpha - 1.0  # >= log mean C_k
+        return linearized - mean_neg_log_u, log_alpha, clipped
+
+    def update(self, log_alpha, clipped):
+        self.log_alpha.assign(log_alpha)
+        self.prev.assign(clipped)
+        self.started.assign(True)
+
+
+def make_train_step(bound, optimizer, num_draws, alpha):
     tf = bound.tf
 
     @tf.function
     def step(x):
         with tf.GradientTape() as tape:
-            objective, log_ck, iters = bound.objective(x, num_draws)
-            loss = -objective
+            mean_a, log_mean_ck, log_ck, iters = bound.terms(x, num_draws)
+            loss, log_alpha, clipped = alpha.loss(mean_a, log_mean_ck)
         grads = tape.gradient(loss, bound.net.trainable_variables)
         optimizer.apply_gradients(zip(grads, bound.net.trainable_variables))
-        return objective, tf.reduce_mean(log_ck), tf.reduce_mean(tf.cast(iters, tf.float32))
+        alpha.update(log_alpha, clipped)
+        return dict(objective=-loss, log_mean_Ck=log_mean_ck, log_alpha=log_alpha,
+                    y_iters=tf.reduce_mean(tf.cast(iters, tf.float32)))
 
     return step
+
+
+def step_decay(lr, last_step):
+    """The paper's schedule: lr for the first half of the run, then x0.2 after 1/2, 3/4 and 7/8 of --last_step.
+
+    A Keras schedule of the optimizer's step counter (t - 1 during step t), so a resumed run stays on it: step t
+    (1-based) runs at lr * 0.2^j, j the number of fractions f in (1/2, 3/4, 7/8) with t > f * last_step."""
+    import tensorflow as tf
+    bounds = [math.floor(f * last_step) - 1 for f in (0.5, 0.75, 0.875)]
+    return tf.keras.optimizers.schedules.PiecewiseConstantDecay(bounds, [lr * STEP_DECAY ** j for j in range(4)])
 
 
 # ---- runs and checkpoints ------------------------------------------------------------------------
@@ -263,12 +307,13 @@ def resolve_ckpts(pattern):
     return list(dict.fromkeys(prefixes))
 
 
-def restore(bound, prefix, optimizer=None, step=None):
+def restore(bound, prefix, optimizer=None, state=None):
+    """Loads the network; with `optimizer`, also the optimizer and the training `state` ({name: variable})."""
     tf = bound.tf
     objects = dict(log_u=bound.net)
     if optimizer is not None:
         optimizer.build(bound.net.trainable_variables)
-        objects.update(optimizer=optimizer, step=step)
+        objects.update(optimizer=optimizer, **state)
     try:
         status = tf.train.Checkpoint(**objects).read(prefix).assert_existing_objects_matched()
         if optimizer is None:
@@ -317,33 +362,34 @@ def train(args, source):
                          f"--checkpoint_dir")
 
     bound = DualBound(args, getattr(source, "shape", (source.dim,)), targets[0] if targets else args.lamb)
-    lr = args.lr
-    if args.lr_schedule:
-        lr = tf.keras.optimizers.schedules.CosineDecay(args.lr, args.last_step, alpha=0.01)
+    lr = step_decay(args.lr, args.last_step) if args.lr_schedule else args.lr
     optimizer = tf.keras.optimizers.Adam(lr, global_clipnorm=args.global_clipnorm)
     step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    alpha = LaggingAlpha(tf, args.beta, args.log_E_Ck_max_delta)
+    state = dict(step=step_var, log_alpha=alpha.log_alpha, prev_log_mean_Ck=alpha.prev, alpha_started=alpha.started)
     bound.adapt(source.sample(min(10000, 10 * k), seed=args.seed))
     if existing:
-        restore(bound, existing[-1][1], optimizer, step_var)
+        restore(bound, existing[-1][1], optimizer, state)
         if args.verbose:
             print(f"resuming {existing[-1][1]}")
     runs.make_run_dir(args.checkpoint_dir, run_dir.name)
     runs.save_flags(run_dir, args)
-    saver = tf.train.Checkpoint(log_u=bound.net, optimizer=optimizer, step=step_var)
-    train_step = make_train_step(bound, optimizer, m)
+    saver = tf.train.Checkpoint(log_u=bound.net, optimizer=optimizer, **state)
+    train_step = make_train_step(bound, optimizer, m, alpha)
     batches = iter(source.dataset(k * m, seed=args.seed + int(step_var.numpy())))
     log_path = run_dir / runs.LOG_NAME
     t0 = time.time()
     for step in range(int(step_var.numpy()) + 1, args.last_step + 1):
         lamb = lamb_at(step) if targets else args.lamb
         bound.lamb.assign(lamb)
-        objective, log_ck, iters = train_step(next(batches))
+        lr_now = float(lr(step - 1)) if args.lr_schedule else lr  # before the step advances the optimizer's count
+        out = train_step(next(batches))
         step_var.assign(step)
-        if not np.isfinite(objective.numpy()):
-            raise FloatingPointError(f"the objective became {objective.numpy()} at step {step}; lower --lr")
+        if not np.isfinite(out["objective"].numpy()):
+            raise FloatingPointError(f"the objective became {out['objective'].numpy()} at step {step}; lower --lr")
         if step % args.log_interval == 0 or step == args.last_step:
-            record = dict(step=step, lamb=lamb, objective=float(objective), log_mean_Ck=float(log_ck),
-                          y_iters=float(iters), lr=float(optimizer.learning_rate), time=time.time() - t0)
+            record = dict(step=step, lamb=lamb, **{k_: float(v) for k_, v in out.items()}, lr=lr_now,
+                          time=time.time() - t0)
             jsonl.append(log_path, record)
             if args.verbose:
                 print(" ".join(f"{k_}={v:.5g}" if isinstance(v, float) else f"{k_}={v}" for k_, v in record.items()))
@@ -374,35 +420,59 @@ def evaluate(args, source):
         evaluate_ckpt(args, source, prefix, lamb)
 
 
+def eval_draws(source):
+    """(draw(k, seed) -> a batch of k samples, the split they come from) for eval: the held-out split of a sample
+    file (rows at random, with replacement only when k exceeds them), fresh draws of a sampler, or, for a file
+    without a held-out twin, its training samples (with a warning)."""
+    from utils.sources import ImageFile, SampleFile
+    if isinstance(source, SampleFile):
+        rows, split = source.test, ("train" if source.test is source.train else "test")
+    elif isinstance(source, ImageFile):
+        rows, split = source.images, "train"
+    else:  # samplers draw from a numpy stream, apart from training's TensorFlow stream
+        return source.sample, "fresh"
+    if split == "train":
+        print(f"warning: {source.path} has no held-out split (split=test twin): eval draws from the training "
+              f"samples", file=sys.stderr)
+    return (lambda k, seed: rows[np.random.default_rng(seed).choice(len(rows), k, replace=k > len(rows))]), split
+
+
 def evaluate_ckpt(args, source, prefix, lamb):
     import tensorflow as tf
     tf.keras.utils.set_random_seed(args.seed)
     bound = DualBound(args, getattr(source, "shape", (source.dim,)), lamb)
     restore(bound, prefix)
     k, m = args.batchsize, args.num_Ck_samples
-    log_ck, neg_log_u, iters = np.zeros(m), np.zeros(m), np.zeros(m)
+    draw, split = eval_draws(source)
+    log_ck, neg_log_u, iters, capped = np.zeros(m), np.zeros(m), np.zeros(m), np.zeros(m, bool)
     t0 = time.time()
     for j in range(m):
-        x = tf.constant(source.sample(k, seed=[args.seed, j]), tf.float32)
-        lc, nlu, it = bound.draw(x)
-        log_ck[j], neg_log_u[j], iters[j] = lc.numpy(), nlu.numpy(), it.numpy()
+        x = tf.constant(draw(k, [args.seed, j]), tf.float32)
+        lc, nlu, it, cap = bound.draw(x)
+        log_ck[j], neg_log_u[j], iters[j], capped[j] = lc.numpy(), nlu.numpy(), it.numpy(), cap.numpy()
         if args.verbose:
             print(f"draw {j + 1}/{m}: log C_k={log_ck[j]:.5g} E[-log u]={neg_log_u[j]:.5g} iters={int(iters[j])}")
-    xi, log_alpha = xi_samples(log_ck, neg_log_u)
-    ci = rd.mean_ci(xi)
+    if capped.any():
+        # A start stopped before converging may have missed the sup: C_k too small, the estimate too high.
+        print(f"warning: {int(capped.sum())} of {m} draws hit --y_steps {args.y_steps} before every start "
+              f"converged; raise --y_steps", file=sys.stderr)
+    xi, log_alpha = rd.lb_xi(log_ck, neg_log_u)
+    ci = rd.lb_interval(log_ck, neg_log_u)
     run_dir = Path(prefix).parent
     step = int(re.match(r"step=(\d+)", Path(prefix).name).group(1))
     npz = run_dir / f"rd-step={step}-lamb={float(lamb)!r}-seed={args.seed}-k={k}-M={m}-{args.y_init}.npz"
     runs.atomic_save_npz(npz, lamb=np.float64(lamb), xi=xi, log_Ck=log_ck, neg_log_u=neg_log_u, log_alpha=log_alpha)
     record = dict(method="rdlb", data_dim=args.data_dim or source.dim, rate_unit="nats", per_dim=False, lamb=lamb,
-                  R_lb=ci["mean"], R_lb_stderr=ci["stderr"], R_lb_lo=ci["lo"], R_lb_hi=ci["hi"], num_xi=int(xi.size),
-                  step=step, ckpt=prefix, dataset=args.dataset, seed=args.seed, batchsize=k, y_init=args.y_init,
-                  y_iters=float(iters.mean()), npz=npz.name, time=time.time() - t0)
+                  R_lb=float(xi.mean()), R_lb_stderr=float(xi.std(ddof=1) / math.sqrt(m)), R_lb_lo=ci["lo"],
+                  R_lb_hi=ci["hi"], interval=ci["method"], num_xi=int(xi.size), step=step, ckpt=prefix,
+                  dataset=args.dataset, eval_split=split, seed=args.seed, batchsize=k, y_init=args.y_init,
+                  y_iters=float(iters.mean()), y_capped=int(capped.sum()), npz=npz.name, time=time.time() - t0)
     if getattr(source, "gaussian_var", None) is not None:
         record["analytic_intercept"] = rd.gaussian_rd_at_lambda(source.gaussian_var, lamb)["lagrangian"]
     jsonl.append(run_dir / "results.jsonl", record)
     truth = f" (analytic {record['analytic_intercept']:.4f})" if "analytic_intercept" in record else ""
-    print(f"lamb={lamb:g} R_lb={ci['mean']:.4f} nats, 95% CI [{ci['lo']:.4f}, {ci['hi']:.4f}]{truth}  <- {prefix}")
+    print(f"lamb={lamb:g} R_lb={record['R_lb']:.4f} nats, 95% interval [{ci['lo']:.4f}, {ci['hi']:.4f}]{truth}  "
+          f"<- {prefix}")
     return record
 
 
@@ -419,7 +489,7 @@ def parse_args(argv):
     p.add_argument("--units", type=int_list, default=[200, 200, 200],
                    help="hidden sizes; for cnn the first len(--kernel_dims) are conv channels")
     p.add_argument("--kernel_dims", type=int_list, default=[9, 5, 3], help="cnn kernel sizes")
-    p.add_argument("--activation", default="softplus")
+    p.add_argument("--activation", default="selu", help="hidden activation (the paper's: selu)")
     p.add_argument("--lamb", type=float, help="lambda, the slope of the bounding line (per-dimension MSE)")
     p.add_argument("--chunksize", type=positive_int, help="starting points per pairwise-distance chunk (memory)")
     p.add_argument("--checkpoint_dir", default="checkpoints")
@@ -431,7 +501,8 @@ def parse_args(argv):
     inner.add_argument("--y_init", choices=("quick", "exhaustive"), default=None,
                        help="starts: the top --y_quick_topn batch points, or every batch point")
     inner.add_argument("--y_quick_topn", type=positive_int, default=10)
-    inner.add_argument("--y_steps", type=positive_int, default=100, help="most ascent steps per start")
+    inner.add_argument("--y_steps", type=positive_int, default=1000,
+                       help="most ascent steps per start (the paper's: 1000)")
     inner.add_argument("--y_lr", type=float, default=1.0, help="ascent step as a fraction of the mean-shift step, "
                                                                "in (0, 2)")
     inner.add_argument("--y_tol", type=nonnegative_float, default=1e-6,
@@ -443,8 +514,13 @@ def parse_args(argv):
     t.add_argument("--checkpoint_interval", type=positive_int, default=1000)
     t.add_argument("--log_interval", type=positive_int, default=50)
     t.add_argument("--lr", type=float, default=5e-4)
-    t.add_argument("--lr_schedule", action="store_true", help="cosine decay of --lr to 1%% over --last_step")
-    t.add_argument("--global_clipnorm", type=float, default=None)
+    t.add_argument("--lr_schedule", action="store_true",
+                   help="the paper's step decay: --lr x0.2 after 1/2, 3/4 and 7/8 of --last_step")
+    t.add_argument("--global_clipnorm", type=float, default=100.0, help="gradient norm clip (the paper's: 100)")
+    t.add_argument("--beta", type=float, default=0.2,
+                   help="share of the old alpha kept in its lagging average, in [0, 1) (the paper's: 0.2)")
+    t.add_argument("--log_E_Ck_max_delta", type=float, default=1.0,
+                   help="most nats the batch's log mean C_k may move from the previous step's in the loss")
     t.add_argument("--anneal_lamb", action="store_true",
                    help="sweep lambda up through --target_lambs to --lamb, checkpointing at each target")
     t.add_argument("--target_lambs", type=float_list, default=None)
@@ -453,6 +529,8 @@ def parse_args(argv):
     e = sub.add_parser("eval", parents=[inner], help="estimate the intercept R_lb with a 95%% interval")
     e.add_argument("--num_Ck_samples", type=positive_int, default=10, help="M, draws of C_k (and of xi)")
     e.add_argument("--ckpt", help="a checkpoint, a run folder or a glob; lambda comes from the name unless --lamb")
+    e.add_argument("--allow_quick", action="store_true",
+                   help="accept --y_init quick, which may miss the sup and so overstate the bound")
     args = p.parse_args(argv)
     if args.y_init is None:
         args.y_init = "quick" if args.command == "train" else "exhaustive"
@@ -475,8 +553,16 @@ def check_args(args):
             raise InputError(f"--lr must be positive, got {args.lr}")
         if args.global_clipnorm is not None and not args.global_clipnorm > 0:
             raise InputError(f"--global_clipnorm must be positive, got {args.global_clipnorm}")
-    elif args.num_Ck_samples < 2:
-        raise InputError("--num_Ck_samples must be >= 2 for eval (alpha and the interval need several draws)")
+        if not 0 <= args.beta < 1:
+            raise InputError(f"--beta {args.beta}: must lie in [0, 1)")
+        if not args.log_E_Ck_max_delta > 0:
+            raise InputError(f"--log_E_Ck_max_delta must be positive, got {args.log_E_Ck_max_delta}")
+    else:
+        if args.num_Ck_samples < 2:
+            raise InputError("--num_Ck_samples must be >= 2 for eval (alpha and the interval need several draws)")
+        if args.y_init == "quick" and not args.allow_quick:
+            raise InputError("eval --y_init quick starts the ascent from a few points only and may miss the sup, "
+                             "which would overstate the bound; pass --allow_quick to accept that")
 
 
 def main(argv):

@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ from utils import flows, jsonl, rd, runs, training
 from utils.cli import InputError, int_list, positive_float, positive_int, run
 from utils.nn import ACTIVATIONS, get_activation, make_mlp
 from utils.priors import PRIOR_TYPES, make_prior
-from utils.sources import ImageFile, SampleFile, make_source
+from utils.sources import ImageFile, SampleFile, make_source, test_twin
 
 tfd = tfp.distributions
 
@@ -128,13 +129,11 @@ def parse_args(argv):
     t.add_argument("--epochs", type=positive_int, default=100)
     t.add_argument("--steps_per_epoch", type=positive_int, default=1000)
     t.add_argument("--lr", type=positive_float, default=5e-4)
-    t.add_argument("--lr_schedule", choices=training.SCHEDULES, default="step",
-                   help="'step': the paper's decay, x0.2 at 1/2, 3/4 and 7/8 of training (after a 1%% warm-up)")
     t.add_argument("--batchsize", type=positive_int, default=512)
     t.add_argument("--max_validation_steps", type=positive_int,
                    help="validation batches per epoch (default: the whole test file; 10 for samplers)")
-    t.add_argument("--warmup", type=int, default=0, help="epochs before early stopping may act")
-    t.add_argument("--patience", type=positive_int, help="stop after this many epochs without improvement")
+    # The paper's rdub_mlp.py: step decay, no warm-up ramp, no plateau reductions.
+    training.add_schedule_flags(t, lr_schedule="step", warmup=0, patience=0)
     t.add_argument("--cont", action="store_true", help="resume the run's latest checkpoint")
 
     e = sub.add_parser("eval", help="estimate the bound on held-out data, with standard errors")
@@ -216,6 +215,14 @@ def train(args, source, model, run_dir):
 
 # ---- eval ---------------------------------------------------------------------------------------
 
+def eval_split(source):
+    """Which data eval scores: 'test' (a file's split=test twin), 'fresh' (new draws from a sampler, apart from
+    the training stream), or 'train' (a file without a test twin: eval falls back to the training samples)."""
+    if not isinstance(source, SampleFile):
+        return "fresh"
+    return "train" if test_twin(source.path) is None else "test"
+
+
 def heldout_batches(source, args):
     """Held-out data in batches: the file's test twin, or fresh draws (a stream apart from training's)."""
     if isinstance(source, SampleFile):
@@ -254,6 +261,10 @@ def ntc_bitstream(model, x):
 
 def evaluate(args, source, model, run_dir):
     ckpt = training.restore_latest(model, run_dir)
+    split = eval_split(source)
+    if split == "train":
+        warnings.warn(f"eval: {source.path} has no split=test twin, so these figures are on the training "
+                      f"samples (eval_split=train), not held-out data")
     step = tf.function(model.per_sample)
     kl, mse, xs = [], [], []
     ntc = args.posterior_type == "uniform" and args.prior_type == "deep"
@@ -272,7 +283,8 @@ def evaluate(args, source, model, run_dir):
               "data_dim": args.data_dim, "latent_dim": args.latent_dim, "rate_unit": "nats" if args.nats else "bits",
               "per_dim": args.rpd, "lambda": args.lmbda, "rate": r["mean"], "rate_stderr": r["stderr"],
               "mse": d["mean"], "mse_stderr": d["stderr"], "loss": l["mean"], "loss_stderr": l["stderr"],
-              "units": units_of(args), "num_samples": int(len(kl)), "seed": args.seed, "checkpoint": Path(ckpt).name}
+              "units": units_of(args), "num_samples": int(len(kl)), "eval_split": split, "seed": args.seed,
+              "checkpoint": Path(ckpt).name}
     if source.gaussian_var is not None:
         a = rd.gaussian_rd_at_lambda(source.gaussian_var, args.lmbda, nats=args.nats, per_dim=args.rpd)
         record.update(analytic_rate=a["R"], analytic_mse=a["D"], analytic_loss=a["lagrangian"],

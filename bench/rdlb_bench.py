@@ -67,20 +67,21 @@ def main():
     looped = rdlb.DualBound(args, (n,), b.lamb)
     looped.net.set_weights(batched.net.get_weights())
     opt_b, opt_l = tf.keras.optimizers.Adam(args.lr), tf.keras.optimizers.Adam(args.lr)
-    batched_step = rdlb.make_train_step(batched, opt_b, m)
+    batched_step = rdlb.make_train_step(batched, opt_b, m, rdlb.LaggingAlpha(tf, args.beta, args.log_E_Ck_max_delta))
+    alpha_l = rdlb.LaggingAlpha(tf, args.beta, args.log_E_Ck_max_delta)
     beta = b.lamb / n
 
     @tf.function
-    def grad_step(x, ys):  # the baseline's gradient step, given the maximizers found by the loop
+    def grad_step(x, ys):  # the baseline's gradient step (the same loss), given the maximizers found by the loop
         with tf.GradientTape() as tape:
             a = -tf.reshape(looped.log_u(x), [m, k])
             xf = tf.reshape(x, [m, k, n])
             log_ck = tf.stack([rdlb.log_mean_kernel(xf[j], a[j], ys[j], beta) for j in range(m)])
-            objective = tf.reduce_mean(a) - (tf.reduce_logsumexp(log_ck) - math.log(m))
-            loss = -objective
+            loss, log_alpha, clipped = alpha_l.loss(tf.reduce_mean(a), tf.reduce_logsumexp(log_ck) - math.log(m))
         grads = tape.gradient(loss, looped.net.trainable_variables)
         opt_l.apply_gradients(zip(grads, looped.net.trainable_variables))
-        return objective, tf.reduce_mean(log_ck)
+        alpha_l.update(log_alpha, clipped)
+        return -loss, tf.reduce_logsumexp(log_ck) - math.log(m)
 
     def looped_step(x):
         a = -tf.reshape(looped.log_u(x), [m, k])
@@ -106,8 +107,8 @@ def main():
         batched_sups(x, a).numpy()
         t_inner = time.perf_counter() - t0
         t0 = time.perf_counter()
-        obj_b, lck_b, iters = batched_step(x)
-        obj_b = float(obj_b)
+        out = batched_step(x)
+        obj_b, lck_b = float(out["objective"]), float(out["log_mean_Ck"])
         t1 = time.perf_counter()
         obj_l, lck_l, loop_steps, loop_inner = looped_step(x)
         obj_l = float(obj_l)

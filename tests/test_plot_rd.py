@@ -69,20 +69,68 @@ def test_image_models_are_drawn_in_rdlb_units(tmp_path):
     assert proc.returncode == 2 and "kodak-run" in proc.stderr and not (tmp_path / "rd2.csv").exists()
 
 
-def test_seeds_at_one_lambda_are_pooled_not_maximized(tmp_path):
-    """Two evaluations at the same lambda become one point, the mean of all their xi samples."""
+def _lb_record(run_dir, seed, log_ck, nlu, batchsize=1024, npz=None, **extra):
+    """An rdlb eval's .npz and results.jsonl record (with its draws unless npz is False)."""
+    import numpy as np
+    from utils import rd
+    xi, log_alpha = rd.lb_xi(log_ck, nlu)
+    ci = rd.lb_interval(log_ck, nlu)
+    name = npz or f"rd-step=10-lamb=10.0-seed={seed}-k={batchsize}.npz"
+    if npz is not False:
+        np.savez(run_dir / name, lamb=10.0, xi=xi, log_Ck=log_ck, neg_log_u=nlu, log_alpha=log_alpha)
+    record = {"method": "rdlb", "lamb": 10.0, "R_lb": float(xi.mean()), "R_lb_stderr": 0.1, "R_lb_lo": ci["lo"],
+              "R_lb_hi": ci["hi"], "num_xi": len(xi), "data_dim": 2, "rate_unit": "nats", "per_dim": False,
+              "seed": seed, "ckpt": str(run_dir / "step=10-lamb=10.0-kerasckpt"), "batchsize": batchsize,
+              "y_init": "exhaustive", **extra}
+    if npz is not False:
+        record["npz"] = name
+    jsonl.append(run_dir / "results.jsonl", record)
+    return record
+
+
+def _draws(seed, m=6):
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    return rng.normal(-4.0, 0.5, m), rng.normal(-1.7, 0.02, m)
+
+
+def test_seeds_of_one_estimator_are_pooled_not_maximized(tmp_path):
+    """Two seeds of one checkpoint at one lambda become one point: xi over all their draws, alpha leave-one-out
+    over all of them."""
     import numpy as np
     root = tmp_path / "ck"
     run_dir = runs.make_run_dir(root, "rdlb-data_dim=2-lamb=10.0")
-    xis = [np.array([1.0, 2.0, 3.0]), np.array([5.0, 6.0, 7.0])]
-    for seed, xi in enumerate(xis):
-        npz = f"rd-lamb=10.0-seed={seed}.npz"
-        np.savez(run_dir / npz, lamb=10.0, xi=xi)
-        jsonl.append(run_dir / "results.jsonl",
-                     {"method": "rdlb", "lamb": 10.0, "R_lb": float(xi.mean()), "R_lb_stderr": 0.5,
-                      "R_lb_lo": 0.0, "R_lb_hi": 9.0, "num_xi": 3, "data_dim": 2, "rate_unit": "nats",
-                      "per_dim": False, "npz": npz})
+    for seed in (0, 1):
+        _lb_record(run_dir, seed, *_draws(seed))
     run_script("plot_rd.py", "--checkpoint_dir", root, "--out", tmp_path / "rd", check=True)
     (row,) = list(csv.DictReader(open(tmp_path / "rd.csv")))
-    assert float(row["R"]) == pytest.approx(4.0)  # not max(2, 6)
-    assert float(row["R_lo"]) < 4.0 < float(row["R_hi"])
+    log_ck, nlu = map(np.concatenate, zip(_draws(0), _draws(1)))
+    c = np.exp(log_ck)
+    alpha = (c.sum() - c) / (c.size - 1)
+    assert float(row["R"]) == pytest.approx(np.mean(nlu - c / alpha - np.log(alpha) + 1), rel=1e-9)
+    assert float(row["R_lo"]) < float(row["R"]) < float(row["R_hi"])
+
+
+def test_pooling_counts_a_file_once_and_keeps_estimators_apart(tmp_path):
+    root = tmp_path / "ck"
+    run_dir = runs.make_run_dir(root, "rdlb-data_dim=2-lamb=10.0")
+    rec = _lb_record(run_dir, 0, *_draws(0))
+    _lb_record(run_dir, 0, *_draws(0))  # the same seed evaluated again: the same .npz, a second record
+    other = _lb_record(run_dir, 0, *_draws(5), batchsize=4096)  # another estimator (k) at the same lambda
+    run_script("plot_rd.py", "--checkpoint_dir", root, "--out", tmp_path / "rd", check=True)
+    rows = sorted(csv.DictReader(open(tmp_path / "rd.csv")), key=lambda r: float(r["R"]))
+    assert len(rows) == 2
+    # Each point carries its own file's figures, not those of its draws counted twice.
+    for row, want in zip(rows, sorted((rec, other), key=lambda r: r["R_lb"])):
+        assert (float(row["R"]), float(row["R_lo"]), float(row["R_hi"])) == pytest.approx(
+            (want["R_lb"], want["R_lb_lo"], want["R_lb_hi"]), rel=1e-9)
+
+
+def test_pooling_refuses_a_record_without_its_draws(tmp_path):
+    root = tmp_path / "ck"
+    run_dir = runs.make_run_dir(root, "rdlb-data_dim=2-lamb=10.0")
+    _lb_record(run_dir, 0, *_draws(0))
+    _lb_record(run_dir, 1, *_draws(1), npz=False)
+    proc = run_script("plot_rd.py", "--checkpoint_dir", root, "--out", tmp_path / "rd", check=False)
+    assert proc.returncode == 2 and "seed 1" in proc.stderr and "no draws to pool" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "rd.csv").exists()

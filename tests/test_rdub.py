@@ -26,6 +26,7 @@ def test_gaussian_bound_meets_analytic_optimum(tmp_path, capsys):
     r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert r == jsonl.read(run_dir / "results.jsonl")[-1]
     assert (r["method"], r["rate_unit"], r["per_dim"], r["num_samples"]) == ("rdub", "bits", False, 50000)
+    assert r["eval_split"] == "fresh"  # new draws from the sampler, apart from the training stream
     # An upper bound: never below the optimum beyond sampling error, and close to it after short training.
     assert r["loss"] > r["analytic_loss"] - 3 * r["loss_stderr"]
     assert r["loss"] < 1.05 * r["analytic_loss"]
@@ -58,6 +59,26 @@ def test_ntc_bitstream_is_exact_and_matches_estimate(tmp_path, capsys):
     x = source.test_set(500, seed=5)
     nbytes, _, mse = rdub_mlp.ntc_bitstream(model, x)
     assert nbytes > 0 and mse.shape == (500,) and np.isfinite(mse).all()
+
+
+def test_papers_step_decay_and_eval_split(tmp_path, capsys):
+    # The paper's schedule by default: x0.2 at epochs 4, 6 and 7 of 8 (1/2, 3/4, 7/8; 0-based), no warm-up ramp.
+    train = tmp_path / "x-split=train.npy"
+    np.save(train, np.random.default_rng(0).normal(size=(200, 3)))
+    flags = ["--dataset", str(train), "--lambda", "1", "--checkpoint_dir", str(tmp_path / "ckpt")]
+    run_dir = run_main(tmp_path / "ckpt", flags[:-2], ["train", "--epochs", "8", "--steps_per_epoch", "5",
+                                                       "--lr", "1e-3", "--batchsize", "50"])
+    lrs = [e["lr"] for e in jsonl.read(run_dir / "log.jsonl")]
+    assert lrs == pytest.approx([1e-3] * 4 + [2e-4] * 2 + [4e-5, 8e-6])
+    # Without a split=test twin eval scores the training samples, and says so; with the twin, the test split.
+    with pytest.warns(UserWarning, match="eval_split=train"):
+        rdub_mlp.main([*flags, "eval"])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["eval_split"] == "train"
+    np.save(tmp_path / "x-split=test.npy", np.random.default_rng(1).normal(size=(100, 3)))
+    rdub_mlp.main([*flags, "eval"])
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (r["eval_split"], r["num_samples"]) == ("test", 100)
+    assert [x["eval_split"] for x in jsonl.read(run_dir / "results.jsonl")] == ["train", "test"]
 
 
 def test_cont_resumes_and_refusal_cli(tmp_path):

@@ -1,5 +1,5 @@
-"""utils.training: the log and checkpoints survive a resume, a used folder is refused, early stopping."""
-import math
+"""utils.training: the log and checkpoints survive a resume, a used folder is refused, the paper's schedules
+(step decay; reduce-on-plateau, checked against Keras' own callback and across --cont), early stopping."""
 
 import numpy as np
 import pytest
@@ -75,25 +75,122 @@ def test_restore_without_checkpoint(tmp_path):
         training.restore_latest(Line(), tmp_path)
 
 
-def test_early_stopping_respects_warmup(tmp_path):
-    # One repeated batch and lr ~ 0: the loss never improves after epoch 1, so patience 2 stops at epoch 3,
-    # unless warm-up forbids stopping within the first 5 epochs.
-    common = dict(epochs=20, steps_per_epoch=5, lr=1e-30, patience=2, lr_schedule="constant")
-    recs = training.fit(Line(), line_data(noise=1.0, batches=1), None, tmp_path / "a", **common)
-    assert len(recs) == 3
-    recs = training.fit(Line(), line_data(noise=1.0, batches=1), None, tmp_path / "b", warmup=5, **common)
-    assert len(recs) == 6
+class Scripted(training.LossModel):
+    """Its loss is the batch's value (plus 0 x a weight, so Adam has a variable and a zero gradient): the
+    monitored loss of an epoch is whatever the data says, and the weights never move."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = tf.Variable(0.0)
+
+    def losses_of(self, x, training):
+        return {"loss": tf.reduce_mean(x) + 0.0 * self.w}
 
 
-def test_schedule_shapes():
-    s = training.LearningRate(1.0, 10000, "step")
-    assert s.warmup_steps == 100
-    assert s.value(0) == pytest.approx(0.01)
-    assert s.value(100) == pytest.approx(1.0)
-    assert [s.value(t) for t in (4999, 5000, 7500, 8750)] == pytest.approx([1.0, 0.2, 0.04, 0.008])
-    c = training.LearningRate(1.0, 10000, "cosine")
+STEPS = 2
+
+
+def scripted_data(values, start=0):
+    """Epochs `start`+1, ... see the losses `values[start:]` (each for STEPS steps)."""
+    return tf.data.Dataset.from_tensor_slices(np.repeat(np.float32(values[start:]), STEPS)[:, None]).batch(1)
+
+
+# Improves by 0.1 to epoch 6, then: flat, an improvement under the 1e-4 threshold, a real one, flat to the end.
+PLATEAU_LOSSES = [1.0 - 0.1 * min(e, 5) for e in range(10)] + [0.5 - 5e-5, 0.5 - 5e-5, 0.3] + [0.3] * 13
+
+
+def keras_reference_lrs(values, lr, warmup, patience, factor):
+    """The rate of each epoch under Keras' ReduceLROnPlateau gated as the paper gates it (acting only on
+    0-based epochs > warmup), in a plain Keras fit: an independent account of the paper's schedule."""
+    class Gated(tf.keras.callbacks.ReduceLROnPlateau):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch > warmup:
+                super().on_epoch_end(epoch, logs)
+
+    lrs = []
+    m = Scripted()
+    m.compile(optimizer=tf.keras.optimizers.Adam(lr))
+    seen = tf.keras.callbacks.LambdaCallback(on_epoch_begin=lambda e, logs: lrs.append(float(m.optimizer.lr)))
+    gated = Gated(monitor="loss", mode="min", factor=factor, patience=patience, min_delta=1e-4, min_lr=1e-6)
+    m.fit(scripted_data(values), epochs=len(values), steps_per_epoch=STEPS, verbose=0, callbacks=[seen, gated])
+    return lrs
+
+
+def test_plateau_matches_the_papers_callback_and_survives_cont(tmp_path):
+    # lr 1e-5: four halvings reach the 1e-6 floor (the fourth is cut to it), after which the rate stays.
+    kw = dict(steps_per_epoch=STEPS, lr=1e-5, lr_schedule="constant", warmup=3, patience=2, lr_decay_factor=0.5)
+    expected = keras_reference_lrs(PLATEAU_LOSSES, 1e-5, 3, 2, 0.5)
+    n = len(PLATEAU_LOSSES)
+    recs = training.fit(Scripted(), scripted_data(PLATEAU_LOSSES), None, tmp_path / "a", epochs=n, **kw)
+    lrs = [r["lr"] for r in recs]
+    np.testing.assert_allclose(lrs, expected, rtol=1e-5)
+    # By hand (lrs[e - 1] is epoch e's rate): the loss is flat from epoch 6, so epochs 7 and 8 use up the patience
+    # and epoch 9 runs at half the rate, epoch 11 at a quarter; the gain under 1e-4 at epoch 11 does not reset
+    # the count (epoch 13 at 1/8), the real one at epoch 13 does (the next halving, cut to the floor, after 15).
+    assert lrs[:8] == pytest.approx([1e-5] * 8)
+    assert lrs[8:16] == pytest.approx([5e-6, 5e-6, 2.5e-6, 2.5e-6, 1.25e-6, 1.25e-6, 1.25e-6, 1e-6])
+    assert lrs[-1] == pytest.approx(1e-6)
+
+    # Interrupted after epoch 14 (three reductions behind it, the best value from epoch 13, one epoch of patience
+    # used) and resumed: the same rates, so the rate, the best value and the count all came back.
+    stop = 14
+    training.fit(Scripted(), scripted_data(PLATEAU_LOSSES), None, tmp_path / "b", epochs=stop, **kw)
+    recs = training.fit(Scripted(), scripted_data(PLATEAU_LOSSES, stop), None, tmp_path / "b", epochs=n,
+                        cont=True, **kw)
+    log = jsonl.read(tmp_path / "b" / "log.jsonl")
+    assert [r["epoch"] for r in log] == list(range(1, n + 1))
+    np.testing.assert_allclose([r["lr"] for r in log], expected, rtol=1e-5)
+
+
+def test_plateau_never_acts_before_warmup(tmp_path):
+    # A loss that never improves: the paper's callback tracks it from epoch W + 2 on, so with patience 2 the rate
+    # first halves for epoch W + 5, and again two epochs later.
+    for warmup in (0, 4):
+        recs = training.fit(Scripted(), scripted_data([1.0] * 12), None, tmp_path / str(warmup), epochs=12,
+                            steps_per_epoch=STEPS, lr=1e-3, lr_schedule="constant", warmup=warmup, patience=2)
+        lrs = np.array([r["lr"] for r in recs])
+        first = warmup + 5
+        np.testing.assert_allclose(lrs[:first - 1], 1e-3, rtol=1e-6)
+        np.testing.assert_allclose(lrs[first - 1:first + 1], 5e-4, rtol=1e-6)
+        assert lrs[first + 1] == pytest.approx(2.5e-4)
+
+
+def test_early_stopping_is_its_own_flag(tmp_path):
+    # A loss that never improves after epoch 1: early_stop 2 stops at epoch 3, unless warm-up forbids stopping
+    # within the first 5 epochs; with patience alone (reduce-on-plateau) training runs to the end.
+    common = dict(epochs=8, steps_per_epoch=STEPS, lr=1e-3, lr_schedule="constant")
+    flat = [1.0] * 8
+    assert len(training.fit(Scripted(), scripted_data(flat), None, tmp_path / "a", early_stop=2, **common)) == 3
+    assert len(training.fit(Scripted(), scripted_data(flat), None, tmp_path / "b", early_stop=2, warmup=5,
+                            **common)) == 6
+    assert len(training.fit(Scripted(), scripted_data(flat), None, tmp_path / "c", patience=1, **common)) == 8
+
+
+def test_step_decay_is_the_papers():
+    # The paper's rdub_mlp.py scheduler, per 0-based epoch e of E: x0.2 for each of 1/2, 3/4, 7/8 that e has reached.
+    for epochs, per in ((10, 7), (8, 1), (3000, 1)):
+        s = training.LearningRate(1.0, epochs, "step", per)
+        for e in sorted({0, epochs // 2 - 1, epochs // 2, (3 * epochs) // 4, (7 * epochs) // 8, epochs - 1}):
+            k = sum(e >= f * epochs for f in (0.5, 0.75, 0.875))
+            assert s.value(e * per) == pytest.approx(0.2 ** k) == pytest.approx(s.value(e * per + per - 1))
+    # No warm-up unless asked: rdlb.py's recipe (5e-4 over 3000 steps) is still at 5e-4 at step 1000.
+    assert training.LearningRate(5e-4, 3000, "step").value(1000) == pytest.approx(5e-4)
+    r = training.LearningRate(1.0, 100, "step", 100, ramp_steps=100)
+    assert [r.value(t) for t in (0, 50, 100)] == pytest.approx([0.01, 0.505, 1.0])
+    c = training.LearningRate(1.0, 100, "cosine", 100)
     assert c.value(5000) == pytest.approx(0.5, abs=1e-6)
     assert c.value(10000) == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(InputError, match="lr_schedule"):
         training.LearningRate(1.0, 10, "bogus")
-    assert math.isfinite(training.LearningRate(1.0, 1, "step").value(0))
+
+
+def test_image_scripts_default_to_the_papers_schedule():
+    from utils import codec
+    p = codec.build_parser("mbt2018", "", lambda p: None)
+    a = p.parse_args(["train", "--dataset", "kodak"])
+    assert (a.lr_schedule, a.lr_ramp, a.warmup, a.patience, a.lr_decay_factor, a.early_stop) == \
+        ("constant", 0, 100, 10, 0.5, None)
+    for flags, message in ((["--lr_decay_factor", "1"], "--lr_decay_factor"), (["--warmup", "-1"], "--warmup")):
+        bad = p.parse_args(["train", "--dataset", "kodak", *flags])
+        with pytest.raises(InputError, match=message):
+            training.fit_from_flags(bad, None, "/nonexistent/run", None, None)

@@ -104,21 +104,95 @@ def lower_bound_curve(lambs, intercepts, D):
     return np.maximum(lines.max(axis=1), 0.0)
 
 
-def bd_rate(rate_ref, psnr_ref, rate_test, psnr_test):
-    """Bjontegaard delta rate in percent (negative: the test codec needs fewer bits at equal PSNR).
+BD_METHODS = ("cubic", "pchip")
 
-    Fits log-rate as a cubic in PSNR for each curve and compares the integrals over the common PSNR range.
-    """
-    rate_ref, psnr_ref, rate_test, psnr_test = (np.asarray(a, dtype=np.float64)
-                                                for a in (rate_ref, psnr_ref, rate_test, psnr_test))
-    if min(rate_ref.size, rate_test.size) < 4:
-        raise ValueError("BD-rate needs at least 4 points per curve")
-    lo = max(psnr_ref.min(), psnr_test.min())
-    hi = min(psnr_ref.max(), psnr_test.max())
+
+def _bd_points(rate, psnr, what, method):
+    """(PSNR ascending, ln rate) of one curve, checked."""
+    rate, psnr = np.asarray(rate, dtype=np.float64).ravel(), np.asarray(psnr, dtype=np.float64).ravel()
+    if rate.size != psnr.size:
+        raise ValueError(f"{what}: {rate.size} rates but {psnr.size} PSNRs")
+    if not (np.all(np.isfinite(rate)) and np.all(np.isfinite(psnr)) and np.all(rate > 0)):
+        raise ValueError(f"{what}: rates must be positive and finite, PSNRs finite")
+    order = np.argsort(psnr, kind="stable")
+    psnr, log_rate = psnr[order], np.log(rate[order])
+    # A cubic needs 4 points; PCHIP interpolates, so it needs distinct PSNRs (2 at least).
+    needed = 4 if method == "cubic" else 2
+    if psnr.size < needed:
+        raise ValueError(f"{what}: the {method} method needs at least {needed} points, got {psnr.size}")
+    if method == "pchip" and np.any(np.diff(psnr) <= 0):
+        raise ValueError(f"{what}: the pchip method needs distinct PSNRs (a repeated point?)")
+    return psnr, log_rate
+
+
+def psnr_overlap(psnr_ref, psnr_test):
+    """The common PSNR interval [lo, hi] of two curves, over which BD-rate compares them."""
+    lo = max(np.min(psnr_ref), np.min(psnr_test))
+    hi = min(np.max(psnr_ref), np.max(psnr_test))
     if not hi > lo:
-        raise ValueError("the two curves do not overlap in PSNR")
-    p_ref = np.polyint(np.polyfit(psnr_ref, np.log(rate_ref), 3))
-    p_test = np.polyint(np.polyfit(psnr_test, np.log(rate_test), 3))
-    area_ref = np.polyval(p_ref, hi) - np.polyval(p_ref, lo)
-    area_test = np.polyval(p_test, hi) - np.polyval(p_test, lo)
-    return float((math.exp((area_test - area_ref) / (hi - lo)) - 1.0) * 100.0)
+        raise ValueError(f"the two curves do not overlap in PSNR: the anchor spans {np.min(psnr_ref):.3f} to "
+                         f"{np.max(psnr_ref):.3f} dB, the test {np.min(psnr_test):.3f} to {np.max(psnr_test):.3f} dB")
+    return float(lo), float(hi)
+
+
+def _mean_log_rate(psnr, log_rate, lo, hi, method):
+    """The mean of ln rate over PSNR in [lo, hi], from a cubic least-squares fit or a PCHIP interpolant."""
+    if method == "pchip":
+        from scipy.interpolate import PchipInterpolator
+        return float(PchipInterpolator(psnr, log_rate).integrate(lo, hi)) / (hi - lo)
+    center = psnr.mean()  # fitting around the mean keeps the cubic's normal equations well conditioned
+    antiderivative = np.polyint(np.polyfit(psnr - center, log_rate, 3))
+    return float(np.polyval(antiderivative, hi - center) - np.polyval(antiderivative, lo - center)) / (hi - lo)
+
+
+def bd_rate(rate_ref, psnr_ref, rate_test, psnr_test, method="cubic"):
+    """Bjontegaard delta rate of the test curve against the reference (anchor), in percent; negative: the test
+    needs fewer bits at equal PSNR.
+
+    ln rate is modelled as a function of PSNR for each curve, by a least-squares cubic (Bjontegaard's method,
+    the default) or a piecewise-cubic Hermite interpolant ("pchip"), and the two are averaged over the common
+    PSNR range (`psnr_overlap`): BD-rate = exp(mean_test - mean_ref) - 1. The curves may be sampled at
+    different PSNRs; curves that do not overlap are refused (ValueError).
+    """
+    if method not in BD_METHODS:
+        raise ValueError(f"unknown BD-rate method {method!r}; choose one of {', '.join(BD_METHODS)}")
+    psnr_r, log_r = _bd_points(rate_ref, psnr_ref, "anchor curve", method)
+    psnr_t, log_t = _bd_points(rate_test, psnr_test, "test curve", method)
+    lo, hi = psnr_overlap(psnr_r, psnr_t)
+    diff = _mean_log_rate(psnr_t, log_t, lo, hi, method) - _mean_log_rate(psnr_r, log_r, lo, hi, method)
+    return float(math.expm1(diff) * 100.0)
+
+
+# ---- the lower bound's estimator and its interval (rdlb.py eval, plot_rd.py, bench/rdlb_coverage.py) ----------
+
+def lb_xi(log_ck, neg_log_u):
+    """rdlb's estimator for each of M draws: xi_j = mean(-log u)_j - C_j / alpha_j - log alpha_j + 1, with alpha_j
+    the mean of the other draws' C_k (leave-one-out, so alpha_j is independent of draw j). Returns (xi, log alpha)."""
+    log_ck = np.asarray(log_ck, np.float64).ravel()
+    m = log_ck.size
+    if m < 2:
+        raise ValueError("the lower-bound estimator needs at least 2 draws of C_k")
+    others = np.array([np.delete(log_ck, j) for j in range(m)])
+    log_alpha = np.logaddexp.reduce(others, axis=1) - math.log(m - 1)
+    return np.asarray(neg_log_u, np.float64).ravel() - np.exp(log_ck - log_alpha) - log_alpha + 1.0, log_alpha
+
+
+def lb_interval(log_ck, neg_log_u, level=0.95):
+    """A `level` interval for the bound E[-log u] - log E[C_k] from M draws (log C_k, mean -log u), whose point
+    estimate is the mean of `lb_xi`.
+
+    C_k is right-skewed, so the mean of a few draws of C_k is usually below E[C_k] and a Student-t interval on xi
+    lies above the bound more often than it should. Here log C_k is taken as normal (mean mu, variance s^2), so
+    log E[C_k] = mu + s^2 / 2, with the modified-Cox interval mu_hat + s^2/2 +- t sqrt(s^2/M + s^4/(2(M - 1)));
+    the mean of -log u gets its Student-t interval, and the two half-widths add. Coverage measured by
+    bench/rdlb_coverage.py (README, rdlb section)."""
+    log_ck = np.asarray(log_ck, np.float64).ravel()
+    a = np.asarray(neg_log_u, np.float64).ravel()
+    m = log_ck.size
+    if m < 2:
+        raise ValueError("an interval needs at least 2 draws of C_k")
+    q = stats.t.ppf(0.5 + level / 2, df=m - 1)
+    s2 = log_ck.var(ddof=1)
+    center = a.mean() - (log_ck.mean() + s2 / 2)
+    half = q * (math.sqrt(s2 / m + s2 ** 2 / (2 * (m - 1))) + a.std(ddof=1) / math.sqrt(m))
+    return {"lo": float(center - half), "hi": float(center + half), "method": "lognormal"}

@@ -1,19 +1,27 @@
 """The one training loop the scripts share: Keras fit with a JSONL log, per-epoch checkpoints, resuming,
-a learning-rate schedule with warm-up, and early stopping.
+the paper's learning-rate schedules, and early stopping.
 
 The model is a tf.keras.Model whose `train_step` / `test_step` return dicts of scalar metrics including 'loss'
 (and whose `metrics` property lists its Mean trackers, so Keras resets them every epoch).
 
 Run folder layout (see utils/runs.py): `log.jsonl` gets one record per epoch with `epoch` (1-based, the number
 of epochs done), the train metrics, `val_<metric>`, `lr` (the rate at the epoch's last step), `step` (optimizer
-steps so far) and `time` (wall seconds, cumulative across resumes); `ckpt-*` holds model, optimizer and epoch.
+steps so far) and `time` (wall seconds, cumulative across resumes); `ckpt-*` holds model, optimizer, epoch and
+the state of reduce-on-plateau (its lr multiplier, best value and epochs waited).
 
-Learning-rate schedules, as a function of the optimizer step t out of T = epochs * steps_per_epoch:
-- "step" (default, the paper's decay): lr until T/2, then x0.2 until 3T/4, x0.2^2 until 7T/8, x0.2^3 after;
-- "cosine": lr * (1 + cos(pi t / T)) / 2, decaying to 0 at T;
-- "constant".
-Each starts with a linear warm-up from lr/100 to lr over the first 1% of the steps (at most 1000), which keeps
-Adam's first, badly scaled steps from throwing a fresh model far off.
+The learning rate at optimizer step t is lr x schedule(t) x plateau multiplier. Schedules (`--lr_schedule`),
+with E epochs of S steps each:
+- "step", the paper's decay for rdub_mlp.py and rdlb.py: lr during epochs e < E/2 (0-based), then x0.2 until
+  3E/4, x0.2^2 until 7E/8, x0.2^3 after. It changes at epoch boundaries, as the paper's Keras scheduler does;
+  with S = 1 (an "epoch" of one step) it is rdlb.py's per-step form;
+- "cosine": lr * (1 + cos(pi t / (E S))) / 2, decaying to 0 at the end;
+- "constant", the image scripts' default: the paper trains them at a constant rate lowered only on plateaus.
+`ramp_steps` (off by default; not in the paper) adds a linear warm-up from lr/100 over the first steps.
+Reduce-on-plateau (`patience` > 0; the paper's image-script callback, Keras ReduceLROnPlateau behind a warm-up):
+the monitored loss (val_loss when there is validation data, else loss) is tracked from epoch warmup + 2 on
+(1-based; the paper's callback acts on 0-based epochs > warmup); when it has not fallen below its best minus
+1e-4 for `patience` tracked epochs, the rate is multiplied by `lr_decay_factor` (floor 1e-6) and the count
+restarts. Its state is in the checkpoint, so `--cont` continues at the reduced rate with the count it had.
 Because the schedule reads the optimizer's step counter, a resumed run continues on the same curve.
 """
 import math
@@ -24,52 +32,87 @@ from pathlib import Path
 import tensorflow as tf
 
 from utils import jsonl
-from utils.cli import InputError
+from utils.cli import InputError, positive_int
 from utils.runs import LOG_NAME, save_flags
 
 SCHEDULES = ("step", "cosine", "constant")
-WARMUP_FRACTION = 0.01
-MAX_WARMUP_STEPS = 1000
 STEP_DECAY = 0.2
+STEP_FRACTIONS = (1 / 2, 3 / 4, 7 / 8)
+# The paper's reduce-on-plateau constants (and early stopping's improvement threshold).
+MIN_DELTA = 1e-4
+MIN_LR = 1e-6
 MAX_STEPS_PER_EXECUTION = 100
 
 
 class LearningRate(tf.keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up, then one of SCHEDULES, over `total_steps` optimizer steps."""
+    """lr x one of SCHEDULES over `epochs` x `steps_per_epoch` steps x `scale` (the plateau multiplier).
+    With the default steps_per_epoch = 1, `epochs` counts optimizer steps (rdlb.py's per-step form)."""
 
-    def __init__(self, lr, total_steps, kind="step"):
+    def __init__(self, lr, epochs, kind="step", steps_per_epoch=1, ramp_steps=0):
         if kind not in SCHEDULES:
             raise InputError(f"--lr_schedule {kind!r} is unknown; choose one of {', '.join(SCHEDULES)}")
         self.lr = float(lr)
-        self.total_steps = max(int(total_steps), 1)
+        self.epochs, self.steps_per_epoch = max(int(epochs), 1), max(int(steps_per_epoch), 1)
         self.kind = kind
-        self.warmup_steps = min(MAX_WARMUP_STEPS, int(WARMUP_FRACTION * self.total_steps))
+        self.ramp_steps = int(ramp_steps)
+        self.scale = tf.Variable(1.0, trainable=False, dtype=tf.float32, name="lr_scale")
 
     def value(self, step):
         """The rate at `step` (a Python number; used for the log)."""
         return float(self(tf.constant(step, tf.int64)))
 
     def __call__(self, step):
-        t = tf.cast(step, tf.float32)
-        T = float(self.total_steps)
+        step = tf.cast(step, tf.int64)
         if self.kind == "step":
-            factor = tf.where(t < T / 2, 1.0, tf.where(t < 3 * T / 4, STEP_DECAY,
-                                                          tf.where(t < 7 * T / 8, STEP_DECAY ** 2, STEP_DECAY ** 3)))
+            epoch = tf.cast(step // self.steps_per_epoch, tf.float32)
+            decays = tf.add_n([tf.cast(epoch >= f * self.epochs, tf.float32) for f in STEP_FRACTIONS])
+            factor = STEP_DECAY ** decays
         elif self.kind == "cosine":
-            factor = 0.5 * (1.0 + tf.cos(math.pi * tf.minimum(t / T, 1.0)))
+            done = tf.cast(step, tf.float32) / float(self.epochs * self.steps_per_epoch)
+            factor = 0.5 * (1.0 + tf.cos(math.pi * tf.minimum(done, 1.0)))
         else:
             factor = tf.constant(1.0)
-        if self.warmup_steps > 0:
-            ramp = 0.01 + 0.99 * tf.minimum(t / self.warmup_steps, 1.0)
-            factor = factor * ramp
-        return self.lr * factor
+        if self.ramp_steps > 0:
+            factor *= 0.01 + 0.99 * tf.minimum(tf.cast(step, tf.float32) / self.ramp_steps, 1.0)
+        return self.lr * factor * self.scale
 
     def get_config(self):
-        return {"lr": self.lr, "total_steps": self.total_steps, "kind": self.kind}
+        return {"lr": self.lr, "epochs": self.epochs, "steps_per_epoch": self.steps_per_epoch, "kind": self.kind,
+                "ramp_steps": self.ramp_steps}
 
 
-def _checkpoint(model, epoch):
-    return tf.train.Checkpoint(model=model, optimizer=model.optimizer, epoch=epoch)
+class Plateau:
+    """Reduce-on-plateau as the paper's image scripts (see the module docstring); `patience` 0 turns it off.
+    Its state lives in variables that the checkpoint holds."""
+
+    def __init__(self, schedule, warmup=0, patience=0, factor=0.5):
+        self.schedule, self.warmup, self.patience, self.factor = schedule, warmup, patience, factor
+        self.best = tf.Variable(math.inf, trainable=False, dtype=tf.float64, name="plateau_best")
+        self.wait = tf.Variable(0, trainable=False, dtype=tf.int64, name="plateau_wait")
+
+    def update(self, epoch, value):
+        """After the 1-based `epoch` with monitored `value`: returns a message when it lowers the rate."""
+        if not self.patience or epoch <= self.warmup + 1 or value is None:
+            return None
+        if value < float(self.best.numpy()) - MIN_DELTA:
+            self.best.assign(value)
+            self.wait.assign(0)
+            return None
+        self.wait.assign_add(1)
+        old = self.schedule.lr * float(self.schedule.scale.numpy())
+        # The relative slack keeps a rate already at the floor (up to float32 rounding) from "reducing" again.
+        if int(self.wait.numpy()) < self.patience or old <= MIN_LR * (1 + 1e-6):
+            return None
+        new = max(old * self.factor, MIN_LR)
+        self.schedule.scale.assign(new / self.schedule.lr)
+        self.wait.assign(0)
+        return (f"epoch {epoch}: no improvement by {MIN_DELTA:g} on {float(self.best.numpy()):.6g} for "
+                f"{self.patience} epochs; learning rate {old:.4g} -> {new:.4g}")
+
+
+def _checkpoint(model, epoch, schedule, plateau):
+    return tf.train.Checkpoint(model=model, optimizer=model.optimizer, epoch=epoch, lr_scale=schedule.scale,
+                               plateau_best=plateau.best, plateau_wait=plateau.wait)
 
 
 def _manager(ckpt, run_dir):
@@ -104,12 +147,13 @@ def _steps_per_execution(steps_per_epoch):
 
 
 class _Logger(tf.keras.callbacks.Callback):
-    """Checkpoints, then appends the epoch's record, then decides on early stopping."""
+    """Per epoch: the record, the plateau decision, the checkpoint, the log line, then early stopping."""
 
-    def __init__(self, manager, epoch_var, log_path, schedule, history, warmup, patience, monitor):
+    def __init__(self, manager, epoch_var, log_path, schedule, plateau, history, warmup, early_stop, monitor):
         super().__init__()
-        self.manager, self.epoch_var, self.log_path, self.schedule = manager, epoch_var, log_path, schedule
-        self.warmup, self.patience, self.monitor = warmup, patience, monitor
+        self.manager, self.epoch_var, self.log_path = manager, epoch_var, log_path
+        self.schedule, self.plateau = schedule, plateau
+        self.warmup, self.early_stop, self.monitor = warmup, early_stop, monitor
         self.records = list(history)
         self.time0 = history[-1]["time"] if history else 0.0
         self.best, self.best_epoch = math.inf, 0
@@ -118,7 +162,7 @@ class _Logger(tf.keras.callbacks.Callback):
 
     def _track(self, record):
         value = record.get(self.monitor)
-        if value is not None and value < self.best:
+        if value is not None and value < self.best - MIN_DELTA:
             self.best, self.best_epoch = value, record["epoch"]
 
     def on_train_begin(self, logs=None):
@@ -127,34 +171,41 @@ class _Logger(tf.keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         done = epoch + 1
         step = int(self.model.optimizer.iterations.numpy())
-        self.epoch_var.assign(done)
-        self.manager.save(checkpoint_number=done)
         record = {"epoch": done}
         record.update({k: float(v) for k, v in (logs or {}).items()})
         record.update(lr=self.schedule.value(max(step - 1, 0)), step=step,
                       time=self.time0 + time.perf_counter() - self.start)
+        finite = math.isfinite(record.get("loss", math.nan))
+        # Decided before the checkpoint is written, so that a resumed run starts from the lowered rate.
+        message = self.plateau.update(done, record.get(self.monitor)) if finite else None
+        self.epoch_var.assign(done)
+        self.manager.save(checkpoint_number=done)
         jsonl.append(self.log_path, record)
         self.records.append(record)
-        if not math.isfinite(record.get("loss", math.nan)):
+        if message:
+            print(message, file=sys.stderr)
+        if not finite:
             print(f"stopping: the training loss is {record.get('loss')} at epoch {done}", file=sys.stderr)
             self.model.stop_training = True
             return
         self._track(record)
-        if self.patience is not None and done > self.warmup and done - self.best_epoch >= self.patience:
+        if self.early_stop and done > self.warmup and done - self.best_epoch >= self.early_stop:
             print(f"early stop at epoch {done}: {self.monitor} has not improved on {self.best:.6g} "
-                  f"(epoch {self.best_epoch}) for {self.patience} epochs", file=sys.stderr)
+                  f"(epoch {self.best_epoch}) for {self.early_stop} epochs", file=sys.stderr)
             self.model.stop_training = True
 
 
-def fit(model, train_ds, val_ds, run_dir, *, epochs, steps_per_epoch, lr, warmup=0, patience=None,
-        max_validation_steps=None, cont=False, verbose=False, lr_schedule="step"):
+def fit(model, train_ds, val_ds, run_dir, *, epochs, steps_per_epoch, lr, lr_schedule="step", ramp_steps=0,
+        warmup=0, patience=0, lr_decay_factor=0.5, early_stop=None, max_validation_steps=None, cont=False,
+        verbose=False):
     """Trains `model` on `train_ds` (an endless tf.data of batches) for `epochs` x `steps_per_epoch` steps.
 
     Validates on `val_ds` (or its first `max_validation_steps` batches) after each epoch when given.
     `cont=True` resumes from the latest checkpoint in `run_dir` and continues its log; without it, a folder
-    holding a checkpoint is refused. With `patience`, training stops once the monitored loss (val_loss when
-    there is validation data, else loss) has not improved for `patience` epochs, never within the first
-    `warmup` epochs. Returns the list of all epoch records of the run (earlier sessions included).
+    holding a checkpoint is refused. The rate follows `lr_schedule` (with `ramp_steps`) and reduce-on-plateau
+    (`warmup`, `patience`, `lr_decay_factor`; see the module docstring). With `early_stop`, training stops once
+    the monitored loss has not improved by 1e-4 for that many epochs, never within the first `warmup` epochs.
+    Returns the list of all epoch records of the run (earlier sessions included).
     """
     if val_ds is not None and max_validation_steps is not None:
         val_ds = val_ds.take(max_validation_steps)
@@ -165,11 +216,12 @@ def fit(model, train_ds, val_ds, run_dir, *, epochs, steps_per_epoch, lr, warmup
     run_dir.mkdir(parents=True, exist_ok=True)
     log_path = run_dir / LOG_NAME
 
-    schedule = LearningRate(lr, epochs * steps_per_epoch, lr_schedule)
+    schedule = LearningRate(lr, epochs, lr_schedule, steps_per_epoch, ramp_steps)
+    plateau = Plateau(schedule, warmup, patience, lr_decay_factor)
     model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate=schedule),
                   steps_per_execution=_steps_per_execution(steps_per_epoch))
     epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-    ckpt = _checkpoint(model, epoch_var)
+    ckpt = _checkpoint(model, epoch_var, schedule, plateau)
     manager = _manager(ckpt, run_dir)
     history = []
     if has_ckpt:
@@ -177,7 +229,8 @@ def fit(model, train_ds, val_ds, run_dir, *, epochs, steps_per_epoch, lr, warmup
         ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         history = [r for r in jsonl.read(log_path) if r.get("epoch", 0) <= int(epoch_var.numpy())]
         if verbose:
-            print(f"resuming {manager.latest_checkpoint} at epoch {int(epoch_var.numpy())}", file=sys.stderr)
+            print(f"resuming {manager.latest_checkpoint} at epoch {int(epoch_var.numpy())}, learning-rate "
+                  f"multiplier {float(schedule.scale.numpy()):.4g}", file=sys.stderr)
     initial_epoch = int(epoch_var.numpy())
     if initial_epoch >= epochs:
         if verbose:
@@ -185,7 +238,7 @@ def fit(model, train_ds, val_ds, run_dir, *, epochs, steps_per_epoch, lr, warmup
         return history
 
     monitor = "val_loss" if val_ds is not None else "loss"
-    logger = _Logger(manager, epoch_var, log_path, schedule, history, warmup, patience, monitor)
+    logger = _Logger(manager, epoch_var, log_path, schedule, plateau, history, warmup, early_stop, monitor)
     # Verbose: a progress bar on a terminal, one line per epoch otherwise (logs, captured test output).
     keras_verbose = (1 if sys.stdout.isatty() else 2) if verbose else 0
     model.fit(train_ds.prefetch(tf.data.AUTOTUNE), epochs=epochs, initial_epoch=initial_epoch,
@@ -223,13 +276,43 @@ class LossModel(tf.keras.Model):
         return {t.name: t.result() for t in self.trackers}
 
 
+def add_schedule_flags(t, lr_schedule, warmup, patience):
+    """The `train` flags of the learning-rate schedule and early stopping, with a script's defaults (the paper's:
+    rdub_mlp.py "step" and no plateau; the image scripts "constant" with warm-up 100 and patience 10)."""
+    t.add_argument("--lr_schedule", choices=SCHEDULES, default=lr_schedule,
+                   help="'step': x0.2 at 1/2, 3/4 and 7/8 of the epochs (the paper's rdub_mlp.py); 'cosine'; "
+                        "'constant' (see utils/training.py)")
+    t.add_argument("--lr_ramp", type=int, default=0,
+                   help="linear warm-up of the rate from lr/100 over this many steps (not in the paper; 0: none)")
+    t.add_argument("--warmup", type=int, default=warmup,
+                   help="epochs before reduce-on-plateau (and early stopping) may act")
+    t.add_argument("--patience", type=int, default=patience,
+                   help="reduce-on-plateau: lower the rate after this many epochs without an improvement of 1e-4 "
+                        "in val_loss (loss without validation data); 0: off")
+    t.add_argument("--lr_decay_factor", type=float, default=0.5,
+                   help="reduce-on-plateau's multiplier of the rate (floor 1e-6)")
+    t.add_argument("--early_stop", type=positive_int,
+                   help="stop after this many epochs without an improvement of 1e-4 (default: never)")
+
+
+def _check_schedule_flags(args):
+    for flag in ("lr_ramp", "warmup", "patience"):
+        if getattr(args, flag) < 0:
+            raise InputError(f"--{flag} must be >= 0, got {getattr(args, flag)}")
+    if not 0 < args.lr_decay_factor < 1:
+        raise InputError(f"--lr_decay_factor must lie in (0, 1), got {args.lr_decay_factor}")
+
+
 def fit_from_flags(args, model, run_dir, train_ds, val_ds, max_validation_steps=None):
-    """Creates the run folder with its flags.json, then `fit` with the `train` subcommand's flags.
-    Call check_run_dir and validate the inputs first, so that a refused run leaves nothing behind."""
+    """Creates the run folder with its flags.json, then `fit` with the `train` subcommand's flags (those of
+    add_schedule_flags among them). Call check_run_dir and validate the inputs first, so that a refused run
+    leaves nothing behind."""
+    _check_schedule_flags(args)
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     save_flags(run_dir, args)
     if max_validation_steps is None:
         max_validation_steps = args.max_validation_steps
     return fit(model, train_ds, val_ds, run_dir, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
-               lr=args.lr, warmup=args.warmup, patience=args.patience, max_validation_steps=max_validation_steps,
-               cont=args.cont, verbose=args.verbose, lr_schedule=args.lr_schedule)
+               lr=args.lr, lr_schedule=args.lr_schedule, ramp_steps=args.lr_ramp, warmup=args.warmup,
+               patience=args.patience, lr_decay_factor=args.lr_decay_factor, early_stop=args.early_stop,
+               max_validation_steps=max_validation_steps, cont=args.cont, verbose=args.verbose)
