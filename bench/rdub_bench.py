@@ -37,6 +37,10 @@ def rdub(*args):
     return proc.stdout
 
 
+def epochs_of(budget):
+    return 8 * max(1, budget // 8000)
+
+
 def one_run(work, n, lamb, lr, budget, batchsize, num_samples, seed):
     model = ["--dataset", "gaussian", "--data_dim", n, "--latent_dim", n, "--decoder_units", 0,
              "--prior_type", "gmm_1", "--posterior_type", "gaussian", "--encoder_activation", "none",
@@ -44,7 +48,9 @@ def one_run(work, n, lamb, lr, budget, batchsize, num_samples, seed):
              "--checkpoint_dir", work / f"n={n}-lambda={lamb}-lr={lr}-batch={batchsize}-steps={budget}"]
     if n in GPARAMS:
         model[2:2] = ["--gparams_path", GPARAMS[n]]
-    epochs = max(4, budget // 1000)  # at least 4, so that steps/s can leave out the first (tracing) epoch
+    # 8 epochs at least: the step decay acts at epoch boundaries (1/2, 3/4, 7/8 of the run), and fewer epochs
+    # would skip its last drop; the first epoch, which pays for tracing, is left out of steps/s.
+    epochs = epochs_of(budget)
     rdub(*model, "train", "--epochs", epochs, "--steps_per_epoch", budget // epochs, "--lr", lr,
          "--batchsize", batchsize, "--max_validation_steps", 1)
     result = json.loads(rdub(*model, "eval", "--num_samples", num_samples).strip().splitlines()[-1])
@@ -71,8 +77,8 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="also append the records to this JSONL file")
     args = p.parse_args()
-    if any(b % max(4, b // 1000) for b in args.budgets + args.paper_budgets):
-        sys.exit("a budget must split into epochs of equal length: a multiple of 1000, or of 4 below 4000")
+    if any(b % epochs_of(b) for b in args.budgets + args.paper_budgets):
+        sys.exit("a budget must split into equal epochs: 8 of them, or 8 per 8000 steps above 16000")
 
     with tempfile.TemporaryDirectory(prefix="rdub_bench-") as tmp:
         work = Path(tmp)
