@@ -11,8 +11,8 @@ A file is a header followed by the range-coded strings of one image, back to bac
     count    1 byte   number of strings, then each string's length as a varint
     crc32    4 bytes  over everything before it and the whole payload
 
-The whole header is 20 bytes plus the varints (about 30 bytes for one Kodak image), and it is counted in the
-rate. Parsing checks, in order: magic, version, truncation, checksum, then the model, so that each failure
+The whole header is 20 bytes plus the varints (about 30 bytes for one Kodak image; 26 for a 128x128 image with
+two short strings), and it is counted in the file's rate. Parsing checks, in order: magic, version, truncation, checksum, then the model, so that each failure
 reads as what it is: a foreign file, a newer format, a cut-off file, damaged bytes, or the wrong model.
 """
 import hashlib
@@ -26,7 +26,7 @@ from utils.cli import InputError
 
 MAGIC = b"RDSc"
 FORMAT_VERSION = 1
-KINDS = {"mbt2018": 1, "ms2020": 2, "resnet_vae": 3}
+KINDS = {"mbt2018": 1, "ms2020": 2, "resnet_vae": 3, "mcbits": 4}
 ID_BYTES = 8
 
 
