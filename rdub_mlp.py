@@ -129,7 +129,8 @@ def parse_args(argv):
     t.add_argument("--epochs", type=positive_int, default=100)
     t.add_argument("--steps_per_epoch", type=positive_int, default=1000)
     t.add_argument("--lr", type=positive_float, default=5e-4)
-    t.add_argument("--batchsize", type=positive_int, default=512)
+    t.add_argument("--batchsize", type=positive_int, default=512,
+                   help="samples per optimizer step: the global batch, split over the replicas of --strategy")
     t.add_argument("--max_validation_steps", type=positive_int,
                    help="validation batches per epoch (default: the whole test file; 10 for samplers)")
     # The paper's rdub_mlp.py: step decay, no warm-up ramp, no plateau reductions.
@@ -306,7 +307,8 @@ def main(argv):
     args = parse_args(argv)
     np.random.seed(args.seed)
     tf.random.set_seed(args.seed)
-    source, model, run_dir = build(args)
+    with training.strategy_scope(args):  # first: the strategy is set up before any other TensorFlow work
+        source, model, run_dir = build(args)
     if args.command == "train":
         train(args, source, model, run_dir)
     else:

@@ -23,10 +23,22 @@ the monitored loss (val_loss when there is validation data, else loss) is tracke
 1e-4 for `patience` tracked epochs, the rate is multiplied by `lr_decay_factor` (floor 1e-6) and the count
 restarts. Its state is in the checkpoint, so `--cont` continues at the reduced rate with the count it had.
 Because the schedule reads the optimizer's step counter, a resumed run continues on the same curve.
+
+Distribution (`--strategy`, see docs/distributed.md): a script builds its model inside `strategy_scope(args)`, and
+`fit` trains it with the strategy the model was built under, compiling and creating its own state in that scope
+so that Keras splits each global batch over the replicas and all-reduces the gradients. Only the chief writes
+the log, the checkpoints and the TensorBoard events (`--tensorboard`: every logged metric and lr per epoch, in
+`tb/` beside log.jsonl); the other workers save into a temporary folder (saving is collective) and resume from
+the chief's, so a multi-worker `--cont` needs the run folder on storage that every worker reads.
 """
+import json
 import math
+import os
+import shutil
 import sys
+import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import tensorflow as tf
@@ -42,6 +54,96 @@ STEP_FRACTIONS = (1 / 2, 3 / 4, 7 / 8)
 MIN_DELTA = 1e-4
 MIN_LR = 1e-6
 MAX_STEPS_PER_EXECUTION = 100
+STRATEGIES = ("default", "mirrored", "multiworker")
+TB_NAME = "tb"
+_strategy = None  # the process's strategy once make_strategy has run (a process has one)
+
+
+def parse_tf_config(text):
+    """The cluster and this task from TF_CONFIG's JSON text; InputError naming what is wrong."""
+    if not text:
+        raise InputError("--strategy multiworker needs TF_CONFIG (JSON with 'cluster' and 'task'; "
+                         "see docs/distributed.md)")
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InputError(f"TF_CONFIG is not valid JSON ({e.msg} at character {e.pos})") from None
+    cluster, task = (config.get("cluster"), config.get("task")) if isinstance(config, dict) else (None, None)
+    if not isinstance(cluster, dict) or not cluster or not all(
+            isinstance(v, list) and v and all(isinstance(a, str) and ":" in a for a in v) for v in cluster.values()):
+        raise InputError("TF_CONFIG: 'cluster' must map job names ('chief', 'worker') to lists of 'host:port'")
+    if set(cluster) - {"chief", "worker"}:
+        raise InputError(f"TF_CONFIG: --strategy multiworker takes the jobs 'chief' and 'worker' only, "
+                         f"not {', '.join(sorted(set(cluster) - {'chief', 'worker'}))}")
+    if not isinstance(task, dict) or task.get("type") not in cluster:
+        raise InputError(f"TF_CONFIG: 'task' must name one of the cluster's jobs ({', '.join(cluster)}) as 'type'")
+    index = task.get("index")
+    if not isinstance(index, int) or not 0 <= index < len(cluster[task["type"]]):
+        raise InputError(f"TF_CONFIG: task index {index!r} is not one of 0..{len(cluster[task['type']]) - 1} "
+                         f"of job {task['type']!r}")
+    return cluster, task["type"], index
+
+
+def make_strategy(name="default", cpu_devices=0):
+    """The tf.distribute strategy of `--strategy`; call it before any other TensorFlow work (the multi-worker
+    runtime and logical CPU devices can only be set up then). The process keeps it: later calls return it.
+
+    "mirrored" mirrors over the local GPUs; without one it mirrors over the logical CPU devices when there are
+    several (`cpu_devices` > 1 creates them; tests use this), else warns and falls back to the default.
+    "multiworker" reads the cluster from TF_CONFIG and mirrors over each worker's GPUs (or its CPU).
+    """
+    global _strategy
+    if _strategy is not None:
+        return _strategy
+    if name not in STRATEGIES:
+        raise InputError(f"--strategy {name!r} is unknown; choose one of {', '.join(STRATEGIES)}")
+    if cpu_devices and (cpu_devices < 1 or name != "mirrored"):
+        raise InputError(f"--cpu_devices {cpu_devices} needs --strategy mirrored and a count >= 1")
+    if name == "multiworker":
+        parse_tf_config(os.environ.get("TF_CONFIG"))
+        try:
+            _strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        except RuntimeError as e:
+            raise RuntimeError(f"{e}: call training.make_strategy (or enter strategy_scope) before any other "
+                               f"TensorFlow work") from None
+    elif name == "mirrored":
+        if cpu_devices > 1:
+            cpu = tf.config.list_physical_devices("CPU")[0]
+            try:
+                tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_devices)
+            except RuntimeError as e:
+                raise RuntimeError(f"{e}: --cpu_devices needs training.make_strategy before any other TensorFlow "
+                                   f"work") from None
+        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+        if len(devices) > 1 or tf.config.list_logical_devices("GPU"):
+            _strategy = tf.distribute.MirroredStrategy([d.name for d in devices])
+        else:
+            warnings.warn("--strategy mirrored: no GPU found; training on the CPU with the default strategy")
+            _strategy = tf.distribute.get_strategy()
+    else:
+        _strategy = tf.distribute.get_strategy()
+    return _strategy
+
+
+def strategy_from_flags(args):
+    """make_strategy from the flags of add_run_flags (the default strategy for a subcommand without them)."""
+    return make_strategy(getattr(args, "strategy", "default"), getattr(args, "cpu_devices", 0))
+
+
+def strategy_scope(args):
+    """`with training.strategy_scope(args): model = ...`: builds the model under the flags' strategy. A script
+    that does TensorFlow work before building its model calls strategy_from_flags(args) first."""
+    return strategy_from_flags(args).scope()
+
+
+def is_chief(strategy):
+    """Whether this process writes the run's files: always, except on a multi-worker cluster's other workers."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    jobs = resolver.cluster_spec().as_dict()
+    return resolver.task_type == "chief" or (resolver.task_type == "worker" and resolver.task_id == 0
+                                             and "chief" not in jobs)
 
 
 class LearningRate(tf.keras.optimizers.schedules.LearningRateSchedule):
@@ -149,9 +251,11 @@ def _steps_per_execution(steps_per_epoch):
 class _Logger(tf.keras.callbacks.Callback):
     """Per epoch: the record, the plateau decision, the checkpoint, the log line, then early stopping."""
 
-    def __init__(self, manager, epoch_var, log_path, schedule, plateau, history, warmup, early_stop, monitor):
+    def __init__(self, manager, epoch_var, log_path, schedule, plateau, history, warmup, early_stop, monitor,
+                 chief=True, tb_writer=None):
         super().__init__()
         self.manager, self.epoch_var, self.log_path = manager, epoch_var, log_path
+        self.chief, self.tb_writer = chief, tb_writer
         self.schedule, self.plateau = schedule, plateau
         self.warmup, self.early_stop, self.monitor = warmup, early_stop, monitor
         self.records = list(history)
@@ -180,9 +284,16 @@ class _Logger(tf.keras.callbacks.Callback):
         message = self.plateau.update(done, record.get(self.monitor)) if finite else None
         self.epoch_var.assign(done)
         self.manager.save(checkpoint_number=done)
-        jsonl.append(self.log_path, record)
         self.records.append(record)
-        if message:
+        if self.chief:
+            jsonl.append(self.log_path, record)
+            if self.tb_writer is not None:
+                with self.tb_writer.as_default():
+                    for key, value in record.items():
+                        if key not in ("epoch", "step", "time"):
+                            tf.summary.scalar(key, value, step=done)
+                self.tb_writer.flush()
+        if message and self.chief:
             print(message, file=sys.stderr)
         if not finite:
             print(f"stopping: the training loss is {record.get('loss')} at epoch {done}", file=sys.stderr)
@@ -197,7 +308,7 @@ class _Logger(tf.keras.callbacks.Callback):
 
 def fit(model, train_ds, val_ds, run_dir, *, epochs, steps_per_epoch, lr, lr_schedule="step", ramp_steps=0,
         warmup=0, patience=0, lr_decay_factor=0.5, early_stop=None, max_validation_steps=None, cont=False,
-        verbose=False):
+        verbose=False, tensorboard=False):
     """Trains `model` on `train_ds` (an endless tf.data of batches) for `epochs` x `steps_per_epoch` steps.
 
     Validates on `val_ds` (or its first `max_validation_steps` batches) after each epoch when given.
@@ -205,6 +316,8 @@ def fit(model, train_ds, val_ds, run_dir, *, epochs, steps_per_epoch, lr, lr_sch
     holding a checkpoint is refused. The rate follows `lr_schedule` (with `ramp_steps`) and reduce-on-plateau
     (`warmup`, `patience`, `lr_decay_factor`; see the module docstring). With `early_stop`, training stops once
     the monitored loss has not improved by 1e-4 for that many epochs, never within the first `warmup` epochs.
+    The model trains under the strategy it was built in (see strategy_scope); its batches are global batches.
+    `tensorboard` also writes the records as TensorBoard scalars into `run_dir`/tb.
     Returns the list of all epoch records of the run (earlier sessions included).
     """
     if val_ds is not None and max_validation_steps is not None:
@@ -213,38 +326,61 @@ def fit(model, train_ds, val_ds, run_dir, *, epochs, steps_per_epoch, lr, lr_sch
         raise ValueError("an endless validation dataset needs max_validation_steps")
     run_dir = Path(run_dir)
     has_ckpt = check_run_dir(run_dir, cont)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    strategy = model.distribute_strategy
+    chief = is_chief(strategy)
+    if chief:
+        run_dir.mkdir(parents=True, exist_ok=True)
     log_path = run_dir / LOG_NAME
+    # The other workers' checkpoints: saving takes part in collectives, but only the chief's copy is kept.
+    save_dir = Path(run_dir if chief else tempfile.mkdtemp(prefix="worker-ckpt-"))
+    try:
+        with strategy.scope():  # the optimizer, the schedule's and the plateau's variables live with the model
+            schedule = LearningRate(lr, epochs, lr_schedule, steps_per_epoch, ramp_steps)
+            plateau = Plateau(schedule, warmup, patience, lr_decay_factor)
+            model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate=schedule),
+                          steps_per_execution=_steps_per_execution(steps_per_epoch))
+            epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+            ckpt = _checkpoint(model, epoch_var, schedule, plateau)
+            manager = _manager(ckpt, save_dir)
+            history = []
+            if has_ckpt:
+                model.optimizer.build(model.trainable_variables)  # create the slots so they restore now, not lazily
+                latest = tf.train.latest_checkpoint(str(run_dir))
+                ckpt.restore(latest).assert_existing_objects_matched()
+                history = [r for r in jsonl.read(log_path) if r.get("epoch", 0) <= int(epoch_var.numpy())]
+                if verbose and chief:
+                    print(f"resuming {latest} at epoch {int(epoch_var.numpy())}, learning-rate "
+                          f"multiplier {float(schedule.scale.numpy()):.4g}", file=sys.stderr)
+        initial_epoch = int(epoch_var.numpy())
+        if initial_epoch >= epochs:
+            if verbose and chief:
+                print(f"nothing to do: {run_dir} has already trained {initial_epoch} of {epochs} epochs",
+                      file=sys.stderr)
+            return history
 
-    schedule = LearningRate(lr, epochs, lr_schedule, steps_per_epoch, ramp_steps)
-    plateau = Plateau(schedule, warmup, patience, lr_decay_factor)
-    model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate=schedule),
-                  steps_per_execution=_steps_per_execution(steps_per_epoch))
-    epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-    ckpt = _checkpoint(model, epoch_var, schedule, plateau)
-    manager = _manager(ckpt, run_dir)
-    history = []
-    if has_ckpt:
-        model.optimizer.build(model.trainable_variables)  # create the slots so they restore now, not lazily
-        ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        history = [r for r in jsonl.read(log_path) if r.get("epoch", 0) <= int(epoch_var.numpy())]
-        if verbose:
-            print(f"resuming {manager.latest_checkpoint} at epoch {int(epoch_var.numpy())}, learning-rate "
-                  f"multiplier {float(schedule.scale.numpy()):.4g}", file=sys.stderr)
-    initial_epoch = int(epoch_var.numpy())
-    if initial_epoch >= epochs:
-        if verbose:
-            print(f"nothing to do: {run_dir} has already trained {initial_epoch} of {epochs} epochs", file=sys.stderr)
-        return history
+        monitor = "val_loss" if val_ds is not None else "loss"
+        tb_writer = tf.summary.create_file_writer(str(run_dir / TB_NAME)) if tensorboard and chief else None
+        logger = _Logger(manager, epoch_var, log_path, schedule, plateau, history, warmup, early_stop, monitor,
+                         chief, tb_writer)
+        # Verbose: a progress bar on a terminal, one line per epoch otherwise (logs, captured test output).
+        keras_verbose = (1 if sys.stdout.isatty() else 2) if verbose and chief else 0
+        model.fit(_sharded(train_ds).prefetch(tf.data.AUTOTUNE), epochs=epochs, initial_epoch=initial_epoch,
+                  steps_per_epoch=steps_per_epoch, validation_data=None if val_ds is None else _sharded(val_ds),
+                  verbose=keras_verbose, callbacks=[logger])
+        if tb_writer is not None:
+            tb_writer.close()
+        return logger.records
+    finally:
+        if not chief:
+            shutil.rmtree(save_dir, ignore_errors=True)
 
-    monitor = "val_loss" if val_ds is not None else "loss"
-    logger = _Logger(manager, epoch_var, log_path, schedule, plateau, history, warmup, early_stop, monitor)
-    # Verbose: a progress bar on a terminal, one line per epoch otherwise (logs, captured test output).
-    keras_verbose = (1 if sys.stdout.isatty() else 2) if verbose else 0
-    model.fit(train_ds.prefetch(tf.data.AUTOTUNE), epochs=epochs, initial_epoch=initial_epoch,
-              steps_per_epoch=steps_per_epoch, validation_data=val_ds, verbose=keras_verbose,
-              callbacks=[logger])
-    return logger.records
+
+def _sharded(ds):
+    """Shards by batch across workers: each worker runs the whole (seeded) pipeline and keeps its share of every
+    global batch, which for in-memory and generated data is the only policy that applies (no-op on one worker)."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options)
 
 
 class LossModel(tf.keras.Model):
@@ -263,8 +399,10 @@ class LossModel(tf.keras.Model):
     def train_step(self, x):
         with tf.GradientTape() as tape:
             values = self.losses_of(x, training=True)
+            # The optimizer sums the replicas' gradients: each replica's share of the mean over the global batch.
+            scaled = values["loss"] / tf.distribute.get_strategy().num_replicas_in_sync
         variables = self.trainable_variables
-        self.optimizer.apply_gradients(zip(tape.gradient(values["loss"], variables), variables))
+        self.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
         return self._track(values)
 
     def test_step(self, x):
@@ -293,6 +431,19 @@ def add_schedule_flags(t, lr_schedule, warmup, patience):
                    help="reduce-on-plateau's multiplier of the rate (floor 1e-6)")
     t.add_argument("--early_stop", type=positive_int,
                    help="stop after this many epochs without an improvement of 1e-4 (default: never)")
+    add_run_flags(t)
+
+
+def add_run_flags(t):
+    """The `train` flags of distribution and TensorBoard (add_schedule_flags includes them)."""
+    t.add_argument("--strategy", choices=STRATEGIES, default="default",
+                   help="'mirrored': data-parallel over this machine's GPUs; 'multiworker': over the machines "
+                        "of TF_CONFIG (docs/distributed.md). --batchsize stays the global batch")
+    t.add_argument("--cpu_devices", type=int, default=0,
+                   help="with --strategy mirrored and no GPU: mirror over this many logical CPU devices "
+                        "(to check the distributed path; no speed-up)")
+    t.add_argument("--tensorboard", action="store_true",
+                   help="also write each epoch's metrics and lr as TensorBoard scalars into <run folder>/tb")
 
 
 def _check_schedule_flags(args):
@@ -308,11 +459,21 @@ def fit_from_flags(args, model, run_dir, train_ds, val_ds, max_validation_steps=
     add_schedule_flags among them). Call check_run_dir and validate the inputs first, so that a refused run
     leaves nothing behind."""
     _check_schedule_flags(args)
-    Path(run_dir).mkdir(parents=True, exist_ok=True)
-    save_flags(run_dir, args)
+    strategy = model.distribute_strategy
+    if args.strategy != "default" and _strategy is None:
+        raise InputError(f"--strategy {args.strategy}: this script does not build its model under "
+                         f"training.strategy_scope yet (see docs/distributed.md)")
+    replicas = strategy.num_replicas_in_sync
+    if getattr(args, "batchsize", 0) % replicas:
+        raise InputError(f"--batchsize {args.batchsize} (the global batch) does not split evenly over "
+                         f"{replicas} replicas")
+    if is_chief(strategy):
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        save_flags(run_dir, args)
     if max_validation_steps is None:
         max_validation_steps = args.max_validation_steps
     return fit(model, train_ds, val_ds, run_dir, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
                lr=args.lr, lr_schedule=args.lr_schedule, ramp_steps=args.lr_ramp, warmup=args.warmup,
                patience=args.patience, lr_decay_factor=args.lr_decay_factor, early_stop=args.early_stop,
-               max_validation_steps=max_validation_steps, cont=args.cont, verbose=args.verbose)
+               max_validation_steps=max_validation_steps, cont=args.cont, verbose=args.verbose,
+               tensorboard=args.tensorboard)
