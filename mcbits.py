@@ -362,6 +362,8 @@ def parse_args(argv):
     t.add_argument("--lr_schedule", default="constant", help="step, cosine or constant (utils/training.py)")
     t.add_argument("--max_validation_steps", type=positive_int, default=2, help="batches of 500 test images")
     t.add_argument("--cont", action="store_true", help="resume the run's latest checkpoint")
+    from utils import training
+    training.add_run_flags(t)
 
     for name, help_ in (("compress", "code test images into one message; report net, total and ideal rates"),
                         ("decompress", "decode a message file into images")):
@@ -442,13 +444,15 @@ def train(args):
                                                          num_particles=args.num_particles, hidden=args.hidden_units,
                                                          latent=args.latent_dim)
     training.check_run_dir(run_dir, args.cont)
+    training.strategy_from_flags(args)  # before any other TensorFlow work (docs/distributed.md)
     greys = mnist.greys(args.dataset, "train")
     test = mnist.test_images(args.dataset)
     tf.random.set_seed(args.seed)
-    model = make_model(args.hidden_units, args.latent_dim, args.bound, args.num_particles)
-    mean = np.clip(greys.mean(0), 1e-3, 1 - 1e-3)  # dec_fc3's bias starts at the logit of the training mean
-    w, _ = model.layer["dec_fc3"].get_weights()
-    model.layer["dec_fc3"].set_weights([w, np.log(mean / (1 - mean)).astype(np.float32)])
+    with training.strategy_scope(args):
+        model = make_model(args.hidden_units, args.latent_dim, args.bound, args.num_particles)
+        mean = np.clip(greys.mean(0), 1e-3, 1 - 1e-3)  # dec_fc3's bias starts at the logit of the training mean
+        w, _ = model.layer["dec_fc3"].get_weights()
+        model.layer["dec_fc3"].set_weights([w, np.log(mean / (1 - mean)).astype(np.float32)])
 
     def binarize(g):  # dynamic binarization: a fresh Bernoulli draw each time an image is used
         return tf.cast(tf.random.uniform(tf.shape(g)) < g, tf.float32)
@@ -462,7 +466,7 @@ def train(args):
         print(f"run folder: {run_dir}", file=sys.stderr)
     training.fit(model, train_ds, val_ds, run_dir, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
                  lr=args.lr, lr_schedule=args.lr_schedule, max_validation_steps=args.max_validation_steps,
-                 cont=args.cont, verbose=args.verbose)
+                 cont=args.cont, verbose=args.verbose, tensorboard=args.tensorboard)
     runs.atomic_save_npz(run_dir / "weights.npz", **model_arrays(model))
     print(json.dumps({"run_dir": str(run_dir), "weights": str(run_dir / "weights.npz")}))
 
