@@ -5,9 +5,10 @@
     y_hat -> g_s -> x_hat
 
 The transforms are four 5x5 stride-2 convolutions with GDN (analysis) or IGDN (synthesis), shared with ms2020
-in utils/codec.py; the hyper transforms use leaky ReLUs, and the hyper-synthesis predicts both the mean and
-the scale (as an index into a table of log-spaced scales) of every latent. Training replaces quantization with
-additive uniform noise.
+in utils/codec.py; the hyper transforms use ReLUs, and the hyper-synthesis predicts both the mean and the scale
+(as an index into a table of log-spaced scales) of every latent. Layers, widths, biases, activations and kernel
+parameterizations are those of the paper's code (tfc.SignalConv2D throughout). Training replaces quantization
+with additive uniform noise.
 
     python mbt2018.py -V --checkpoint_dir ckpt --lambda 0.01 train --dataset bsds500 --epochs 100
     python mbt2018.py --checkpoint_dir ckpt --lambda 0.01 eval --dataset kodak
@@ -15,6 +16,8 @@ additive uniform noise.
     python mbt2018.py --checkpoint_dir ckpt --lambda 0.01 decompress kodim01.tfci kodim01-decoded.png
 """
 import utils  # noqa: F401  (before TensorFlow: sets its C++ log level)
+import functools
+
 import tensorflow as tf
 import tensorflow_compression as tfc
 
@@ -23,21 +26,20 @@ from utils.cli import positive_int, run
 
 
 def hyper_analysis_transform(num_filters):
-    act = tf.nn.leaky_relu
     return tf.keras.Sequential([
-        codec.conv(num_filters, 3, 1, act),
-        codec.conv(num_filters, 5, 2, act),
-        codec.conv(num_filters, 5, 2),
+        codec.conv(num_filters, 3, 1, tf.nn.relu),
+        codec.conv(num_filters, 5, 2, tf.nn.relu),
+        codec.conv(num_filters, 5, 2, use_bias=False),
     ], name="hyper_analysis")
 
 
-def hyper_synthesis_transform(latent_depth):
-    """Outputs 2 * latent_depth channels: the means, then the scale indexes."""
-    act = tf.nn.leaky_relu
+def hyper_synthesis_transform(num_filters, latent_depth):
+    """Outputs 2 * latent_depth channels: the means, then the log scale indexes. Plain (not DFT) kernels."""
+    deconv = functools.partial(codec.deconv, kernel_parameter="variable")
     return tf.keras.Sequential([
-        codec.deconv(latent_depth, 5, 2, act),
-        codec.deconv(latent_depth * 3 // 2, 5, 2, act),
-        codec.conv(2 * latent_depth, 3, 1),
+        deconv(num_filters, 5, 2, tf.nn.relu),
+        deconv(num_filters * 3 // 2, 5, 2, tf.nn.relu),
+        deconv(2 * latent_depth, 3, 1),
     ], name="hyper_synthesis")
 
 
@@ -50,12 +52,14 @@ class MeanScaleHyperprior(codec.ImageCodec):
         self.analysis = codec.analysis_transform(num_filters, latent_depth)
         self.synthesis = codec.synthesis_transform(num_filters)
         self.hyper_analysis = hyper_analysis_transform(num_filters)
-        self.hyper_synthesis = hyper_synthesis_transform(latent_depth)
+        self.hyper_synthesis = hyper_synthesis_transform(num_filters, latent_depth)
         self.hyperprior = tfc.NoisyDeepFactorized(batch_shape=[num_filters])
 
     def hyper_params(self, z_hat, training):
-        """Means and scale indexes of y; the coder (and evaluation) use integer indexes."""
-        mean, index = tf.split(self.hyper_synthesis(z_hat), 2, axis=-1)
+        """Means and scale indexes of y. The index is the exponential of the network's output, as in the paper's
+        code (the entropy model clips it to the table); the coder (and evaluation) use integer indexes."""
+        mean, log_index = tf.split(self.hyper_synthesis(z_hat), 2, axis=-1)
+        index = tf.exp(log_index)
         return mean, index if training else tf.round(index)
 
     def forward(self, x, ems, training):

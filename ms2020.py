@@ -8,9 +8,12 @@
     0.5 tanh(LRP_k(support, y_hat_k)) to each decoded slice, undoing part of the quantization error.
     y_hat -> g_s -> x_hat
 
-g_a and g_s are the GDN transforms shared with mbt2018 (utils/codec.py). Training codes the rate of noisy
-slices, but feeds the rounded slices (straight-through gradient) to the slice networks and the synthesis, as
-the paper does.
+g_a and g_s are the GDN transforms shared with mbt2018 (utils/codec.py). Layers, widths, biases, activations
+and kernel parameterizations follow the paper's code and tfc's models/ms2020.py (tfc.SignalConv2D throughout):
+at the default widths h_a is 320 -> 256 -> 192 channels, each h_s 192 -> 256 -> 320 with ReLUs, each slice
+network 224 -> 128 -> 32. Training codes the rate of noisy z and noisy slices, but feeds the rounded z to the
+hyper-synthesis and the rounded slices to the slice networks and the synthesis (straight-through gradients),
+as the paper does.
 
     python ms2020.py -V --checkpoint_dir ckpt --lambda 0.01 train --dataset bsds500 --epochs 100
     python ms2020.py --checkpoint_dir ckpt --lambda 0.01 eval --dataset kodak
@@ -18,6 +21,8 @@ the paper does.
     python ms2020.py --checkpoint_dir ckpt --lambda 0.01 decompress kodim01.tfci kodim01-decoded.png
 """
 import utils  # noqa: F401  (before TensorFlow: sets its C++ log level)
+import functools
+
 import tensorflow as tf
 import tensorflow_compression as tfc
 
@@ -25,28 +30,33 @@ from utils import codec
 from utils.cli import InputError, positive_int, run
 
 
-def hyper_analysis_transform(num_filters, hyperprior_depth):
+def hyper_analysis_transform(num_filters, latent_depth, hyperprior_depth):
+    """320 -> 256 -> 192 channels at the paper's widths; the last layer has no bias."""
     return tf.keras.Sequential([
-        codec.conv(num_filters, 3, 1, tf.nn.relu),
-        codec.conv(num_filters, 5, 2, tf.nn.relu),
-        codec.conv(hyperprior_depth, 5, 2),
+        codec.conv(latent_depth, 3, 1, tf.nn.relu),
+        codec.conv(num_filters * 4 // 3, 5, 2, tf.nn.relu),
+        codec.conv(hyperprior_depth, 5, 2, use_bias=False),
     ], name="hyper_analysis")
 
 
 def hyper_synthesis_transform(num_filters, latent_depth, name):
+    """192 -> 256 -> 320 channels, ReLU after every layer (the output is a feature map for the slice networks,
+    not a mean or a scale), plain kernels."""
+    deconv = functools.partial(codec.deconv, activation=tf.nn.relu, kernel_parameter="variable")
     return tf.keras.Sequential([
-        codec.deconv(num_filters, 5, 2, tf.nn.relu),
-        codec.deconv(num_filters * 3 // 2, 5, 2, tf.nn.relu),
-        codec.deconv(latent_depth, 3, 1),
+        deconv(num_filters, 5, 2),
+        deconv(num_filters * 4 // 3, 5, 2),
+        deconv(latent_depth, 3, 1),
     ], name=name)
 
 
 def slice_transform(num_filters, slice_depth, name):
     """The small per-slice network (mean, scale index, or residual prediction): 224, 128 channels at 192."""
+    deconv = functools.partial(codec.deconv, kernel_parameter="variable")
     return tf.keras.Sequential([
-        codec.conv(num_filters * 7 // 6, 5, 1, tf.nn.relu),
-        codec.conv(num_filters * 2 // 3, 5, 1, tf.nn.relu),
-        codec.conv(slice_depth, 3, 1),
+        deconv(num_filters * 7 // 6, 5, 1, tf.nn.relu),
+        deconv(num_filters * 2 // 3, 5, 1, tf.nn.relu),
+        deconv(slice_depth, 3, 1),
     ], name=name)
 
 
@@ -62,7 +72,7 @@ class ChannelwiseAutoregressive(codec.ImageCodec):
         depth = latent_depth // num_slices
         self.analysis = codec.analysis_transform(num_filters, latent_depth)
         self.synthesis = codec.synthesis_transform(num_filters)
-        self.hyper_analysis = hyper_analysis_transform(num_filters, hyperprior_depth)
+        self.hyper_analysis = hyper_analysis_transform(num_filters, latent_depth, hyperprior_depth)
         self.hyper_mean = hyper_synthesis_transform(num_filters, latent_depth, "hyper_mean")
         self.hyper_scale = hyper_synthesis_transform(num_filters, latent_depth, "hyper_scale")
         self.mean_nets = [slice_transform(num_filters, depth, f"mean_{k}") for k in range(num_slices)]
@@ -90,13 +100,16 @@ class ChannelwiseAutoregressive(codec.ImageCodec):
         em_z, em_y = ems
         y = self.analysis(x / 255)
         y_slices = tf.split(y, self.num_slices, axis=-1)
-        z_tilde, z_bits = em_z(self.hyper_analysis(y), training=training)
+        z = self.hyper_analysis(y)
+        _, z_bits = em_z(z, training=training)
 
         def code_slice(k, mean, index):
             _, bits = em_y(y_slices[k], index, loc=mean, training=training)
             return tfc.round_st(y_slices[k] - mean) + mean, bits
 
-        y_hat, y_bits = self.slices(z_tilde, code_slice, training)
+        # The rate of z is that of noisy z in training, but the hyper-synthesis sees the rounded z (with a
+        # straight-through gradient) in training too, as in the paper's code and tfc's.
+        y_hat, y_bits = self.slices(em_z.quantize(z), code_slice, training)
         return self.synthesis(y_hat) * 255, y_bits + z_bits
 
     def encode(self, x, ems):

@@ -3,6 +3,7 @@
     RDS_DATA_DIR=/work/shared/data python bench/codec_bench.py [--steps 5] [--images 2] [--quick]
 
 For mbt2018 and ms2020, at the paper's width and at the CPU recipe's width, it prints
+- the number of trainable parameters;
 - train steps/s on random 256x256 crops, batch 8 (the paper's setting) and on the recipe's 128x128, batch 8;
 - seconds to compress and to decompress one Kodak image (768x512), with the eval forward pass (the model's
   quantized reconstruction, no range coding) timed alongside as the baseline, so the ratios survive noisy
@@ -12,10 +13,11 @@ For mbt2018 and ms2020, at the paper's width and at the CPU recipe's width, it p
 import argparse
 import os
 
-import numpy as np
+from harness import kodak_image, load_script, timed, train_step_seconds  # first: imports utils before TF
+
 import tensorflow as tf
 
-from harness import kodak_image, load_script, timed, train_step_seconds
+from utils.codec import count_params
 
 
 PAPER = {"mbt2018": dict(num_filters=192, latent_depth=None),
@@ -51,11 +53,11 @@ def main():
             cls = getattr(module, CLASSES[name])
             model = cls(lmbda=0.01, **table[name])
             model.build_weights()
-            params = sum(int(np.prod(w.shape)) for w in model.weights)
+            params = count_params(model)
             s256 = 1 / train_step_seconds(model, 256, 8, args.steps)
             s128 = 1 / train_step_seconds(model, 128, 8, args.steps)
             enc, dec, fwd = coding_speed(model, image, args.images)
-            print(f"{name:8s} {label:6s} {params / 1e6:6.2f}M params | train steps/s: {s256:6.3f} (256px, batch 8)"
+            print(f"{name:8s} {label:6s} {params:11,d} trainable params | train steps/s: {s256:6.3f} (256px, batch 8)"
                   f" {s128:6.3f} (128px, batch 8) | Kodak image: encode {enc:6.2f} s, decode {dec:6.2f} s, "
                   f"forward {fwd:6.2f} s (encode/forward {enc / fwd:4.2f}, decode/forward {dec / fwd:4.2f})",
                   flush=True)

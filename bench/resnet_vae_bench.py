@@ -14,10 +14,11 @@ width (its steps take many seconds each on a CPU).
 """
 import argparse
 
-import numpy as np
+from harness import kodak_image, load_script, timed, train_step_seconds  # first: imports utils before TF
+
 import tensorflow as tf
 
-from harness import kodak_image, load_script, timed, train_step_seconds
+from utils.codec import count_params
 
 LATENTS = "4,8,16,32,64,128"
 CONFIGS = {  # name: model flags
@@ -48,8 +49,7 @@ def main():
     base = None
     for name in names:
         model = build(rv, CONFIGS[name])
-        params = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
-        print(f"{name}: {' '.join(CONFIGS[name])} ({params / 1e6:.2f} M parameters)")
+        print(f"{name}: {' '.join(CONFIGS[name])} ({count_params(model):,} trainable parameters)")
         for patch, batch in settings[name]:
             s = train_step_seconds(model, patch, batch, args.steps)
             base = s if (name, patch) == ("recipe", 256) else base

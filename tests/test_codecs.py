@@ -103,14 +103,13 @@ def test_eval_is_what_decompress_gives(trained, restored, folders, tmp_path):
     main(model_argv(script, ckpt) + ["eval", "--dataset", str(folders / "eval"), "--results_dir", str(tmp_path),
                                      "--no_sub_dir"])
     npz = np.load(tmp_path / f"{run_dir.name}-dataset=eval.npz")
-    assert {"names", "height", "width", "bpp", "bpp_est", "mse", "psnr", "msssim", "num_bytes",
-            "decode_exact"} <= set(npz.files)
-    assert npz["decode_exact"].all()
+    assert {"names", "height", "width", "bpp", "bpp_est", "mse", "psnr", "msssim", "file_bits"} <= set(npz.files)
     record = json.loads((run_dir / codec.RESULTS_NAME).read_text().splitlines()[-1])
     assert {"method", "lambda", "dataset", "num_images", "bpp", "bpp_est", "mse", "psnr", "msssim", "rate",
-            "rate_unit", "per_dim", "data_dim", "decode_exact"} <= set(record)
+            "rate_unit", "per_dim", "data_dim", "file_bits"} <= set(record)
     assert record["method"] == script and record["num_images"] == 4 and record["rate_unit"] == "bits"
     assert record["bpp"] == pytest.approx(float(np.mean(npz["bpp"])))
+    assert record["rate"] == record["bpp"] and record["rate_key"] == "bpp"  # image files: the rate is the bytes
     assert np.isfinite(npz["msssim"][0]) and np.isnan(npz["msssim"][1])  # 176x200 vs 37x71
 
     _, model, identity = restored
@@ -127,14 +126,15 @@ def test_eval_is_what_decompress_gives(trained, restored, folders, tmp_path):
             assert b.mode == ("L" if a.mode == "L" else "RGB")
             source, decoded = np.asarray(a.convert(b.mode)), np.asarray(b)
         assert images.mse(source, decoded) == npz["mse"][i]
-        assert tfci.stat().st_size == npz["num_bytes"][i]
+        assert 8 * tfci.stat().st_size == npz["file_bits"][i]
         assert coding.bpp(tfci.stat().st_size, *decoded.shape[:2]) == npz["bpp"][i]
 
 
 def test_gan_source_is_coded_as_continuous_images(trained, restored, tmp_path, capsys):
     """On a GAN source eval codes the float images themselves: the bytes decode to the uint8 image whose MSE
-    against the float image is eval's, --no_cast_xhat measures the float reconstruction instead, and the record
-    carries the point in rdlb.py's units."""
+    against the float image is eval's, --no_cast_xhat measures the decoded float reconstruction instead, and the
+    record carries the point in rdlb.py's units with the paper's rate (the model's bits of the quantized latents),
+    the file's bits beside it."""
     script, ckpt, run_dir = trained
     _, model, identity = restored
     argv = model_argv(script, ckpt) + ["eval", "--dataset", "lowgan", "--data_dim", "2", "--batchsize", "2",
@@ -145,25 +145,123 @@ def test_gan_source_is_coded_as_continuous_images(trained, restored, tmp_path, c
         SCRIPTS[script].main(argv + extra)
         records.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1]))
     cast, float_ = records
-    assert cast["decode_exact"] and cast["latent_dim"] == 2 and cast["data_dim"] == 128 * 128 * 3
+    assert cast["latent_dim"] == 2 and cast["data_dim"] == 128 * 128 * 3
     assert cast["npz"] == str(tmp_path / ckpt.name / f"{run_dir.name}-dataset=lowgan-data_dim=2.npz")
-    assert cast["bpp"] == float_["bpp"] and cast["mse"] != float_["mse"]
+    assert cast["bpp"] == float_["bpp"] and cast["bpp_est"] == float_["bpp_est"] and cast["mse"] != float_["mse"]
     lamb = 0.01 * 128 * 128 * np.log(2) * 255 ** 2
     assert cast["rdlb_lamb"] == pytest.approx(lamb)
-    assert cast["nats"] == pytest.approx(cast["bpp"] * 128 * 128 * np.log(2))
+    # The sandwich fields count the latents' bits, never the file's; the file (header and all) costs more.
+    assert cast["rate_key"] == "bpp_est" and cast["rate"] == cast["bpp_est"]
+    assert cast["nats"] == pytest.approx(cast["bpp_est"] * 128 * 128 * np.log(2))
     assert cast["rdlb_lagrangian"] == pytest.approx(cast["nats"] + lamb * cast["mse"] / 255 ** 2)
+    assert cast["file_bits"] == pytest.approx(cast["bpp"] * 128 * 128)
     with np.load(float_["npz"]) as d:  # the same file name: the later eval's arrays
-        lagrangian = d["bpp"] * 128 * 128 * np.log(2) + lamb * d["mse"] / 255 ** 2
+        assert np.all(d["file_bits"] >= d["bpp_est"] * 128 * 128 + 8 * 20)  # at least the header's fixed part
+        lagrangian = d["bpp_est"] * 128 * 128 * np.log(2) + lamb * d["mse"] / 255 ** 2
         assert float_["rdlb_lagrangian_stderr"] == pytest.approx(np.std(lagrangian, ddof=1) / np.sqrt(2))
-        assert float_["rate_stderr"] == pytest.approx(np.std(d["bpp"], ddof=1) / np.sqrt(2))
+        assert float_["rate_stderr"] == pytest.approx(np.std(d["bpp_est"], ddof=1) / np.sqrt(2))
 
     x = gan_sources.make_gan_source("lowgan", 2).test_set(2, seed=0) * 255.0  # eval's draws (--seed 0)
-    mses = []
+    mses, float_mses = [], []
     for image in x:
         data = codec.compress_image(script, model, identity, image, 3)
         decoded, _ = codec.decompress_bytes(script, model, identity, data, "test")
-        mses.append(images.mse(image, decoded))
+        mses.append(images.mse(image, codec.to_uint8(decoded)))
+        float_mses.append(images.mse(image, np.clip(decoded, 0, 255)))
     assert np.mean(mses) == pytest.approx(cast["mse"], rel=1e-12)
+    assert np.mean(float_mses) == pytest.approx(float_["mse"], rel=1e-12)
+
+
+def test_a_decode_that_differs_from_the_estimate_is_an_error(trained, folders, tmp_path, monkeypatch, capsys):
+    """If the bytes decode to anything but the model's quantized reconstruction, eval exits non-zero with one
+    line and writes no .npz and no record. The mismatch is simulated: one decoded pixel moves by 1/2."""
+    script, ckpt, run_dir = trained
+    decompress_bytes = codec.decompress_bytes
+
+    def off_by_half(*args):
+        x_hat, channels = decompress_bytes(*args)
+        x_hat = x_hat.copy()
+        x_hat[0, 0, 0] += 0.5
+        return x_hat, channels
+
+    monkeypatch.setattr(codec, "decompress_bytes", off_by_half)
+    results = (run_dir / codec.RESULTS_NAME).read_text() if (run_dir / codec.RESULTS_NAME).exists() else None
+    with pytest.raises(SystemExit) as e:
+        run(SCRIPTS[script].main, model_argv(script, ckpt) + [
+            "eval", "--dataset", str(folders / "eval" / "b_*.png"), "--results_dir", str(tmp_path / "r")])
+    assert e.value.code not in (0, None)
+    assert "differs from the model's quantized reconstruction" in str(e.value)
+    assert not (tmp_path / "r").exists()
+    now = (run_dir / codec.RESULTS_NAME).read_text() if (run_dir / codec.RESULTS_NAME).exists() else None
+    assert now == results
+
+
+def test_a_checkpoint_of_another_architecture_is_refused(tmp_path):
+    """A checkpoint whose variables do not all fit the model (as an earlier architecture's would) is refused
+    with one clear line instead of leaving the model with fresh weights for the rest."""
+    for other, folder in [(mbt2018.MeanScaleHyperprior(0.01, 4, None), "shapes"),  # same layers, other shapes
+                          (ms2020.ChannelwiseAutoregressive(0.01, 8, 8, 8, 2, 1), "layers")]:  # other layers
+        other.build_weights()
+        tf.train.CheckpointManager(tf.train.Checkpoint(model=other), str(tmp_path / folder), 1).save()
+        model = mbt2018.MeanScaleHyperprior(0.01, 8, None)
+        model.build_weights()
+        with pytest.raises(InputError, match="does not hold this model's weights"):
+            codec.restore(model, tmp_path / folder, verbose=False)
+
+
+def test_ms2020_hyper_transforms_are_the_references():
+    """At the paper's widths: hyper-analysis 320 -> 256 -> 192 (3x3 s1, 5x5 s2, 5x5 s2; ReLU, ReLU, none; no
+    bias on the last), each hyper-synthesis 192 -> 256 -> 320 (5x5 up 2, 5x5 up 2, 3x3; ReLU after all three,
+    plain kernels), as in tfc's models/ms2020.py; and mbt2018's hyper transforms as the paper's mbt2018.py."""
+    def layers(seq):
+        return [(l.filters, l.kernel_support, l.strides_down, l.strides_up, l.corr, l.use_bias,
+                 l.activation.__name__, l.padding, l.kernel_parameter == "rdft")
+                for l in seq.layers]
+
+    relu = "relu"
+    assert layers(ms2020.hyper_analysis_transform(192, 320, 192)) == [
+        (320, (3, 3), (1, 1), (1, 1), True, True, relu, "same_zeros", True),
+        (256, (5, 5), (2, 2), (1, 1), True, True, relu, "same_zeros", True),
+        (192, (5, 5), (2, 2), (1, 1), True, False, "linear", "same_zeros", True)]
+    assert layers(ms2020.hyper_synthesis_transform(192, 320, "h")) == [
+        (192, (5, 5), (1, 1), (2, 2), False, True, relu, "same_zeros", False),
+        (256, (5, 5), (1, 1), (2, 2), False, True, relu, "same_zeros", False),
+        (320, (3, 3), (1, 1), (1, 1), False, True, relu, "same_zeros", False)]
+    assert [x[0] for x in layers(ms2020.slice_transform(192, 32, "s"))] == [224, 128, 32]
+    assert layers(mbt2018.hyper_analysis_transform(192)) == [
+        (192, (3, 3), (1, 1), (1, 1), True, True, relu, "same_zeros", True),
+        (192, (5, 5), (2, 2), (1, 1), True, True, relu, "same_zeros", True),
+        (192, (5, 5), (2, 2), (1, 1), True, False, "linear", "same_zeros", True)]
+    assert layers(mbt2018.hyper_synthesis_transform(192, 192)) == [
+        (192, (5, 5), (1, 1), (2, 2), False, True, relu, "same_zeros", False),
+        (288, (5, 5), (1, 1), (2, 2), False, True, relu, "same_zeros", False),
+        (384, (3, 3), (1, 1), (1, 1), False, True, "linear", "same_zeros", False)]
+    # The paper's code has 12,853,923 trainable parameters at --num_filters 192 (counted by building it).
+    model = mbt2018.MeanScaleHyperprior(0.01, 192, None)
+    model.build_weights()
+    assert codec.count_params(model) == 12_853_923
+
+
+def test_ms2020_training_feeds_the_rounded_z_to_the_hyper_synthesis(monkeypatch):
+    """In training, both hyper-synthesis branches see z quantized as the entropy model codes it (integer
+    offsets from its quantization offsets), not the noisy z; the rate of z is still that of noisy z."""
+    model = ms2020.ChannelwiseAutoregressive(0.01, 8, 8, 8, 2, 1)
+    model.build_weights()
+    seen = []
+    for name in ("hyper_mean", "hyper_scale"):
+        branch = getattr(model, name)
+        monkeypatch.setattr(model, name, lambda z, branch=branch: seen.append(z) or branch(z))
+    x = tf.constant(smooth_image(64, 64, 3)[None], tf.float32)
+    model.losses_of(x, training=True)
+    em_z = model.entropy_models(compression=False)[0]
+    z = model.hyper_analysis(model.analysis(x / 255))
+    z_hat = em_z.quantize(z)
+    offset = em_z.quantization_offset
+    for seen_z in seen:
+        np.testing.assert_array_equal(seen_z.numpy(), z_hat.numpy())
+        steps = (seen_z - offset).numpy()
+        np.testing.assert_array_equal(steps, np.round(steps))
+    assert len(seen) == 2 and np.max(np.abs(z_hat - z)) > 0.01  # z is not already on the grid
 
 
 def test_codecs_train_on_a_gan_source(tmp_path):
@@ -230,7 +328,9 @@ def test_cli_errors_are_one_line_and_exit_2(folders, tmp_path, capsys):
         with pytest.raises(SystemExit) as e:
             run(mbt2018.main, argv + args)
         assert e.value.code == 2
-        err = capsys.readouterr().err.strip().splitlines()
+        # Besides the start-up line with the parameter count (once the model is built), the error alone.
+        err = [line for line in capsys.readouterr().err.strip().splitlines()
+               if line != "mbt2018: 24,063 trainable parameters"]
         assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
     assert not (tmp_path / "ck").exists() and not (tmp_path / "x.png").exists()
 

@@ -1,15 +1,15 @@
-"""resnet_vae.py: the KL estimate's math, training lowers the loss, --cont, eval in the codecs' format, bad input."""
+"""resnet_vae.py: parameter counts equal the paper's code's, analytic KL, the AR flow's Jacobian, training lowers
+the loss, --cont, eval in the codecs' format, bad input."""
 import json
 import math
 
 import numpy as np
 import pytest
 import tensorflow as tf
-import tensorflow_probability as tfp
 
 import resnet_vae
 from conftest import run_script
-from utils import jsonl
+from utils import codec, hvae, jsonl
 from utils.cli import InputError
 
 TINY = ["--num_filters", "8", "--latent_channels", "2,4,4", "--lambda", "0.01"]
@@ -30,35 +30,93 @@ def smooth_images(n, side, seed=0):
     return np.stack(out)
 
 
-def test_gaussian_log_prob_and_single_sample_kl():
+# Trainable parameters of the paper's code (mandt-lab/RD-sandwich, resnet_vae.py), built with TF 2.14.1 and
+# tensorflow-compression 2.14.1: the paper's natural-image model, the CPU recipe, the GAN CPU recipe, and TINY.
+REFERENCE_PARAMS = [
+    ("--num_filters 256 --latent_channels 4,8,16,32,64,128 --ar_prior_levels 4 --ar_slices 8", 19_734_629),
+    ("--num_filters 64 --latent_channels 4,8,16,32 --ar_prior_levels 2 --ar_slices 4", 804_253),
+    ("--num_filters 32 --latent_channels 2,4,8,16 --flat_z0 --img_dim 128 --maf_units 32,16", 406_389),
+    ("--num_filters 8 --latent_channels 2,4,4", 11_677),
+]
+
+
+@pytest.mark.parametrize("flags, expected", REFERENCE_PARAMS)
+def test_parameter_count_equals_the_papers_code(flags, expected):
+    model = hvae.build(resnet_vae.parse_args([*flags.split(), "--lambda", "0.01", "eval"]))
+    model.build_weights()
+    assert codec.count_params(model) == expected
+
+
+def softplus(x):
+    return np.logaddexp(0.0, x)
+
+
+def test_kl_of_a_gaussian_level_is_analytic_and_relative_to_the_prior():
+    tf.keras.utils.set_random_seed(1)
+    level = hvae.LatentLevel(filters=6, channels=3, name="level")
     rng = np.random.default_rng(0)
-    mean, raw, z = (tf.constant(rng.standard_normal((4, 3, 3, 2)), tf.float32) for _ in range(3))
-    scale = tf.nn.softplus(raw + resnet_vae.SOFTPLUS_ONE) + resnet_vae.MIN_SCALE
-    expected = tf.reduce_sum(tfp.distributions.Normal(mean, scale).log_prob(z), axis=[1, 2, 3])
-    np.testing.assert_allclose(resnet_vae.gaussian_log_prob(z, mean, raw), expected, rtol=1e-5, atol=1e-4)
-    # The single-sample estimate log q(z) - log p(z), z ~ q, averages to the analytic KL (and is >= 0 on average).
-    mq, rq = tf.fill([20000, 1], 0.7), tf.fill([20000, 1], -1.0)
-    mp, rp = tf.zeros([20000, 1]), tf.zeros([20000, 1])
-    zs = resnet_vae.sample_gaussian(mq, rq)
-    kl_mc = resnet_vae.gaussian_log_prob(zs, mq, rq) - resnet_vae.gaussian_log_prob(zs, mp, rp)
-    sq = float(tf.nn.softplus(-1.0 + resnet_vae.SOFTPLUS_ONE)) + resnet_vae.MIN_SCALE
-    sp = 1.0 + resnet_vae.MIN_SCALE
-    analytic = math.log(sp / sq) + (sq ** 2 + 0.7 ** 2) / (2 * sp ** 2) - 0.5
-    assert float(tf.reduce_mean(kl_mc)) == pytest.approx(analytic, abs=4 * float(tf.math.reduce_std(kl_mc)) / 141)
+    h, t = (tf.constant(rng.standard_normal((2, 5, 4, 6)), tf.float32) for _ in range(2))
+    _, kl = level(h, t)
+    _, kl_again = level(h, t)  # a new z, the same KL: it is computed, not sampled
+    np.testing.assert_array_equal(kl, kl_again)
+    # Independently: the posterior is the prior's Gaussian shifted by the bottom-up plus top-down mean, and widened
+    # by their scales (each softplus(raw + log(e - 1))); then the closed-form KL of two Gaussians, in float64.
+    one = math.log(math.e - 1)
+    _, p_loc, p_raw = np.split(level.prior(t).numpy().astype(np.float64), 3, axis=-1)
+    bu_loc, bu_raw = np.split(level.bottom_up(h).numpy().astype(np.float64), 2, axis=-1)
+    td_loc, td_raw = np.split(level.top_down(t).numpy().astype(np.float64), 2, axis=-1)
+    p_scale = softplus(p_raw + one)
+    q_loc, q_scale = p_loc + bu_loc + td_loc, p_scale + softplus(bu_raw + one) + softplus(td_raw + one)
+    expected = np.log(p_scale / q_scale) + (q_scale ** 2 + (q_loc - p_loc) ** 2) / (2 * p_scale ** 2) - 0.5
+    np.testing.assert_allclose(kl, expected.sum(axis=(1, 2, 3)), rtol=1e-5)
 
 
-def test_slices_cover_the_channels():
-    assert resnet_vae.slice_sizes(4, 8) == [1, 1, 1, 1]
-    assert resnet_vae.slice_sizes(10, 4) == [3, 3, 2, 2]
-    assert resnet_vae.slice_sizes(16, 8) == [2] * 8
+def test_the_autoregressive_prior_is_an_exact_triangular_flow():
+    """z -> eps at an AR level: eps of slice s depends on z of slice s (by the gate) and on the first
+    min(s, S/2) slices, never on later ones, and log |det d eps / d z| is the sum of the log gates that the KL uses."""
+    tf.keras.utils.set_random_seed(2)
+    slices, side = 4, 3
+    level = hvae.LatentLevel(filters=4, channels=8, ar_slices=slices, name="ar_level")
+    level(tf.zeros([1, side, side, 4]), tf.zeros([1, side, side, 4]))
+    z = tf.constant(np.random.default_rng(1).standard_normal((1, side, side, 8)), tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(z)
+        eps, log_gate = level.ar_noise(z)
+    jac = tape.jacobian(eps, z).numpy().reshape(side, side, 8, side, side, 8)
+    # order the dimensions slice by slice (slice depth 2): channel c is in slice c // 2
+    by_slice = jac.transpose(2, 0, 1, 5, 3, 4).reshape(slices, 2 * side * side, slices, 2 * side * side)
+    support = slices // 2
+    for s in range(slices):
+        for r in range(slices):
+            block = np.abs(by_slice[s, :, r, :])
+            if r > s or support <= r < s:
+                assert block.max() == 0, (s, r)
+            else:
+                assert block.max() > 0, (s, r)
+    # within a slice the map is elementwise: the diagonal block is diagonal, with the gates on it
+    for s in range(slices):
+        block = by_slice[s, :, s, :]
+        np.testing.assert_allclose(block - np.diag(np.diag(block)), 0, atol=0)
+    sign, logdet = np.linalg.slogdet(jac.reshape(side * side * 8, -1).astype(np.float64))
+    assert sign > 0
+    assert logdet == pytest.approx(float(tf.reduce_sum(log_gate)), abs=1e-4)
 
 
-@pytest.mark.parametrize("extra", [[], ["--ar_prior_levels", "2", "--ar_slices", "3", "--flat_z0", "--img_dim", "32",
+def test_normal_log_prob():
+    rng = np.random.default_rng(0)
+    z, loc = (rng.standard_normal(50) for _ in range(2))
+    scale = rng.uniform(0.1, 3, 50)
+    expected = -0.5 * ((z - loc) / scale) ** 2 - np.log(scale * np.sqrt(2 * np.pi))
+    np.testing.assert_allclose(hvae.normal_log_prob(*(tf.constant(a, tf.float32) for a in (z, loc, scale))),
+                               expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("extra", [[], ["--ar_prior_levels", "2", "--ar_slices", "2", "--flat_z0", "--img_dim", "32",
                                         "--maf_units", "8", "--maf_stacks", "2"]])
 def test_training_lowers_the_loss(extra):
     tf.keras.utils.set_random_seed(0)
     args = resnet_vae.parse_args([*TINY, *extra, "train", "--dataset", "kodak"])
-    model = resnet_vae.build(args)
+    model = hvae.build(args)
     model.build_weights()
     model.compile(optimizer=tf.keras.optimizers.Adam(3e-3))
     x = tf.constant(smooth_images(4, 32), tf.float32)
@@ -85,6 +143,7 @@ def test_train_cont_and_eval_in_the_shared_format(tmp_path, capsys):
     train = ["train", "--dataset", str(data), "--patchsize", "32", "--batchsize", "4", "--steps_per_epoch", "5",
              "--lr", "3e-3"]
     resnet_vae.main([*flags, *train, "--epochs", "2"])
+    assert "resnet_vae: 11,677 trainable parameters\n" in capsys.readouterr().err  # TINY's REFERENCE_PARAMS
     (run_dir,) = ckpt.iterdir()
     assert run_dir.name == "resnet_vae-num_filters=8-latent_channels=2_4_4-lmbda=0.01"
     resnet_vae.main([*flags, *train, "--epochs", "3", "--cont"])
@@ -136,7 +195,8 @@ def test_gan_source_train_and_eval(tmp_path, capsys):
     ([*TINY, "--flat_z0"], ["train", "--dataset", "lowgan", "--data_dim", "2"], "--flat_z0 needs --img_dim"),
     (TINY, ["train", "--dataset", "lowgan", "--data_dim", "129"], "--data_dim 129"),
     ([*TINY, "--flat_z0", "--img_dim", "64"], ["train", "--dataset", "lowgan", "--data_dim", "2"], "--img_dim 64"),
-    ([*TINY, "--ar_prior_levels", "4"], ["train", "--dataset", "kodak"], "--ar_prior_levels 4"),
+    ([*TINY, "--ar_prior_levels", "3"], ["train", "--dataset", "kodak"], "--ar_prior_levels 3: must lie in 0..2"),
+    ([*TINY, "--ar_prior_levels", "2", "--ar_slices", "3"], ["train", "--dataset", "kodak"], "--ar_slices 3"),
     (TINY, ["train", "--dataset", "kodak", "--data_dim", "2"], "--data_dim applies to the GAN sources"),
     (TINY, ["eval", "--dataset", "kodak"], "no checkpoint"),
 ])

@@ -1,0 +1,264 @@
+"""The hierarchical ResNet-VAE of Yang & Mandt (ICLR 2022): its layers, the model, and its architecture flags.
+
+resnet_vae.py (its docstring describes the architecture) trains and evaluates it as an R-D upper bound; rec.py
+codes its latents into files with relative entropy coding. Both build it from the same flags:
+
+    add_model_flags(parser); args = parser.parse_args(); check_model_flags(args); model = build(args)
+"""
+import math
+
+import tensorflow as tf
+import tensorflow_compression as tfc
+
+from utils import codec, images, training
+from utils.cli import InputError, int_list, positive_int
+from utils.priors import MAF
+
+MAF_ACTIVATION = "leaky_relu"
+SOFTPLUS_ONE = math.log(math.e - 1)  # softplus(x + SOFTPLUS_ONE) = 1 at x = 0: scales start near 1
+AR_SUPPORT_RATIO = 0.5  # slice s of an AR prior sees the first min(s, round(ratio * slices)) slices
+AR_GATE_OFFSET = 1.0  # gates are sigmoid(offset + net(z)); the first slice has net = 0, a fixed gate of 0.73
+# Every leaky ReLU is tf.nn.leaky_relu (slope 0.2), as in the paper's code.
+
+
+def positive_scale(raw):
+    return tf.nn.softplus(raw + SOFTPLUS_ONE)
+
+
+def per_image(x):
+    """Sum over all but the batch axis."""
+    return tf.reduce_sum(x, axis=tf.range(1, tf.rank(x)))
+
+
+def normal_log_prob(z, loc, scale):
+    """Elementwise log N(z; loc, scale^2)."""
+    return -0.5 * tf.square((z - loc) / scale) - tf.math.log(scale) - 0.5 * math.log(2 * math.pi)
+
+
+def normal_kl(q_loc, q_scale, p_loc, p_scale):
+    """Elementwise KL(N(q_loc, q_scale^2) || N(p_loc, p_scale^2)) in nats."""
+    return (tf.math.log(p_scale / q_scale) + (tf.square(q_scale) + tf.square(q_loc - p_loc)) / (2 * tf.square(p_scale))
+            - 0.5)
+
+
+def sample_normal(loc, scale):
+    return loc + scale * tf.random.normal(tf.shape(loc))
+
+
+class EncoderBlock(tf.keras.layers.Layer):
+    """shortcut(x) + conv2(conv1(x)) at half the side; conv2 ends in GDN except in the top block."""
+
+    def __init__(self, filters, gdn=True, **kwargs):
+        super().__init__(**kwargs)
+        self.conv1 = codec.conv(filters, 3, 2, tf.nn.leaky_relu)
+        self.conv2 = codec.conv(filters, 3, 1, tfc.GDN() if gdn else None)
+        self.shortcut = codec.conv(filters, 1, 2, kernel_parameter="variable")
+
+    def call(self, x):
+        return self.shortcut(x) + self.conv2(self.conv1(x))
+
+
+class DecoderBlock(tf.keras.layers.Layer):
+    """shortcut(t) + conv2(upconv1(t)) at twice the side, leaky ReLU after both convolutions."""
+
+    def __init__(self, filters, **kwargs):
+        super().__init__(**kwargs)
+        self.conv1 = codec.deconv(filters, 3, 2, tf.nn.leaky_relu)
+        self.conv2 = codec.deconv(filters, 3, 1, tf.nn.leaky_relu)
+        self.shortcut = codec.deconv(filters, 1, 2, kernel_parameter="variable")
+
+    def call(self, t):
+        return self.shortcut(t) + self.conv2(self.conv1(t))
+
+
+class SliceAutoregressive(tf.keras.layers.Layer):
+    """z split into S equal channel slices -> [0, f_1(z_<1), f_2(z_<2), ...], where f_s sees only the first
+    min(s, m) slices, m = round(AR_SUPPORT_RATIO * S): every output slice depends on earlier slices alone."""
+
+    def __init__(self, channels, slices, **kwargs):
+        super().__init__(**kwargs)
+        self.slices = min(slices, channels)
+        depth = channels // self.slices
+        self.support = round(self.slices * AR_SUPPORT_RATIO)
+
+        def width(a):  # hidden widths interpolate between the support and one slice
+            return round(a * self.support + (1 - a)) * depth
+
+        self.nets = [tf.keras.Sequential([
+            codec.deconv(width(0.6), 3, 1, tf.nn.leaky_relu, kernel_parameter="variable"),
+            codec.deconv(width(0.3), 3, 1, tf.nn.leaky_relu, kernel_parameter="variable"),
+            codec.deconv(depth, 5, 1, kernel_parameter="variable"),
+        ]) for _ in range(1, self.slices)]
+
+    def call(self, z):
+        parts = tf.split(z, self.slices, axis=-1)
+        out = [tf.zeros_like(parts[0])]
+        for s, net in enumerate(self.nets, start=1):
+            out.append(net(tf.concat(parts[:min(s, self.support)], axis=-1)))
+        return tf.concat(out, axis=-1)
+
+
+class LatentLevel(tf.keras.layers.Layer):
+    """One latent level below the top: prior from the top-down features t, posterior from the bottom-up h and t."""
+
+    def __init__(self, filters, channels, ar_slices=None, **kwargs):
+        super().__init__(**kwargs)
+        c = channels
+        self.bottom_up = codec.conv(2 * c, 3, kernel_parameter="variable")  # posterior mean, scale: h's part
+        self.top_down = codec.deconv(2 * c, 3, 1, tf.nn.leaky_relu, kernel_parameter="variable")  # ... and t's part
+        self.prior = codec.deconv(3 * c, 3, kernel_parameter="variable")  # features, prior mean, prior scale
+        self.merge = codec.deconv(filters, 3, 1, tf.nn.leaky_relu, kernel_parameter="variable")
+        self.ar = ar_slices is not None
+        if self.ar:
+            self.ar_shift = SliceAutoregressive(c, ar_slices, name="ar_shift")
+            self.ar_gate = SliceAutoregressive(c, ar_slices, name="ar_gate")
+
+    def distributions(self, h, t):
+        """(features, (q mean, q scale), (p mean, p scale)); p is the AR flow's base with an AR prior."""
+        feats, p_loc, p_raw = tf.split(self.prior(t), 3, axis=-1)
+        p_scale = positive_scale(p_raw)
+        bu_loc, bu_raw = tf.split(self.bottom_up(h), 2, axis=-1)
+        td_loc, td_raw = tf.split(self.top_down(t), 2, axis=-1)
+        q_loc, q_scale = bu_loc + td_loc, positive_scale(bu_raw) + positive_scale(td_raw)
+        if not self.ar:  # the residual posterior: an offset from the prior's mean and scale
+            q_loc, q_scale = q_loc + p_loc, q_scale + p_scale
+        return feats, (q_loc, q_scale), (p_loc, p_scale)
+
+    def ar_noise(self, z):
+        """The flow's inverse z -> eps = g z + (1 - g) shift, g = sigmoid(offset + gate(z)), and log g (elementwise);
+        g and shift of a slice depend on earlier slices only, so the Jacobian is triangular with diagonal g."""
+        gate = tf.sigmoid(AR_GATE_OFFSET + self.ar_gate(z))
+        return gate * z + (1 - gate) * self.ar_shift(z), tf.math.log(gate)
+
+    def call(self, h, t):
+        """(updated t, KL per image in nats)."""
+        feats, (q_loc, q_scale), (p_loc, p_scale) = self.distributions(h, t)
+        z = sample_normal(q_loc, q_scale)
+        if self.ar:
+            eps, log_det = self.ar_noise(z)
+            kl = per_image(normal_log_prob(z, q_loc, q_scale) - normal_log_prob(eps, p_loc, p_scale) - log_det)
+        else:
+            kl = per_image(normal_kl(q_loc, q_scale, p_loc, p_scale))
+        return t + self.merge(tf.concat([z, feats], axis=-1)), kl
+
+
+class ResNetVAE(training.LossModel):
+    """Trained on bpp + lambda * MSE with utils.training.fit."""
+    METRICS = ("loss", "bpp", "mse")
+
+    def __init__(self, lmbda, num_filters, latent_channels, ar_prior_levels=0, ar_slices=8, flat_z0=False,
+                 img_dim=None, maf_units=(32, 32), maf_stacks=3):
+        super().__init__()
+        self.lmbda = float(lmbda)
+        levels = self.levels = len(latent_channels)
+        self.pad_multiple = 2 ** levels
+        self.img_dim = img_dim if flat_z0 else None
+        f, top = num_filters, latent_channels[-1]
+        self.encoder = [EncoderBlock(f, name=f"encoder{i}") for i in range(levels - 1)]
+        self.encoder.append(EncoderBlock(2 * top, gdn=False, name=f"encoder{levels - 1}"))
+        self.latents = [LatentLevel(f, c, ar_slices if i < ar_prior_levels else None, name=f"latent{i}")
+                        for i, c in enumerate(latent_channels[:-1])]
+        self.decoder = [codec.deconv(3, 3, 2)] + [DecoderBlock(f, name=f"decoder{i}") for i in range(1, levels)]
+        if flat_z0:
+            self.flat_dim = (img_dim // self.pad_multiple) ** 2 * top
+            self.top_prior = MAF(self.flat_dim, maf_stacks, maf_units, MAF_ACTIVATION, name="maf_prior")
+        else:
+            self.top_prior = tfc.DeepFactorized(batch_shape=[top])
+
+    def forward(self, x):
+        """x in [0, 255], sides multiples of pad_multiple -> (x_hat, KL per image and level in nats [batch, L])."""
+        h = x / 255.0 - 0.5
+        features = []
+        for block in self.encoder:
+            h = block(h)
+            features.append(h)
+        loc, raw = tf.split(features[-1], 2, axis=-1)
+        scale = positive_scale(raw)
+        z = sample_normal(loc, scale)
+        if self.img_dim is not None:
+            log_p = self.top_prior.log_prob(tf.reshape(z, [-1, self.flat_dim]))
+        else:
+            log_p = per_image(self.top_prior.log_prob(z))
+        kls = [per_image(normal_log_prob(z, loc, scale)) - log_p]
+        t = z
+        for i in reversed(range(self.levels - 1)):
+            t, kl = self.latents[i](features[i], self.decoder[i + 1](t))
+            kls.append(kl)
+        x_hat = (self.decoder[0](t) + 0.5) * 255.0
+        return x_hat, tf.stack(kls[::-1], axis=1)  # bottom-up order
+
+    def losses_of(self, x, training=False):
+        x_hat, kls = self.forward(x)
+        num_pixels = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), tf.float32)
+        bpp = tf.reduce_sum(kls) / (num_pixels * math.log(2))
+        mse = tf.reduce_mean(tf.math.squared_difference(x, x_hat))
+        return dict(loss=bpp + self.lmbda * mse, bpp=bpp, mse=mse)
+
+    def call(self, x, training=False):
+        return self.losses_of(x)["loss"]
+
+    def build_weights(self):
+        side = self.img_dim or self.pad_multiple  # the smallest input: building costs little even at 256 filters
+        self(tf.zeros([1, side, side, 3]))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.float32)])
+    def estimate(self, image):
+        """One image [H, W, 3] in [0, 255] -> (x_hat [H, W, 3], unclipped; KL per level in bits [L])."""
+        shape = tf.shape(image)
+        x_hat, kls = self.forward(images.pad_to_multiple(image[None], self.pad_multiple))
+        return x_hat[0, :shape[0], :shape[1], :], kls[0] / math.log(2)
+
+
+# ---- architecture flags -----------------------------------------------------------------------
+
+def add_model_flags(p):
+    """The architecture flags (before the subcommand)."""
+    p.add_argument("--num_filters", type=positive_int, default=256, help="channels of every residual block")
+    p.add_argument("--latent_channels", type=int_list, default=[4, 8, 16, 32, 64, 128],
+                   help="latent channels per level, bottom-up; one level per entry (each halves the resolution)")
+    p.add_argument("--ar_prior_levels", type=int, default=0,
+                   help="the number of lowest levels with a channel-wise autoregressive prior (the top level "
+                        "never has one)")
+    p.add_argument("--ar_slices", type=positive_int, default=8,
+                   help="channel slices of the autoregressive priors (levels with fewer channels: one per slice)")
+    p.add_argument("--flat_z0", action="store_true",
+                   help="a MAF prior on the flattened top latent ((img_dim / 2^levels)^2 * latent_channels[-1] "
+                        "values) instead of the deep factorized one")
+    p.add_argument("--img_dim", type=positive_int, help="image side, required by --flat_z0 (square images)")
+    p.add_argument("--maf_units", type=int_list, default=[32, 32], help="hidden units of each MADE of the MAF prior")
+    p.add_argument("--maf_stacks", type=positive_int, default=3, help="MADE layers of the MAF prior")
+
+
+def check_model_flags(args):
+    """Refuses inconsistent architecture flags (InputError)."""
+    levels = len(args.latent_channels)
+    if levels < 1 or min(args.latent_channels) < 1:
+        raise InputError(f"--latent_channels {args.latent_channels}: give at least one positive channel count")
+    if not 0 <= args.ar_prior_levels < levels:
+        raise InputError(f"--ar_prior_levels {args.ar_prior_levels}: must lie in 0..{levels - 1} (the levels below "
+                         "the top, whose prior is the deep factorized density or, with --flat_z0, a MAF)")
+    for c in args.latent_channels[:args.ar_prior_levels]:
+        if c % min(c, args.ar_slices):
+            raise InputError(f"--ar_slices {args.ar_slices} does not divide the {c} channels of an autoregressive "
+                             "level into equal slices")
+    if args.flat_z0:
+        if args.img_dim is None:
+            raise InputError("--flat_z0 needs --img_dim, the side of the (square) images")
+        if args.img_dim % 2 ** levels:
+            raise InputError(f"--img_dim {args.img_dim} must be a multiple of 2^levels = {2 ** levels}")
+    if not args.maf_units or min(args.maf_units) < 1:
+        raise InputError(f"--maf_units {args.maf_units}: give positive hidden sizes")
+
+
+def model_flags(args):
+    """The flags that define the model: they build it and name its run folder."""
+    flags = dict(num_filters=args.num_filters, latent_channels=args.latent_channels)
+    if args.ar_prior_levels:
+        flags.update(ar_prior_levels=args.ar_prior_levels, ar_slices=args.ar_slices)
+    if args.flat_z0:
+        flags.update(flat_z0=True, img_dim=args.img_dim, maf_units=args.maf_units, maf_stacks=args.maf_stacks)
+    return flags
+
+
+def build(args):
+    return ResNetVAE(args.lmbda, **model_flags(args))
