@@ -130,11 +130,13 @@ def parse_args(argv):
 
 def main(argv):
     args = parse_args(argv)
+    training.strategy_from_flags(args)  # before any other TensorFlow work (docs/distributed.md)
     tf.keras.utils.set_random_seed(args.seed)
     source = image_data.gan_source(args.dataset, args.data_dim)
     run_dir = Path(args.checkpoint_dir) / run_name(SCRIPT, **hvae.model_flags(args), lmbda=args.lmbda)
-    model = hvae.build(args)
-    model.build_weights()
+    with training.strategy_scope(args):
+        model = hvae.build(args)
+        model.build_weights()
     codec.report_params(model, SCRIPT)
     if args.command == "train":
         return train(args, model, run_dir, source)

@@ -239,6 +239,7 @@ def main(argv, script, model_class, add_model_flags, arch_flags, description):
     """Parses `argv` and runs a subcommand for the codec `model_class`, whose constructor takes `lmbda` and
     the flags named in `arch_flags` (these, with lambda, also name the run folder, and identify the model)."""
     args = build_parser(script, description, add_model_flags).parse_args(argv)
+    training.strategy_from_flags(args)  # before any other TensorFlow work (docs/distributed.md)
     tf.keras.utils.set_random_seed(args.seed)
     arch = {k: getattr(args, k) for k in arch_flags}
     named = {k: v for k, v in arch.items() if v is not None}  # an unset flag takes its default from another
@@ -251,8 +252,9 @@ def main(argv, script, model_class, add_model_flags, arch_flags, description):
         source = image_data.gan_source(args.train_glob or args.dataset, args.data_dim, what)
     elif args.command == "eval":
         source = image_data.gan_source(args.dataset, args.data_dim)
-    model = model_class(lmbda=args.lmbda, **arch)
-    model.build_weights()
+    with training.strategy_scope(args):
+        model = model_class(lmbda=args.lmbda, **arch)
+        model.build_weights()
     report_params(model, script)
     if args.command == "train":
         return train(args, model, run_dir, args.train_glob or args.dataset, source, what)
