@@ -1,0 +1,329 @@
+#!/usr/bin/env python
+"""Relative entropy coding of resnet_vae.py checkpoints: image files at close to the model's KL rate.
+
+resnet_vae.py reports an information rate (a KL); this script writes it as bytes with utils/rec.py (iREC, no
+quantization: encoder and decoder share seeded random candidates, the file says which ones were picked). The
+latents are coded top-down, each level's posterior conditioned on the latents already coded, as the model samples
+them; the decoder recomputes every level's prior from the latents it has decoded, with the same operations on the
+same shapes, so it rebuilds bitwise the encoder's latents and reconstruction (checked by `eval` on every image).
+
+- Levels with a Gaussian prior: one REC layer each, against the prior computed from the decoded levels above.
+- Levels with the channel-wise autoregressive prior (--ar_prior_levels): slice by slice. Given the earlier
+  slices, the flow z_s = (eps_s - (1 - g_s) shift_s) / g_s of eps_s ~ N(m_s, s_s^2) makes slice s Gaussian,
+  N((m_s - (1 - g_s) shift_s) / g_s, (s_s / g_s)^2), with g_s and shift_s computed from the decoded earlier
+  slices (later ones are zeros on both sides and the flow never reads them); each slice is one REC layer.
+- The top level's prior, tfc's deep factorized density, is not Gaussian, and utils/rec.py codes against diagonal
+  Gaussians: it is coded against the per-channel Gaussian with the deep factorized density's mean and variance
+  (computed from the weights on a fixed grid, the same on both sides). The file pays KL(q || that Gaussian)
+  there instead of the model's KL(q || deep factorized); `eval` reports both (`coding_kl_bpp` and `kl_bpp`).
+  The MAF top prior (--flat_z0) is refused.
+
+File: utils/coding.py's container (kind resnet_vae, the model's identity: architecture flags and weights) holding
+one utils/rec.py stream (which stores --seed, checked on decoding).
+
+    python rec.py --latent_channels 8,16,32 --num_filters 32 --lambda 0.01 --checkpoint_dir ckpt \
+        compress kodim01.png kodim01.rec
+    python rec.py ... decompress kodim01.rec kodim01.png
+    python rec.py ... eval --dataset kodak
+
+See docs/rec.md.
+"""
+import argparse
+import itertools
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import utils  # noqa: F401  (before TensorFlow: sets its C++ log level)
+import tensorflow as tf
+
+from utils import codec, coding, hvae, image_data, images, rec, training
+from utils.cli import InputError, positive_float, positive_int, run
+from utils.runs import atomic_write_bytes, run_name
+from utils.sources import resolve_path
+
+SCRIPT = "rec"
+MODEL_SCRIPT = "resnet_vae"  # whose checkpoints (run folders) and file kind these are
+RATE_TYPE = "file size (every byte), relative entropy coding of resnet_vae latents"
+TOP_GRID = 4096  # bins of the grid on which the top prior's moments are computed
+TOP_TAIL_MASS = 1e-6  # the grid spans the deep factorized density but for this mass
+TOP_RANGE, TOP_BISECTIONS = 1e4, 48  # the tails are searched in [-range, range] to ~1e-10
+
+
+# ---- the coding walk (shared by encoder and decoder) ------------------------------------------------
+
+def top_gaussian(model):
+    """(mean, std) float64 [C] of the top level's deep factorized prior per channel, from the probability masses
+    of a fixed grid between its tails (found by bisection on its CDF). The top level is coded against this
+    Gaussian; encoder and decoder compute it with the same operations."""
+    prior = model.top_prior
+    channels = prior.batch_shape[0]
+
+    def cdf(x):
+        return prior.cdf(tf.constant(x, tf.float32)).numpy().astype(np.float64)
+
+    lo, hi = np.full((2, channels), -TOP_RANGE), np.full((2, channels), TOP_RANGE)  # rows: lower, upper tail
+    target = np.array([[TOP_TAIL_MASS / 2], [1 - TOP_TAIL_MASS / 2]])
+    for _ in range(TOP_BISECTIONS):
+        mid = (lo + hi) / 2
+        below = cdf(mid) < target
+        lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
+    edges = lo[0] + (hi[1] - lo[0]) * np.linspace(0, 1, TOP_GRID + 1)[:, None]  # [grid + 1, C]
+    mass = np.maximum(np.diff(cdf(edges), axis=0), 0)
+    mass /= mass.sum(axis=0)
+    centers = (edges[1:] + edges[:-1]) / 2
+    mean = (mass * centers).sum(axis=0)
+    width = (hi[1] - lo[0]) / TOP_GRID  # Sheppard's correction: a bin's own variance
+    return mean, np.sqrt((mass * (centers - mean) ** 2).sum(axis=0) + width ** 2 / 12)
+
+
+def level_prior(level, t):
+    """(features, prior mean, prior scale) of a level from the top-down features t (as LatentLevel computes them)."""
+    feats, p_loc, p_raw = tf.split(level.prior(t), 3, axis=-1)
+    return feats, p_loc, hvae.positive_scale(p_raw)
+
+
+def walk(model, top, shape, code, features=None):
+    """Runs the model top-down, calling code(layer id, (q mean, q scale) or None, prior mean, prior scale) for
+    each coded unit (float64 numpy in and out: the latent) in coding order. `features` are the encoder's
+    bottom-up features (None when decoding). Returns the padded reconstruction x_hat [1, H, W, 3] and the
+    coded units' names."""
+    ids, names = itertools.count(), []
+    m = model.pad_multiple
+    top_shape = (1, shape[0] // m, shape[1] // m, len(top[0]))
+
+    def unit(name, q, p_loc, p_scale):
+        names.append(name)
+        q = None if q is None else tuple(np.asarray(a, np.float64) for a in q)
+        return code(next(ids), q, np.asarray(p_loc, np.float64), np.asarray(p_scale, np.float64))
+
+    q = None
+    if features is not None:
+        loc, raw = tf.split(features[-1], 2, axis=-1)
+        q = (loc, hvae.positive_scale(raw))
+    z = unit(f"level{model.levels - 1}", q, np.broadcast_to(top[0], top_shape), np.broadcast_to(top[1], top_shape))
+    t = tf.constant(z, tf.float32)
+    for i in reversed(range(model.levels - 1)):
+        level = model.latents[i]
+        t = model.decoder[i + 1](t)
+        feats, p_loc, p_scale = level_prior(level, t)
+        q = None if features is None else level.distributions(features[i], t)[1]
+        if not level.ar:
+            z = unit(f"level{i}", q, p_loc, p_scale)
+        else:
+            z = code_ar_level(level, i, q, p_loc.numpy(), p_scale.numpy(), unit)
+        t = t + level.merge(tf.concat([tf.constant(z, tf.float32), feats], axis=-1))
+    return (model.decoder[0](t) + 0.5) * 255.0, names
+
+
+def code_ar_level(level, i, q, p_loc, p_scale, unit):
+    """Codes an autoregressive level slice by slice: slice s against its Gaussian conditional given slices < s."""
+    slices = level.ar_shift.slices
+    depth = p_loc.shape[-1] // slices
+    z = np.zeros(p_loc.shape)
+    for s in range(slices):
+        cut = slice(s * depth, (s + 1) * depth)
+        zf = tf.constant(z, tf.float32)  # later slices are zeros: the flow's nets for slice s never read them
+        gate = tf.sigmoid(hvae.AR_GATE_OFFSET + level.ar_gate(zf)).numpy()[..., cut].astype(np.float64)
+        shift = level.ar_shift(zf).numpy()[..., cut].astype(np.float64)
+        loc = (p_loc[..., cut] - (1 - gate) * shift) / gate
+        scale = p_scale[..., cut] / gate
+        qs = None if q is None else (q[0][..., cut], q[1][..., cut])
+        z[..., cut] = unit(f"level{i}.slice{s}", qs, loc, scale)
+    return z
+
+
+class Codec:
+    """A restored model with what both sides of the coder need."""
+
+    def __init__(self, args, model, identity):
+        self.model, self.identity, self.seed = model, identity, args.seed
+        self.config = rec.Config(block_size=args.block_size, omega=args.kl_per_partition,
+                                 extra_samples=args.extra_samples, n_beams=args.n_beams, fit_split=args.fit_split)
+        self.top = top_gaussian(model)
+
+    def encode(self, image, channels):
+        """(file bytes, padded x_hat float32 [H', W', 3], {unit name: LayerCode}, the bottom-up features) of one
+        image [H, W, 3] on [0, 255]."""
+        padded = images.pad_to_multiple(tf.constant(image, tf.float32)[None], self.model.pad_multiple)
+        h = padded / 255.0 - 0.5
+        features = []
+        for block in self.model.encoder:
+            h = block(h)
+            features.append(h)
+        codes = []
+
+        def code(layer, q, p_loc, p_scale):
+            c, z = rec.encode_layer(*q, p_loc, p_scale, seed=self.seed, layer=layer, config=self.config)
+            codes.append(c)
+            return z
+
+        x_hat, names = walk(self.model, self.top, padded.shape[1:3], code, features)
+        stream = rec.pack(codes, seed=self.seed)
+        data = coding.pack(MODEL_SCRIPT, self.identity, image.shape[:2], channels, [stream])
+        return data, x_hat.numpy()[0], dict(zip(names, codes)), features
+
+    def decode(self, data, what):
+        """(x_hat float32 [H, W, 3] unclipped, channels) from a file's bytes."""
+        (height, width), channels, strings = coding.unpack(data, MODEL_SCRIPT, self.identity, what)
+        if len(strings) != 1:
+            raise InputError(f"{what}: corrupt file ({len(strings)} streams; a rec.py file holds one)")
+        reader = rec.Reader(strings[0], what)
+        if reader.seed != self.seed:
+            raise InputError(f"{what} was coded with --seed {reader.seed}, not {self.seed}: decode it with the "
+                             f"encoder's --seed")
+        m = self.model.pad_multiple
+        shape = (-(-height // m) * m, -(-width // m) * m)
+        x_hat, _ = walk(self.model, self.top, shape,
+                        lambda layer, q, p_loc, p_scale: reader.decode_layer(p_loc, p_scale, layer=layer))
+        reader.finish()
+        return x_hat.numpy()[0, :height, :width], channels
+
+    def top_kl(self, features, samples):
+        """The model's KL of the top level (nats): a seeded Monte Carlo estimate of E_q log q(z) / p(z) under the
+        deep factorized prior (not Gaussian: no closed form)."""
+        loc, raw = tf.split(features[-1], 2, axis=-1)
+        scale = hvae.positive_scale(raw)
+        z = loc + scale * tf.random.stateless_normal((samples,) + tuple(loc.shape[1:]), [self.seed, 1])
+        log_q = hvae.per_image(hvae.normal_log_prob(z, loc, scale))
+        return float(tf.reduce_mean(log_q - hvae.per_image(self.model.top_prior.log_prob(z))))
+
+
+# ---- commands -----------------------------------------------------------------------------------
+
+def restore(model, run_dir, verbose):
+    try:
+        latest = training.restore_latest(model, run_dir)
+        tf.train.Checkpoint(model=model).restore(latest).expect_partial().assert_existing_objects_matched()
+    except (AssertionError, ValueError) as e:  # fresh weights would code garbage: every weight must be restored
+        raise InputError(f"the checkpoint in {run_dir} does not hold this model's weights (other architecture "
+                         f"flags?): {str(e).splitlines()[0][:200]}")
+    if verbose:
+        print(f"restored {latest}", file=sys.stderr)
+    return latest
+
+
+def compress(args, coder):
+    image, channels, note = images.read_image(resolve_path(args.input, "input image"), "input image")
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    data, _, codes, _ = coder.encode(image, channels)
+    atomic_write_bytes(args.output, data)
+    if args.verbose:
+        h, w = image.shape[:2]
+        kl = sum(c.kl for c in codes.values()) / (math.log(2) * h * w)
+        print(f"{args.input} -> {args.output}: {len(data)} bytes, {coding.bpp(len(data), h, w):.4f} bpp "
+              f"(KL against the coding priors {kl:.4f} bpp)", file=sys.stderr)
+
+
+def decompress(args, coder):
+    what = f"input file {args.input}"
+    try:
+        data = Path(args.input).read_bytes()
+    except OSError as e:
+        raise InputError(f"{what}: {e.strerror}")
+    x_hat, channels = coder.decode(data, what)
+    images.write_png(args.output, images.to_channels(codec.to_uint8(x_hat), channels))
+
+
+def evaluate(args, coder, run_dir, checkpoint, source):
+    cast = not args.no_cast_xhat
+    levels = coder.model.levels
+
+    def measure(image, channels):
+        h, w = image.shape[:2]
+        pixels_ln2 = h * w * math.log(2)
+        start = time.perf_counter()
+        data, x_enc, codes, features = coder.encode(image, channels)
+        mid = time.perf_counter()
+        x_hat, _ = coder.decode(data, "eval")
+        end = time.perf_counter()
+        if not np.array_equal(x_hat, x_enc[:h, :w]):
+            raise SystemExit(f"error: rec eval: the decoded {h}x{w} image differs from the encoder's reconstruction "
+                             f"(by up to {np.max(np.abs(x_hat - x_enc[:h, :w])):.4g}): nothing was written")
+        top = f"level{levels - 1}"
+        per_level = {i: 0.0 for i in range(levels)}
+        for name, c in codes.items():
+            per_level[int(name.split(".")[0][5:])] += c.kl
+        coding_kl = sum(per_level.values())
+        per_level[levels - 1] = coder.top_kl(features, args.top_samples)
+        kl_bpp = sum(per_level.values()) / pixels_ln2
+        file_bpp = coding.bpp(len(data), h, w)
+        x_hat = codec.to_uint8(x_hat) if cast else np.clip(x_hat, 0, 255)
+        return dict(x_hat=images.to_channels(x_hat, channels) if cast or channels == 3 else x_hat.mean(axis=2),
+                    file_bpp=file_bpp, kl_bpp=kl_bpp, overhead=file_bpp / kl_bpp - 1,
+                    coding_kl_bpp=coding_kl / pixels_ln2, top_coding_kl_bpp=codes[top].kl / pixels_ln2,
+                    log_ratio_bpp=sum(c.log_ratio for c in codes.values()) / pixels_ln2,
+                    encode_seconds=mid - start, decode_seconds=end - mid,
+                    **{f"kl_bpp_level{i}": v / pixels_ln2 for i, v in per_level.items()})
+
+    record = dict(method=SCRIPT, model=MODEL_SCRIPT, rate_type=RATE_TYPE, dataset=str(args.dataset),
+                  **{"lambda": args.lmbda}, run=run_dir.name, checkpoint=str(checkpoint), cast_xhat=cast,
+                  seed=args.seed, block_size=args.block_size, kl_per_partition=args.kl_per_partition,
+                  extra_samples=args.extra_samples, n_beams=args.n_beams, fit_split=args.fit_split)
+    items = image_data.eval_items(args.dataset, source, args.batchsize, args.seed)
+    npz = codec.results_npz(args, run_dir, source)
+    npz = npz.with_name(f"{SCRIPT}-{npz.name}")  # beside resnet_vae.py eval's .npz in the run folder
+    return codec.evaluate_images(items, measure, npz, run_dir / codec.RESULTS_NAME, record, args.verbose, source,
+                                 rate_key="file_bpp")
+
+
+# ---- flags ----------------------------------------------------------------------------------------
+
+def parse_args(argv):
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = argparse.ArgumentParser(prog=f"{SCRIPT}.py", description=__doc__.split("\n")[0], formatter_class=fmt)
+    codec.add_run_flags(p)
+    hvae.add_model_flags(p)
+    g = p.add_argument_group("relative entropy coding (the defaults are the paper's lossy settings)")
+    g.add_argument("--block_size", type=positive_int, default=1000, help="latent dimensions per REC block")
+    g.add_argument("--kl_per_partition", type=positive_float, default=3.0,
+                   help="omega: KL per auxiliary variable, nats")
+    g.add_argument("--extra_samples", type=positive_float, default=1.0,
+                   help="1 + eps: exp(omega (1 + eps)) candidates per auxiliary variable")
+    g.add_argument("--n_beams", type=positive_int, default=10, help="beams B of the search")
+    g.add_argument("--fit_split", action="store_true",
+                   help="choose the auxiliary variance split per block (5 bits a block) instead of the paper's")
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("compress", help="code an image file (PNG, JPEG, ...) into a file", formatter_class=fmt)
+    c.add_argument("input")
+    c.add_argument("output")
+    d = sub.add_parser("decompress", help="decode a file to a PNG", formatter_class=fmt)
+    d.add_argument("input")
+    d.add_argument("output")
+    e = sub.add_parser("eval", help="per image: file bpp, KL bpp, overhead, MSE, PSNR, MS-SSIM", formatter_class=fmt)
+    codec.add_image_eval_flags(e)
+    e.add_argument("--top_samples", type=positive_int, default=64,
+                   help="samples of the Monte Carlo estimate of the top level's KL under its deep factorized prior")
+    args = p.parse_args(argv)
+    hvae.check_model_flags(args)
+    if args.flat_z0:
+        raise InputError("--flat_z0: rec.py does not code a MAF top prior (it codes against Gaussians; only the "
+                         "deep factorized top prior has a Gaussian stand-in here)")
+    if not 0 <= args.seed < 2 ** 63:
+        raise InputError(f"--seed {args.seed}: the coder's shared randomness needs a non-negative seed")
+    return args
+
+
+def main(argv):
+    args = parse_args(argv)
+    tf.keras.utils.set_random_seed(args.seed)
+    tf.config.experimental.enable_op_determinism()  # the decoder must recompute the priors bit for bit
+    source = image_data.gan_source(args.dataset, args.data_dim) if args.command == "eval" else None
+    flags = hvae.model_flags(args)
+    run_dir = Path(args.checkpoint_dir) / run_name(MODEL_SCRIPT, **flags, lmbda=args.lmbda)
+    model = hvae.build(args)
+    model.build_weights()
+    checkpoint = restore(model, run_dir, args.verbose)
+    coder = Codec(args, model, codec.identity_of(MODEL_SCRIPT, flags, model))
+    if args.command == "compress":
+        return compress(args, coder)
+    if args.command == "decompress":
+        return decompress(args, coder)
+    return evaluate(args, coder, run_dir, checkpoint, source)
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,129 @@
+"""rec.py: resnet_vae checkpoints coded to files by relative entropy coding; decoding in another process rebuilds
+exactly eval's reconstruction; files of another model or seed, and truncated files, are refused."""
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import rec
+from conftest import run_script
+from test_resnet_vae import smooth_images
+from utils import hvae, images, jsonl
+from utils.cli import InputError
+from utils.runs import run_name
+
+# Level 0 autoregressive (2 slices), level 1 Gaussian, the top deep factorized: every kind of level rec.py codes.
+MODEL = ["--num_filters", "8", "--latent_channels", "2,4,4", "--ar_prior_levels", "1", "--ar_slices", "2"]
+STEPS = 40
+FAST = ["--n_beams", "3"]  # the coder's settings are tested in test_rec.py; fewer beams keep this test quick
+
+
+def save_model(ckpt, lmbda, seed, steps=STEPS):
+    """A model briefly trained on smooth images (fresh ones have KLs of ~30 bpp: slow to code), saved as
+    resnet_vae.py's run folder for these flags would be."""
+    tf.keras.utils.set_random_seed(seed)
+    args = rec.parse_args([*MODEL, "--lambda", str(lmbda), "eval"])
+    model = hvae.build(args)
+    model.build_weights()
+    model.compile(optimizer=tf.keras.optimizers.Adam(3e-3))
+    step = tf.function(model.train_step)
+    x = tf.constant(smooth_images(4, 32, seed=seed), tf.float32)
+    for _ in range(steps):
+        step(x)
+    run_dir = ckpt / run_name("resnet_vae", **hvae.model_flags(args), lmbda=lmbda)
+    tf.train.Checkpoint(model=model).save(str(run_dir / "ckpt"))
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("rec")
+    run_dir = save_model(tmp / "ckpt", 0.01, seed=0)
+    save_model(tmp / "other", 0.01, seed=1, steps=0)  # same flags, other weights
+    image = smooth_images(1, 32, seed=3)[0]
+    images.write_png(tmp / "img.png", image)
+    np.save(tmp / "img.npy", image[None])
+    return tmp, run_dir, image
+
+
+def main(tmp, *argv, ckpt="ckpt", lmbda="0.01", seed="0"):
+    return rec.main([*MODEL, *FAST, "--lambda", lmbda, "--seed", seed, "--checkpoint_dir", str(tmp / ckpt), *argv])
+
+
+def test_decoding_in_another_process_gives_eval_reconstruction(setup, capsys):
+    tmp, run_dir, image = setup
+    main(tmp, "compress", str(tmp / "img.png"), str(tmp / "img.rec"))
+    data = (tmp / "img.rec").read_bytes()
+    main(tmp, "compress", str(tmp / "img.png"), str(tmp / "again.rec"))
+    assert (tmp / "again.rec").read_bytes() == data  # the encoder is deterministic given --seed
+    # a fresh process (fresh TF state) decodes the file: the priors must come out bit for bit the same
+    run_script("rec.py", *MODEL, "--lambda", "0.01", "--checkpoint_dir", tmp / "ckpt", "decompress", tmp / "img.rec",
+               tmp / "out.png", check=True)
+    decoded = images.read_image(tmp / "out.png")[0]
+    main(tmp, "decompress", str(tmp / "img.rec"), str(tmp / "here.png"))
+    assert np.array_equal(images.read_image(tmp / "here.png")[0], decoded)
+
+    capsys.readouterr()
+    main(tmp, "eval", "--dataset", str(tmp / "img.npy"))  # eval itself checks decode(encode) = the encoder's x_hat
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert record == jsonl.read(run_dir / "results.jsonl")[-1]
+    assert record["method"] == "rec" and record["rate_key"] == "file_bpp" and record["n_beams"] == 3
+    mse = float(np.mean((decoded.astype(np.float64) - image) ** 2))
+    assert record["mse"] == pytest.approx(mse, rel=1e-12)  # eval scores what the file decodes to, exactly
+    assert record["psnr"] == pytest.approx(images.psnr(mse), rel=1e-12)
+    assert record["file_bpp"] == pytest.approx(8 * len(data) / 32 ** 2, rel=1e-12)  # every byte, same file
+    assert record["overhead"] == pytest.approx(record["file_bpp"] / record["kl_bpp"] - 1, rel=1e-9)
+    # the indices cost log2(20) bits per auxiliary variable, one per omega = 3 nats of the coded KL (rounded up
+    # per block): the file lies between the coded KL in bits and that plus the headers' ~50 bytes per image
+    coded_bits = record["coding_kl_bpp"] * 32 ** 2
+    assert coded_bits * np.log2(20) / (3 * np.log2(np.e)) < 8 * len(data) < coded_bits * 1.6 + 8 * 80
+    npz = np.load(record["npz"])
+    assert set(npz.files) >= {"file_bpp", "kl_bpp", "overhead", "mse", "psnr", "msssim", "kl_bpp_level0"}
+    assert npz["kl_bpp_level0"] + npz["kl_bpp_level1"] + npz["kl_bpp_level2"] == pytest.approx(npz["kl_bpp"])
+
+
+def test_foreign_and_truncated_files_are_refused(setup, tmp_path):
+    tmp, _, _ = setup
+    if not (tmp / "img.rec").exists():
+        main(tmp, "compress", str(tmp / "img.png"), str(tmp / "img.rec"))
+    out = tmp_path / "out.png"
+    with pytest.raises(InputError, match="--seed 0, not 1"):
+        main(tmp, "decompress", str(tmp / "img.rec"), str(out), seed="1")
+    with pytest.raises(InputError, match="different resnet_vae model"):
+        main(tmp, "decompress", str(tmp / "img.rec"), str(out), ckpt="other")
+    data = (tmp / "img.rec").read_bytes()
+    (tmp_path / "cut.rec").write_bytes(data[:-3])
+    proc = run_script("rec.py", *MODEL, "--lambda", "0.01", "--checkpoint_dir", tmp / "ckpt", "decompress",
+                      tmp_path / "cut.rec", out)
+    assert proc.returncode == 2 and "truncated" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+    with pytest.raises(SystemExit) as e:  # argparse: one line, exit 2
+        main(tmp, "--block_size", "0", "decompress", str(tmp / "img.rec"), str(out))
+    assert e.value.code == 2 and not out.exists()
+
+
+def test_ar_level_slices_are_the_flows_conditionals():
+    """The slice-by-slice Gaussian priors rec.py codes an AR level against multiply to the flow's density:
+    sum_s log N(z_s; conditional) = log N(eps; prior) + log det (the rate resnet_vae.py trains on)."""
+    tf.keras.utils.set_random_seed(1)
+    level = hvae.LatentLevel(filters=4, channels=8, ar_slices=4, name="ar_level")
+    t = tf.random.normal([1, 4, 4, 4])
+    level(tf.random.normal([1, 4, 4, 5]), t)  # builds the weights
+    for net in level.ar_gate.nets + level.ar_shift.nets:  # untrained nets are near zero: make them matter
+        for w in net.trainable_weights:
+            w.assign(w * 4)
+    _, p_loc, p_scale = rec.level_prior(level, t)
+    z = np.random.default_rng(0).normal(size=(1, 4, 4, 8))
+    total = []
+
+    def unit(name, q, loc, scale):
+        cut = slice(len(total) * 2, len(total) * 2 + 2)
+        total.append(np.sum(-0.5 * ((z[..., cut] - loc) / scale) ** 2 - np.log(scale) - 0.5 * np.log(2 * np.pi)))
+        return z[..., cut]
+
+    rec.code_ar_level(level, 0, None, p_loc.numpy(), p_scale.numpy(), unit)
+    eps, log_det = level.ar_noise(tf.constant(z, tf.float32))
+    flow = float(tf.reduce_sum(hvae.normal_log_prob(eps, p_loc, p_scale) + log_det))
+    assert len(total) == 4 and abs(np.exp(log_det.numpy()).min() - 1) > 0.1  # the gates are far from 1
+    assert sum(total) == pytest.approx(flow, rel=1e-5, abs=1e-3)
