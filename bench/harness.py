@@ -8,6 +8,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import utils  # noqa: E402,F401  (before any TensorFlow import: it filters TF's start-up noise)
+
 
 def load_script(name):
     """A top-level script as a module (a benchmark, not a script importing a script)."""

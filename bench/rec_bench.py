@@ -15,10 +15,11 @@ import math
 import os
 import time
 
+from harness import timed  # first: imports utils before TF
+
 import numpy as np
 import tensorflow as tf
 
-from harness import timed
 from utils import rec
 
 SETTINGS = {"lossy": dict(n_beams=10, extra_samples=1.0), "lossless": dict(n_beams=20, extra_samples=1.2)}

@@ -18,6 +18,7 @@ from harness import kodak_image, load_script, timed, train_step_seconds  # first
 
 import tensorflow as tf
 
+from utils import hvae
 from utils.codec import count_params
 
 LATENTS = "4,8,16,32,64,128"
@@ -28,7 +29,7 @@ CONFIGS = {  # name: model flags
 
 
 def build(rv, flags):
-    model = rv.build(rv.parse_args([*flags, "--lambda", "0.01", "eval"]))
+    model = hvae.build(rv.parse_args([*flags, "--lambda", "0.01", "eval"]))
     model.build_weights()
     return model
 
