@@ -16,7 +16,7 @@ $(STAMP): requirements.txt
 	rm -f $(VENV)/.installed-* && touch $@
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 # The sandwich on a 2-d Gaussian: BA, the beta-VAE upper bound and the dual lower bound, against the analytic R(D).
 # Rates in nats per sample, D = MSE per dimension, the same lambda for every method. A few minutes on 2 cores.
