@@ -42,7 +42,8 @@ def model_id(script, arch_flags, weights):
     return h.digest()[:ID_BYTES]
 
 
-def _varint(n):
+def varint(n):
+    """n as an unsigned LEB128 varint (HeaderReader.varint reads it back)."""
     out = bytearray()
     while True:
         byte, n = n & 0x7F, n >> 7
@@ -51,7 +52,9 @@ def _varint(n):
             return bytes(out)
 
 
-class _Reader:
+class HeaderReader:
+    """Reads a header field by field; a field past the end is a truncated file, one clear InputError."""
+
     def __init__(self, data, what):
         self.data, self.pos, self.what = data, 0, what
 
@@ -80,9 +83,9 @@ def pack(script, identity, shape, channels, strings):
         raise ValueError("at most 255 strings per file")
     head = bytearray(MAGIC)
     head += bytes([FORMAT_VERSION, KINDS[script]]) + identity
-    head += _varint(int(shape[0])) + _varint(int(shape[1])) + bytes([channels, len(strings)])
+    head += varint(int(shape[0])) + varint(int(shape[1])) + bytes([channels, len(strings)])
     for s in strings:
-        head += _varint(len(s))
+        head += varint(len(s))
     payload = b"".join(strings)
     crc = zlib.crc32(payload, zlib.crc32(bytes(head)))
     return bytes(head) + struct.pack(">I", crc) + payload
@@ -93,7 +96,7 @@ def unpack(data, script, identity, what="input file"):
 
     Raises InputError for a foreign, newer, truncated or damaged file, or one made by another model.
     """
-    r = _Reader(data, what)
+    r = HeaderReader(data, what)
     if len(data) < len(MAGIC) or r.take(len(MAGIC)) != MAGIC:
         raise InputError(f"{what}: not a compressed image of this package (wrong magic number)")
     version, kind = r.take(2)

@@ -53,6 +53,7 @@ import numpy as np
 import tensorflow as tf
 
 from utils.cli import InputError
+from utils.coding import HeaderReader, varint
 
 MAGIC = b"RDSr"
 VERSION = 1
@@ -349,15 +350,6 @@ def decode_layer(prior_loc, prior_scale, code, *, seed, layer):
 # ----------------------------------------------------------------------------------------------------------------
 # Bytes
 
-def _varint(n):
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
 def _layer_symbols(code):
     """(symbols, alphabet sizes) of one layer in decoding order; sizes of 1 are left out (nothing to code)."""
     lo, hi = min(code.tree), max(code.tree)
@@ -401,7 +393,7 @@ def pack(codes, *, seed):
     payload = coder.get_compressed().astype("<u4").tobytes()
     # the last word's high zero bytes carry nothing: the reader pads back to whole words
     payload = payload[:len(payload) - 3] + payload[len(payload) - 3:].rstrip(b"\0")
-    head = MAGIC + bytes([VERSION, fit]) + _varint(n) + _varint(block_size) + _varint(seed) + _varint(len(payload))
+    head = MAGIC + bytes([VERSION, fit]) + varint(n) + varint(block_size) + varint(seed) + varint(len(payload))
     return head + struct.pack(">I", zlib.crc32(payload, zlib.crc32(head))) + payload
 
 
@@ -413,33 +405,15 @@ class Reader:
         data = bytes(data)
         if data[:len(MAGIC)] != MAGIC:
             raise InputError(f"{what}: not a relative-entropy-coded stream (wrong magic number)")
-        pos = len(MAGIC)
-        if len(data) <= pos:
-            raise InputError(f"{what}: truncated ({len(data)} bytes; the header is cut off)")
-        if data[pos] != VERSION:
-            raise InputError(f"{what}: format version {data[pos]}; this code reads version {VERSION}")
-        if len(data) <= pos + 1:
-            raise InputError(f"{what}: truncated ({len(data)} bytes; the header is cut off)")
-        flag = data[pos + 1]
+        r = HeaderReader(data, what)
+        r.take(len(MAGIC))
+        version = r.take(1)[0]
+        if version != VERSION:
+            raise InputError(f"{what}: format version {version}; this code reads version {VERSION}")
+        flag = r.take(1)[0]
         self.fit_split = flag == 1
-        pos += 2
-        fields = []
-        for _ in range(4):
-            value, shift = 0, 0
-            while True:
-                if pos >= len(data):
-                    raise InputError(f"{what}: truncated ({len(data)} bytes; the header is cut off)")
-                byte = data[pos]
-                pos += 1
-                value |= (byte & 0x7F) << shift
-                shift += 7
-                if not byte & 0x80:
-                    break
-                if shift > 70:
-                    raise InputError(f"{what}: corrupt header (a field does not end)")
-            fields.append(value)
-        self.n_candidates, self.block_size, self.seed, length = fields
-        head_end = pos
+        self.n_candidates, self.block_size, self.seed, length = (r.varint() for _ in range(4))
+        head_end = r.pos
         self.header_bytes = head_end + 4
         if len(data) < head_end + 4 + length:
             raise InputError(f"{what}: truncated ({len(data)} bytes; the header announces "
