@@ -13,18 +13,18 @@ For mbt2018 and ms2020, at the paper's width and at the CPU recipe's width, it p
 import argparse
 import os
 
-from harness import kodak_image, load_script, timed, train_step_seconds  # first: imports utils before TF
+from harness import kodak_image, timed, train_step_seconds  # first: imports utils before TF
 
 import tensorflow as tf
 
 from utils.codec import count_params
+from utils.image_models import MODELS
 
 
 PAPER = {"mbt2018": dict(num_filters=192, latent_depth=None),
          "ms2020": dict(num_filters=192, latent_depth=320, hyperprior_depth=192, num_slices=10, max_support_slices=5)}
 RECIPE = {"mbt2018": dict(num_filters=64, latent_depth=None),
           "ms2020": dict(num_filters=64, latent_depth=160, hyperprior_depth=64, num_slices=10, max_support_slices=5)}
-CLASSES = {"mbt2018": "MeanScaleHyperprior", "ms2020": "ChannelwiseAutoregressive"}
 
 
 def coding_speed(model, image, repeats):
@@ -48,9 +48,8 @@ def main():
     print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs; Kodak image: {label}")
     widths = [("recipe", RECIPE)] + ([] if args.quick else [("paper", PAPER)])
     for name in ("mbt2018", "ms2020"):
-        module = load_script(name)
+        cls = MODELS[name].model_class
         for label, table in widths:
-            cls = getattr(module, CLASSES[name])
             model = cls(lmbda=0.01, **table[name])
             model.build_weights()
             params = count_params(model)

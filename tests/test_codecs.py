@@ -14,14 +14,14 @@ from PIL import Image
 import mbt2018
 import ms2020
 from conftest import run_script
-from utils import codec, coding, gan_sources, images
+from utils import codec, coding, gan_sources, image_models, images
 from utils.cli import InputError, run
 
 SCRIPTS = {"mbt2018": mbt2018, "ms2020": ms2020}
 TINY = {"mbt2018": ["--num_filters", "8"],
         "ms2020": ["--num_filters", "8", "--latent_depth", "8", "--hyperprior_depth", "8", "--num_slices", "2",
                    "--max_support_slices", "1"]}
-CLASSES = {"mbt2018": mbt2018.MeanScaleHyperprior, "ms2020": ms2020.ChannelwiseAutoregressive}
+CLASSES = {name: spec.model_class for name, spec in image_models.MODELS.items()}
 ARCH = {"mbt2018": dict(num_filters=8, latent_depth=None),
         "ms2020": dict(num_filters=8, latent_depth=8, hyperprior_depth=8, num_slices=2, max_support_slices=1)}
 
@@ -199,11 +199,11 @@ def test_a_decode_that_differs_from_the_estimate_is_an_error(trained, folders, t
 def test_a_checkpoint_of_another_architecture_is_refused(tmp_path):
     """A checkpoint whose variables do not all fit the model (as an earlier architecture's would) is refused
     with one clear line instead of leaving the model with fresh weights for the rest."""
-    for other, folder in [(mbt2018.MeanScaleHyperprior(0.01, 4, None), "shapes"),  # same layers, other shapes
-                          (ms2020.ChannelwiseAutoregressive(0.01, 8, 8, 8, 2, 1), "layers")]:  # other layers
+    for other, folder in [(image_models.MeanScaleHyperprior(0.01, 4, None), "shapes"),  # same layers, other shapes
+                          (image_models.ChannelwiseAutoregressive(0.01, 8, 8, 8, 2, 1), "layers")]:  # other layers
         other.build_weights()
         tf.train.CheckpointManager(tf.train.Checkpoint(model=other), str(tmp_path / folder), 1).save()
-        model = mbt2018.MeanScaleHyperprior(0.01, 8, None)
+        model = image_models.MeanScaleHyperprior(0.01, 8, None)
         model.build_weights()
         with pytest.raises(InputError, match="does not hold this model's weights"):
             codec.restore(model, tmp_path / folder, verbose=False)
@@ -219,25 +219,25 @@ def test_ms2020_hyper_transforms_are_the_references():
                 for l in seq.layers]
 
     relu = "relu"
-    assert layers(ms2020.hyper_analysis_transform(192, 320, 192)) == [
+    assert layers(image_models.ms2020_hyper_analysis(192, 320, 192)) == [
         (320, (3, 3), (1, 1), (1, 1), True, True, relu, "same_zeros", True),
         (256, (5, 5), (2, 2), (1, 1), True, True, relu, "same_zeros", True),
         (192, (5, 5), (2, 2), (1, 1), True, False, "linear", "same_zeros", True)]
-    assert layers(ms2020.hyper_synthesis_transform(192, 320, "h")) == [
+    assert layers(image_models.ms2020_hyper_synthesis(192, 320, "h")) == [
         (192, (5, 5), (1, 1), (2, 2), False, True, relu, "same_zeros", False),
         (256, (5, 5), (1, 1), (2, 2), False, True, relu, "same_zeros", False),
         (320, (3, 3), (1, 1), (1, 1), False, True, relu, "same_zeros", False)]
-    assert [x[0] for x in layers(ms2020.slice_transform(192, 32, "s"))] == [224, 128, 32]
-    assert layers(mbt2018.hyper_analysis_transform(192)) == [
+    assert [x[0] for x in layers(image_models.ms2020_slice_transform(192, 32, "s"))] == [224, 128, 32]
+    assert layers(image_models.mbt2018_hyper_analysis(192)) == [
         (192, (3, 3), (1, 1), (1, 1), True, True, relu, "same_zeros", True),
         (192, (5, 5), (2, 2), (1, 1), True, True, relu, "same_zeros", True),
         (192, (5, 5), (2, 2), (1, 1), True, False, "linear", "same_zeros", True)]
-    assert layers(mbt2018.hyper_synthesis_transform(192, 192)) == [
+    assert layers(image_models.mbt2018_hyper_synthesis(192, 192)) == [
         (192, (5, 5), (1, 1), (2, 2), False, True, relu, "same_zeros", False),
         (288, (5, 5), (1, 1), (2, 2), False, True, relu, "same_zeros", False),
         (384, (3, 3), (1, 1), (1, 1), False, True, "linear", "same_zeros", False)]
     # The paper's code has 12,853,923 trainable parameters at --num_filters 192 (counted by building it).
-    model = mbt2018.MeanScaleHyperprior(0.01, 192, None)
+    model = image_models.MeanScaleHyperprior(0.01, 192, None)
     model.build_weights()
     assert codec.count_params(model) == 12_853_923
 
@@ -245,7 +245,7 @@ def test_ms2020_hyper_transforms_are_the_references():
 def test_ms2020_training_feeds_the_rounded_z_to_the_hyper_synthesis(monkeypatch):
     """In training, both hyper-synthesis branches see z quantized as the entropy model codes it (integer
     offsets from its quantization offsets), not the noisy z; the rate of z is still that of noisy z."""
-    model = ms2020.ChannelwiseAutoregressive(0.01, 8, 8, 8, 2, 1)
+    model = image_models.ChannelwiseAutoregressive(0.01, 8, 8, 8, 2, 1)
     model.build_weights()
     seen = []
     for name in ("hyper_mean", "hyper_scale"):

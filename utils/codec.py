@@ -83,11 +83,17 @@ def report_params(model, name=None):
 class ImageCodec(training.LossModel):
     """A learned image codec trained on bpp + lambda * MSE, with range coding through fixed-signature functions.
 
-    Subclasses define `pad_multiple` (the total downsampling factor), `self.hyperprior` (the deep factorized
-    density of the hyper-latents z; the latents y are Gaussians with predicted means and scale indexes), and
+    Subclasses (utils/image_models.py) define `pad_multiple` (the total downsampling factor), `self.hyperprior`
+    (the deep factorized density of the hyper-latents z; the latents y are Gaussians with predicted means and
+    scale indexes), and
     - `forward(x, ems, training)`: (x_hat, bits per image) for a batch x in [0, 255], with noise when training
       and real quantization otherwise;
-    - `encode(x, ems)`: the list of string tensors (each of shape [1]) coding a padded batch of one image;
+    - `latents(x)`: the encoders' continuous latents [y, z] of a padded batch;
+    - `encode_latents(latents, ems)`: the list of string tensors (each of shape [batch]) coding them, rounded
+      as the entropy models quantize (y around its predicted means, z around the model's offsets);
+    - `relaxed(latents, soften, hard)`: (x_hat, bits per image) with every quantization `round(v - o) + o`
+      replaced by `soften(v - o) + o`, and the bits the model's density of the softened values; with
+      `soften=tf.round, hard=True` this is what `encode_latents` codes (sga.py optimizes the latents through it);
     - `decode(strings, shape, ems)`: the padded reconstruction from those strings, `shape` = padded [H, W]
       (a decoder needs nothing else: the latent shapes follow from it).
     `forward(training=False)` and `encode`/`decode` must quantize identically, so that `estimate` reconstructs
@@ -122,6 +128,24 @@ class ImageCodec(training.LossModel):
         """Creates the variables (a forward pass on a small dummy batch), so checkpoints can be restored."""
         self(tf.zeros([1, self.pad_multiple, self.pad_multiple, 3]))
 
+    def encode(self, x, ems):
+        return self.encode_latents(self.latents(x), ems)
+
+    # ---- densities of relaxed latents (relaxed) ----
+
+    def relaxed_z(self, z, soften):
+        """z softened on the grid the z entropy model quantizes to, and its bits per image under the prior."""
+        offset = self.coders[0].quantization_offset
+        offset = 0.0 if offset is None else offset
+        z_q = soften(z - offset) + offset
+        return z_q, _bits(self.hyperprior.prob(z_q))
+
+    @staticmethod
+    def y_bits(y_q, mean, index):
+        """Bits per image of y_q under the Gaussian conditional (convolved with U(-1/2, 1/2)) of `index`."""
+        index = tf.clip_by_value(index, 0.0, NUM_SCALES - 1.0)  # as the entropy model clips its indexes
+        return _bits(tfc.NoisyNormal(loc=mean, scale=scale_fn(index)).prob(y_q))
+
     # ---- coding ----
 
     def make_coders(self):
@@ -143,12 +167,30 @@ class ImageCodec(training.LossModel):
         padded = (shape + m - 1) // m * m
         return self.decode(strings, padded, self.coders)[0, :shape[0], :shape[1], :]
 
+    def compress_latents(self, latents):
+        """The string tensors ([batch] each) coding latents, e.g. refined by sga.py, for `pack`."""
+        return self._compress_latents(*latents)
+
+    @tf.function(reduce_retracing=True)
+    def _compress_latents(self, *latents):
+        return tf.stack(self.encode_latents(list(latents), self.coders), axis=1)
+
     @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.float32)])
     def estimate(self, image):
         """The quantized reconstruction as floats [H, W, 3] and the model's estimated bits for one image."""
         x_hat, bits = self.forward(self._padded(image), self.coders, training=False)
         shape = tf.shape(image)
         return x_hat[0, :shape[0], :shape[1], :], tf.reduce_sum(bits)
+
+
+# The floor on a latent's probability, as tfc's entropy models bound their likelihoods: it keeps the bits of a
+# softened value far in a tail finite, and its gradient still points towards higher probability.
+LIKELIHOOD_BOUND = 1e-9
+
+
+def _bits(prob):
+    """Bits per image [batch] of per-element probabilities [batch, h, w, c]."""
+    return -tf.reduce_sum(tf.math.log(tfc.lower_bound(prob, LIKELIHOOD_BOUND)), axis=(1, 2, 3)) / np.log(2.0)
 
 
 # ---- the command line ---------------------------------------------------------------------------

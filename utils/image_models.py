@@ -1,0 +1,240 @@
+"""The image codecs' networks: mbt2018's mean-scale hyperprior and ms2020's channel-wise autoregressive model.
+
+They live here, not in their scripts, because several scripts use them: mbt2018.py / ms2020.py train, evaluate
+and code with them, and sga.py / bb_sga.py refine their latents per image. Each model is a `codec.ImageCodec`
+(its contract is there); `MODELS` names them with their architecture flags. Layers, widths, biases,
+activations and kernel parameterizations are those of the paper's code and tfc's models (tfc.SignalConv2D
+throughout).
+"""
+import functools
+from typing import NamedTuple
+
+import tensorflow as tf
+import tensorflow_compression as tfc
+
+from utils import codec
+from utils.cli import InputError, positive_int
+
+
+# ---- mbt2018: mean-scale hyperprior (Minnen, Ballé & Toderici, NeurIPS 2018) --------------------
+
+def mbt2018_hyper_analysis(num_filters):
+    return tf.keras.Sequential([
+        codec.conv(num_filters, 3, 1, tf.nn.relu),
+        codec.conv(num_filters, 5, 2, tf.nn.relu),
+        codec.conv(num_filters, 5, 2, use_bias=False),
+    ], name="hyper_analysis")
+
+
+def mbt2018_hyper_synthesis(num_filters, latent_depth):
+    """Outputs 2 * latent_depth channels: the means, then the log scale indexes. Plain (not DFT) kernels."""
+    deconv = functools.partial(codec.deconv, kernel_parameter="variable")
+    return tf.keras.Sequential([
+        deconv(num_filters, 5, 2, tf.nn.relu),
+        deconv(num_filters * 3 // 2, 5, 2, tf.nn.relu),
+        deconv(2 * latent_depth, 3, 1),
+    ], name="hyper_synthesis")
+
+
+class MeanScaleHyperprior(codec.ImageCodec):
+    pad_multiple = 64  # 2^4 in the transforms, 2^2 more in the hyper transforms
+
+    def __init__(self, lmbda, num_filters, latent_depth):
+        super().__init__(lmbda)
+        latent_depth = latent_depth or num_filters
+        self.analysis = codec.analysis_transform(num_filters, latent_depth)
+        self.synthesis = codec.synthesis_transform(num_filters)
+        self.hyper_analysis = mbt2018_hyper_analysis(num_filters)
+        self.hyper_synthesis = mbt2018_hyper_synthesis(num_filters, latent_depth)
+        self.hyperprior = tfc.NoisyDeepFactorized(batch_shape=[num_filters])
+
+    def hyper_params(self, z_hat, training):
+        """Means and scale indexes of y. The index is the exponential of the network's output, as in the paper's
+        code (the entropy model clips it to the table); the coder (and evaluation) use integer indexes."""
+        mean, log_index = tf.split(self.hyper_synthesis(z_hat), 2, axis=-1)
+        index = tf.exp(log_index)
+        return mean, index if training else tf.round(index)
+
+    def forward(self, x, ems, training):
+        em_z, em_y = ems
+        y = self.analysis(x / 255)
+        z_tilde, z_bits = em_z(self.hyper_analysis(y), training=training)
+        mean, index = self.hyper_params(z_tilde, training)
+        y_tilde, y_bits = em_y(y, index, loc=mean, training=training)
+        return self.synthesis(y_tilde) * 255, y_bits + z_bits
+
+    def latents(self, x):
+        y = self.analysis(x / 255)
+        return [y, self.hyper_analysis(y)]
+
+    def relaxed(self, latents, soften, hard=False):
+        y, z = latents
+        z_q, z_bits = self.relaxed_z(z, soften)
+        mean, index = self.hyper_params(z_q, training=not hard)
+        y_q = soften(y - mean) + mean
+        return self.synthesis(y_q) * 255, self.y_bits(y_q, mean, index) + z_bits
+
+    def encode_latents(self, latents, ems):
+        em_z, em_y = ems
+        y, z = latents
+        mean, index = self.hyper_params(em_z.quantize(z), training=False)
+        return [em_z.compress(z), em_y.compress(y, index, loc=mean)]
+
+    def decode(self, strings, shape, ems):
+        em_z, em_y = ems
+        z_hat = em_z.decompress(strings[:1], shape // self.pad_multiple)
+        mean, index = self.hyper_params(z_hat, training=False)
+        return self.synthesis(em_y.decompress(strings[1:2], index, loc=mean)) * 255
+
+
+def add_mbt2018_flags(parser):
+    parser.add_argument("--num_filters", type=positive_int, default=192,
+                        help="channels of the transforms and of the hyper-latents")
+    parser.add_argument("--latent_depth", type=positive_int,
+                        help="channels of the latents (default: --num_filters; the paper uses 320 at high rates)")
+
+
+# ---- ms2020: channel-wise autoregressive model (Minnen & Singh, ICIP 2020) ----------------------
+
+def ms2020_hyper_analysis(num_filters, latent_depth, hyperprior_depth):
+    """320 -> 256 -> 192 channels at the paper's widths; the last layer has no bias."""
+    return tf.keras.Sequential([
+        codec.conv(latent_depth, 3, 1, tf.nn.relu),
+        codec.conv(num_filters * 4 // 3, 5, 2, tf.nn.relu),
+        codec.conv(hyperprior_depth, 5, 2, use_bias=False),
+    ], name="hyper_analysis")
+
+
+def ms2020_hyper_synthesis(num_filters, latent_depth, name):
+    """192 -> 256 -> 320 channels, ReLU after every layer (the output is a feature map for the slice networks,
+    not a mean or a scale), plain kernels."""
+    deconv = functools.partial(codec.deconv, activation=tf.nn.relu, kernel_parameter="variable")
+    return tf.keras.Sequential([
+        deconv(num_filters, 5, 2),
+        deconv(num_filters * 4 // 3, 5, 2),
+        deconv(latent_depth, 3, 1),
+    ], name=name)
+
+
+def ms2020_slice_transform(num_filters, slice_depth, name):
+    """The small per-slice network (mean, scale index, or residual prediction): 224, 128 channels at 192."""
+    deconv = functools.partial(codec.deconv, kernel_parameter="variable")
+    return tf.keras.Sequential([
+        deconv(num_filters * 7 // 6, 5, 1, tf.nn.relu),
+        deconv(num_filters * 2 // 3, 5, 1, tf.nn.relu),
+        deconv(slice_depth, 3, 1),
+    ], name=name)
+
+
+class ChannelwiseAutoregressive(codec.ImageCodec):
+    pad_multiple = 64  # 2^4 in the transforms, 2^2 more in the hyper transforms
+
+    def __init__(self, lmbda, num_filters, latent_depth, hyperprior_depth, num_slices, max_support_slices):
+        super().__init__(lmbda)
+        if latent_depth % num_slices:
+            raise InputError(f"--latent_depth {latent_depth} must be a multiple of --num_slices {num_slices}")
+        self.num_slices = num_slices
+        self.max_support = num_slices if max_support_slices < 0 else max_support_slices
+        depth = latent_depth // num_slices
+        self.analysis = codec.analysis_transform(num_filters, latent_depth)
+        self.synthesis = codec.synthesis_transform(num_filters)
+        self.hyper_analysis = ms2020_hyper_analysis(num_filters, latent_depth, hyperprior_depth)
+        self.hyper_mean = ms2020_hyper_synthesis(num_filters, latent_depth, "hyper_mean")
+        self.hyper_scale = ms2020_hyper_synthesis(num_filters, latent_depth, "hyper_scale")
+        self.mean_nets = [ms2020_slice_transform(num_filters, depth, f"mean_{k}") for k in range(num_slices)]
+        self.scale_nets = [ms2020_slice_transform(num_filters, depth, f"scale_{k}") for k in range(num_slices)]
+        self.lrp_nets = [ms2020_slice_transform(num_filters, depth, f"lrp_{k}") for k in range(num_slices)]
+        self.hyperprior = tfc.NoisyDeepFactorized(batch_shape=[hyperprior_depth])
+
+    def slices(self, z_hat, code_slice, training):
+        """Runs the slices in order. `code_slice(k, mean, index)` codes or decodes slice k, returning the
+        rounded slice (with straight-through gradient) and its bits; returns y_hat and the total bits."""
+        mean_base, scale_base = self.hyper_mean(z_hat), self.hyper_scale(z_hat)
+        decoded, bits = [], 0.0
+        for k in range(self.num_slices):
+            support = decoded[:self.max_support]
+            mean_support = tf.concat([mean_base] + support, -1)
+            mean = self.mean_nets[k](mean_support)
+            index = self.scale_nets[k](tf.concat([scale_base] + support, -1))
+            y_hat, slice_bits = code_slice(k, mean, index if training else tf.round(index))
+            lrp = self.lrp_nets[k](tf.concat([mean_support, y_hat], -1))
+            decoded.append(y_hat + 0.5 * tf.tanh(lrp))
+            bits += slice_bits
+        return tf.concat(decoded, -1), bits
+
+    def forward(self, x, ems, training):
+        em_z, em_y = ems
+        y = self.analysis(x / 255)
+        y_slices = tf.split(y, self.num_slices, axis=-1)
+        z = self.hyper_analysis(y)
+        _, z_bits = em_z(z, training=training)
+
+        def code_slice(k, mean, index):
+            _, bits = em_y(y_slices[k], index, loc=mean, training=training)
+            return tfc.round_st(y_slices[k] - mean) + mean, bits
+
+        # The rate of z is that of noisy z in training, but the hyper-synthesis sees the rounded z (with a
+        # straight-through gradient) in training too, as in the paper's code and tfc's.
+        y_hat, y_bits = self.slices(em_z.quantize(z), code_slice, training)
+        return self.synthesis(y_hat) * 255, y_bits + z_bits
+
+    def latents(self, x):
+        y = self.analysis(x / 255)
+        return [y, self.hyper_analysis(y)]
+
+    def relaxed(self, latents, soften, hard=False):
+        y, z = latents
+        y_slices = tf.split(y, self.num_slices, axis=-1)
+        z_q, z_bits = self.relaxed_z(z, soften)
+
+        def code_slice(k, mean, index):
+            y_q = soften(y_slices[k] - mean) + mean
+            return y_q, self.y_bits(y_q, mean, index)
+
+        y_hat, y_bits = self.slices(z_q, code_slice, training=not hard)
+        return self.synthesis(y_hat) * 255, y_bits + z_bits
+
+    def encode_latents(self, latents, ems):
+        em_z, em_y = ems
+        y, z = latents
+        y_slices = tf.split(y, self.num_slices, axis=-1)
+        strings = [em_z.compress(z)]
+
+        def code_slice(k, mean, index):
+            strings.append(em_y.compress(y_slices[k], index, loc=mean))
+            return tf.round(y_slices[k] - mean) + mean, 0.0
+
+        self.slices(em_z.quantize(z), code_slice, training=False)
+        return strings
+
+    def decode(self, strings, shape, ems):
+        em_z, em_y = ems
+        z_hat = em_z.decompress(strings[:1], shape // self.pad_multiple)
+
+        def code_slice(k, mean, index):
+            return em_y.decompress(strings[k + 1:k + 2], index, loc=mean), 0.0
+
+        y_hat, _ = self.slices(z_hat, code_slice, training=False)
+        return self.synthesis(y_hat) * 255
+
+
+def add_ms2020_flags(parser):
+    parser.add_argument("--num_filters", type=positive_int, default=192, help="channels of the transforms")
+    parser.add_argument("--latent_depth", type=positive_int, default=320, help="channels of the latents y")
+    parser.add_argument("--hyperprior_depth", type=positive_int, default=192, help="channels of the hyper-latents z")
+    parser.add_argument("--num_slices", type=positive_int, default=10, help="slices of y coded in sequence")
+    parser.add_argument("--max_support_slices", type=int, default=5,
+                        help="decoded slices each slice is conditioned on (-1: all before it)")
+
+
+class ModelSpec(NamedTuple):
+    model_class: type
+    add_flags: callable
+    arch_flags: tuple  # with --lambda, these name the run folder (and are the constructor's arguments)
+
+
+MODELS = {
+    "mbt2018": ModelSpec(MeanScaleHyperprior, add_mbt2018_flags, ("num_filters", "latent_depth")),
+    "ms2020": ModelSpec(ChannelwiseAutoregressive, add_ms2020_flags,
+                        ("num_filters", "latent_depth", "hyperprior_depth", "num_slices", "max_support_slices")),
+}
