@@ -152,6 +152,20 @@ def seed_words(num_bits, seed):
     return np.random.default_rng(seed).integers(1, 1 << 32, size=n, dtype=np.uint64).astype(np.uint32)
 
 
+def _f64(a):
+    return np.ascontiguousarray(np.asarray(a, np.float64).ravel())
+
+
+def gaussian_info(symbols, means, stds):
+    """Bits of integers under Gaussians integrated over [s - 1/2, s + 1/2] (float64; each tail is taken on its
+    own side, where the cdf difference keeps its precision)."""
+    s = np.asarray(symbols, np.float64).ravel()
+    hi, lo = (s + 0.5 - means) / stds, (s - 0.5 - means) / stds
+    upper = s > means  # above the mean: the difference of survival functions, ndtr(-lo) - ndtr(-hi)
+    mass = np.where(upper, ndtr(-lo) - ndtr(-hi), ndtr(hi) - ndtr(lo))
+    return -np.log2(np.maximum(mass, 2.0 ** -24))
+
+
 class StackUnderflow(RuntimeError):
     """A pop could read past the bottom of the stack (more initial bits are needed)."""
 
@@ -190,6 +204,31 @@ class Stack:
     def pop(self, table):
         symbols = self.coder.decode(_CATEGORICAL, table.probs)
         self.info_bits -= float(table.info(symbols).sum())
+        return symbols.astype(np.int64)
+
+    def push_iid(self, symbols, table):
+        """Symbols all drawn from the one row of `table` (one model for the whole vector: no per-symbol rows)."""
+        symbols = np.asarray(symbols, np.int32).ravel()
+        self.coder.encode_reverse(symbols, constriction.stream.model.Categorical(table.probs[0], perfect=False))
+        self.info_bits += float(table.info(symbols[:, None]).sum())
+
+    def pop_iid(self, count, table):
+        symbols = self.coder.decode(constriction.stream.model.Categorical(table.probs[0], perfect=False), count)
+        self.info_bits -= float(table.info(symbols[:, None]).sum())
+        return symbols.astype(np.int64)
+
+    def push_gaussian(self, symbols, means, stds, lo, hi):
+        """Integers in [lo, hi], each a Gaussian (its own mean and std, float64) integrated over [s - 1/2, s + 1/2]:
+        constriction's QuantizedGaussian, leaky (every integer in range keeps a nonzero probability)."""
+        symbols = np.asarray(symbols, np.int32).ravel()
+        means, stds = _f64(means), _f64(stds)
+        self.coder.encode_reverse(symbols, constriction.stream.model.QuantizedGaussian(lo, hi), means, stds)
+        self.info_bits += float(gaussian_info(symbols, means, stds).sum())
+
+    def pop_gaussian(self, means, stds, lo, hi):
+        means, stds = _f64(means), _f64(stds)
+        symbols = self.coder.decode(constriction.stream.model.QuantizedGaussian(lo, hi), means, stds)
+        self.info_bits -= float(gaussian_info(symbols, means, stds).sum())
         return symbols.astype(np.int64)
 
     def push_uniform(self, symbols, sizes):

@@ -100,6 +100,7 @@ class ImageCodec(training.LossModel):
     exactly what `decompress` does.
     """
     METRICS = ("loss", "bpp", "mse")
+    range_coded = True  # False: eval, compress and decompress are another script's (bb_sga.py)
 
     def __init__(self, lmbda, **kwargs):
         super().__init__(**kwargs)
@@ -138,13 +139,13 @@ class ImageCodec(training.LossModel):
         offset = self.coders[0].quantization_offset
         offset = 0.0 if offset is None else offset
         z_q = soften(z - offset) + offset
-        return z_q, _bits(self.hyperprior.prob(z_q))
+        return z_q, bits(self.hyperprior.prob(z_q))
 
     @staticmethod
     def y_bits(y_q, mean, index):
         """Bits per image of y_q under the Gaussian conditional (convolved with U(-1/2, 1/2)) of `index`."""
         index = tf.clip_by_value(index, 0.0, NUM_SCALES - 1.0)  # as the entropy model clips its indexes
-        return _bits(tfc.NoisyNormal(loc=mean, scale=scale_fn(index)).prob(y_q))
+        return bits(tfc.NoisyNormal(loc=mean, scale=scale_fn(index)).prob(y_q))
 
     # ---- coding ----
 
@@ -188,7 +189,7 @@ class ImageCodec(training.LossModel):
 LIKELIHOOD_BOUND = 1e-9
 
 
-def _bits(prob):
+def bits(prob):
     """Bits per image [batch] of per-element probabilities [batch, h, w, c]."""
     return -tf.reduce_sum(tf.math.log(tfc.lower_bound(prob, LIKELIHOOD_BOUND)), axis=(1, 2, 3)) / np.log(2.0)
 
@@ -298,6 +299,9 @@ def main(argv, script, model_class, add_model_flags, arch_flags, description):
         model = model_class(lmbda=args.lmbda, **arch)
         model.build_weights()
     report_params(model, script)
+    if args.command != "train" and not model.range_coded:
+        raise InputError(f"{args.command}: this model (--hyper_posterior gaussian) is coded by bits-back: use "
+                         f"bb_sga.py")
     if args.command == "train":
         return train(args, model, run_dir, args.train_glob or args.dataset, source, what)
     restored = restore(model, run_dir, args.verbose)
@@ -320,8 +324,10 @@ def train(args, model, run_dir, dataset, source, what="--dataset"):
 
 
 def identity_of(script, arch, model):
-    """The model's identity for the file header: its script, architecture flags and trained weights."""
-    return coding.model_id(script, dict(arch), [w.numpy() for w in model.trainable_weights])
+    """The model's identity for the file header: its script, architecture flags (those set: an unset flag takes
+    its default from another, or a later flag's default is the earlier model) and trained weights."""
+    return coding.model_id(script, {k: v for k, v in arch.items() if v is not None},
+                           [w.numpy() for w in model.trainable_weights])
 
 
 def restore(model, run_dir, verbose):

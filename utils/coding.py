@@ -26,7 +26,7 @@ from utils.cli import InputError
 
 MAGIC = b"RDSc"
 FORMAT_VERSION = 1
-KINDS = {"mbt2018": 1, "ms2020": 2, "resnet_vae": 3, "mcbits": 4}
+KINDS = {"mbt2018": 1, "ms2020": 2, "resnet_vae": 3, "mcbits": 4, "bb_sga": 5}
 ID_BYTES = 8
 
 

@@ -9,6 +9,7 @@ throughout).
 import functools
 from typing import NamedTuple
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_compression as tfc
 
@@ -18,11 +19,12 @@ from utils.cli import InputError, positive_int
 
 # ---- mbt2018: mean-scale hyperprior (Minnen, Ballé & Toderici, NeurIPS 2018) --------------------
 
-def mbt2018_hyper_analysis(num_filters):
+def mbt2018_hyper_analysis(num_filters, outputs=None):
+    """`outputs` channels at the end (default num_filters; the bits-back model's posterior needs two per z)."""
     return tf.keras.Sequential([
         codec.conv(num_filters, 3, 1, tf.nn.relu),
         codec.conv(num_filters, 5, 2, tf.nn.relu),
-        codec.conv(num_filters, 5, 2, use_bias=False),
+        codec.conv(outputs or num_filters, 5, 2, use_bias=False),
     ], name="hyper_analysis")
 
 
@@ -87,11 +89,87 @@ class MeanScaleHyperprior(codec.ImageCodec):
         return self.synthesis(em_y.decompress(strings[1:2], index, loc=mean)) * 255
 
 
+class BitsBackHyperprior(codec.ImageCodec):
+    """mbt2018 with a Gaussian hyper-posterior, for lossy bits-back coding (the NeurIPS 2020 paper's mbt2018_bb).
+
+    Generative model: z ~ p(z) (a deep factorized density), y_hat ~ Gaussian(mu(z), sigma(z)) convolved with
+    U(-1/2, 1/2) on the integers, x_hat = g_s(y_hat). Inference: y = g_a(x) rounded (uniform noise in
+    training), and z ~ q(z | y_hat) = Gaussian(mean, exp(logvar / 2)) from the hyper-analysis of y_hat.
+    The rate is the bits-back net rate, -log p(y_hat | z) - log p(z) + log q(z | y_hat), with one sample of z:
+    bb_sga.py codes exactly this with an ANS stack (z discretized on a fine grid). Its y grid is the integers,
+    not the predicted means, since those depend on z, which is drawn given y_hat. Not range coded: mbt2018.py
+    trains it, bb_sga.py codes it.
+    """
+    pad_multiple = 64
+    range_coded = False
+
+    def __init__(self, lmbda, num_filters, latent_depth):
+        super().__init__(lmbda)
+        self.latent_depth = latent_depth = latent_depth or num_filters
+        self.analysis = codec.analysis_transform(num_filters, latent_depth)
+        self.synthesis = codec.synthesis_transform(num_filters)
+        self.hyper_analysis = mbt2018_hyper_analysis(num_filters, outputs=2 * num_filters)
+        self.hyper_synthesis = mbt2018_hyper_synthesis(num_filters, latent_depth)
+        self.hyperprior = tfc.DeepFactorized(batch_shape=[num_filters])
+
+    def entropy_models(self, compression):
+        return None  # bits-back coding builds its own tables (bb_sga.py)
+
+    def posterior(self, y_hat):
+        """The mean and log-variance of q(z | y_hat)."""
+        return tf.split(self.hyper_analysis(y_hat), 2, axis=-1)
+
+    def conditional(self, z):
+        """The mean and scale of p(y_hat | z); the scale is continuous (no index table: ANS takes any)."""
+        mean, log_index = tf.split(self.hyper_synthesis(z), 2, axis=-1)
+        index = tf.clip_by_value(tf.exp(log_index), 0.0, codec.NUM_SCALES - 1.0)
+        return mean, codec.scale_fn(index)
+
+    def sample_z(self, z_mean, z_logvar, noise):
+        return z_mean + tf.exp(0.5 * z_logvar) * noise
+
+    def net_bits(self, y_hat, z, z_mean, z_logvar):
+        """-log2 p(y_hat | z) - log2 p(z) + log2 q(z | y_hat), per image."""
+        mean, scale = self.conditional(z)
+        y_bits = codec.bits(tfc.NoisyNormal(loc=mean, scale=scale).prob(y_hat))
+        z_bits = codec.bits(self.hyperprior.prob(z))
+        log_q = -0.5 * (z_logvar + np.log(2 * np.pi) + tf.square(z - z_mean) * tf.exp(-z_logvar))
+        return y_bits + z_bits + tf.reduce_sum(log_q, axis=(1, 2, 3)) / np.log(2.0)
+
+    def forward(self, x, ems, training):
+        y = self.analysis(x / 255)
+        y_hat = y + tf.random.uniform(tf.shape(y), -0.5, 0.5) if training else tf.round(y)
+        z_mean, z_logvar = self.posterior(y_hat)
+        z = self.sample_z(z_mean, z_logvar, tf.random.normal(tf.shape(z_mean)))
+        return self.synthesis(y_hat) * 255, self.net_bits(y_hat, z, z_mean, z_logvar)
+
+    def latents(self, x):
+        """[y, mean and log-variance of q(z | y)]: what bb_sga.py optimizes."""
+        y = self.analysis(x / 255)
+        return [y, *self.posterior(y)]
+
+    def relaxed(self, latents, soften, hard=False):
+        """x_hat and the net bits with y softened on the integers and one draw of z from the given q."""
+        y, z_mean, z_logvar = latents
+        y_q = soften(y)
+        z = self.sample_z(z_mean, z_logvar, tf.random.normal(tf.shape(z_mean)))
+        return self.synthesis(y_q) * 255, self.net_bits(y_q, z, z_mean, z_logvar)
+
+
+def make_mbt2018(lmbda, num_filters, latent_depth, hyper_posterior=None):
+    """The mean-scale hyperprior, or with `hyper_posterior="gaussian"` its bits-back variant."""
+    cls = BitsBackHyperprior if hyper_posterior == "gaussian" else MeanScaleHyperprior
+    return cls(lmbda, num_filters, latent_depth)
+
+
 def add_mbt2018_flags(parser):
     parser.add_argument("--num_filters", type=positive_int, default=192,
                         help="channels of the transforms and of the hyper-latents")
     parser.add_argument("--latent_depth", type=positive_int,
                         help="channels of the latents (default: --num_filters; the paper uses 320 at high rates)")
+    parser.add_argument("--hyper_posterior", choices=("deterministic", "gaussian"),
+                        help="deterministic (the default): z = h_a(y), range coded; gaussian: q(z | y_hat) for "
+                             "lossy bits-back coding with bb_sga.py (named in the run folder only when given)")
 
 
 # ---- ms2020: channel-wise autoregressive model (Minnen & Singh, ICIP 2020) ----------------------
@@ -234,7 +312,7 @@ class ModelSpec(NamedTuple):
 
 
 MODELS = {
-    "mbt2018": ModelSpec(MeanScaleHyperprior, add_mbt2018_flags, ("num_filters", "latent_depth")),
+    "mbt2018": ModelSpec(make_mbt2018, add_mbt2018_flags, ("num_filters", "latent_depth", "hyper_posterior")),
     "ms2020": ModelSpec(ChannelwiseAutoregressive, add_ms2020_flags,
                         ("num_filters", "latent_depth", "hyperprior_depth", "num_slices", "max_support_slices")),
 }
