@@ -47,7 +47,7 @@ from pathlib import Path
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
-from utils import ans, coding, jsonl, mnist, runs  # noqa: E402
+from utils import ans, coding, jsonl, mnist, runs, train_flags  # noqa: E402
 from utils.cli import InputError, positive_float, positive_int, run  # noqa: E402
 
 DIM = mnist.DIM
@@ -362,8 +362,7 @@ def parse_args(argv):
     t.add_argument("--lr_schedule", default="constant", help="step, cosine or constant (utils/training.py)")
     t.add_argument("--max_validation_steps", type=positive_int, default=2, help="batches of 500 test images")
     t.add_argument("--cont", action="store_true", help="resume the run's latest checkpoint")
-    from utils import training
-    training.add_run_flags(t)
+    train_flags.add_run_flags(t)
 
     for name, help_ in (("compress", "code test images into one message; report net, total and ideal rates"),
                         ("decompress", "decode a message file into images")):

@@ -24,7 +24,7 @@ import tensorflow as tf
 import tensorflow_compression as tfc
 import tensorflow_probability as tfp
 
-from utils import flows, jsonl, rd, runs, training
+from utils import flows, jsonl, rd, runs, train_flags, training
 from utils.cli import InputError, int_list, positive_float, positive_int, run
 from utils.nn import ACTIVATIONS, get_activation, make_mlp
 from utils.priors import PRIOR_TYPES, make_prior
@@ -134,7 +134,7 @@ def parse_args(argv):
     t.add_argument("--max_validation_steps", type=positive_int,
                    help="validation batches per epoch (default: the whole test file; 10 for samplers)")
     # The paper's rdub_mlp.py: step decay, no warm-up ramp, no plateau reductions.
-    training.add_schedule_flags(t, lr_schedule="step", warmup=0, patience=0)
+    train_flags.add_schedule_flags(t, lr_schedule="step", warmup=0, patience=0)
     t.add_argument("--cont", action="store_true", help="resume the run's latest checkpoint")
 
     e = sub.add_parser("eval", help="estimate the bound on held-out data, with standard errors")

@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import ROOT, run_script
-from utils import jsonl, training
+from utils import jsonl, train_flags, training
 from utils.cli import InputError, run
 
 GLOBAL_BATCH, STEPS = 8, 3
@@ -187,7 +187,7 @@ def test_malformed_tf_config_is_one_line_and_exit_2(monkeypatch, capsys, config,
 def test_scripts_not_built_in_scope_refuse_a_strategy(tmp_path, monkeypatch):
     # A script that takes the flags but does not build its model under strategy_scope yet: one clear error.
     p = argparse.ArgumentParser()
-    training.add_schedule_flags(p, "constant", 0, 0)
+    train_flags.add_schedule_flags(p, "constant", 0, 0)
     args = p.parse_args(["--strategy", "mirrored"])
     monkeypatch.setattr(training, "_strategy", None)
     with pytest.raises(InputError, match="strategy_scope"):

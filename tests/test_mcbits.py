@@ -1,12 +1,14 @@
 """mcbits.py and utils/ans.py: exact count-table inverses, lossless round trips of every coder (the stack back at
 its initial words), the net rate against the discretized bound, and bad input."""
 import json
+import subprocess
+import sys
 import math
 
 import numpy as np
 import pytest
 
-from conftest import data_path, run_script
+from conftest import ROOT, data_path, run_script
 from utils import ans
 
 import mcbits
@@ -146,6 +148,13 @@ def test_cli_compress_decompress_and_bad_input(tmp_path):
     assert len((results / "mcbits.jsonl").read_text().splitlines()) == 1
     run_script("mcbits.py", *ARCH, "--weights", weights, "decompress", message, "--output", decoded, check=True)
     assert np.array_equal(np.load(decoded), np.load(images))
+    # Decoding is numpy and constriction only: TensorFlow is never imported (start-up in a fraction of a second).
+    argv = ["mcbits.py", *map(str, ARCH), "--weights", str(weights), "decompress", str(message), "--output",
+            str(tmp_path / "d2.npy")]
+    code = (f"import runpy, sys; sys.argv = {argv!r}; runpy.run_path('mcbits.py', run_name='__main__'); "
+            f"print('tensorflow' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().splitlines()[-1] == "False", proc.stderr
 
     def refused(*args, says):
         proc = run_script("mcbits.py", *args, check=False)

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_compression as tfc
 
-from utils import coding, gan_sources, image_data, images, jsonl, training
+from utils import coding, gan_sources, image_data, images, jsonl, train_flags, training
 from utils.cli import InputError, positive_float, positive_int
 from utils.runs import atomic_save_npz, atomic_write_bytes, run_name
 from utils.sources import resolve_path
@@ -222,7 +222,7 @@ def add_image_train_flags(t):
     t.add_argument("--steps_per_epoch", type=positive_int, default=1000)
     t.add_argument("--lr", type=positive_float, default=1e-4)
     # The paper's image training: a constant rate, halved on plateaus of val_loss after 100 epochs.
-    training.add_schedule_flags(t, lr_schedule="constant", warmup=100, patience=10)
+    train_flags.add_schedule_flags(t, lr_schedule="constant", warmup=100, patience=10)
     t.add_argument("--max_validation_steps", type=positive_int, default=16,
                    help="validation batches per epoch (at most)")
     t.add_argument("--cont", action="store_true", help="resume the run's latest checkpoint")

@@ -44,17 +44,16 @@ from pathlib import Path
 import tensorflow as tf
 
 from utils import jsonl
-from utils.cli import InputError, positive_int
+from utils.cli import InputError
 from utils.runs import LOG_NAME, save_flags
+from utils.train_flags import SCHEDULES, STRATEGIES
 
-SCHEDULES = ("step", "cosine", "constant")
 STEP_DECAY = 0.2
 STEP_FRACTIONS = (1 / 2, 3 / 4, 7 / 8)
 # The paper's reduce-on-plateau constants (and early stopping's improvement threshold).
 MIN_DELTA = 1e-4
 MIN_LR = 1e-6
 MAX_STEPS_PER_EXECUTION = 100
-STRATEGIES = ("default", "mirrored", "multiworker")
 TB_NAME = "tb"
 _strategy = None  # the process's strategy once make_strategy has run (a process has one)
 
@@ -412,38 +411,6 @@ class LossModel(tf.keras.Model):
         for t in self.trackers:
             t.update_state(values[t.name])
         return {t.name: t.result() for t in self.trackers}
-
-
-def add_schedule_flags(t, lr_schedule, warmup, patience):
-    """The `train` flags of the learning-rate schedule and early stopping, with a script's defaults (the paper's:
-    rdub_mlp.py "step" and no plateau; the image scripts "constant" with warm-up 100 and patience 10)."""
-    t.add_argument("--lr_schedule", choices=SCHEDULES, default=lr_schedule,
-                   help="'step': x0.2 at 1/2, 3/4 and 7/8 of the epochs (the paper's rdub_mlp.py); 'cosine'; "
-                        "'constant' (see utils/training.py)")
-    t.add_argument("--lr_ramp", type=int, default=0,
-                   help="linear warm-up of the rate from lr/100 over this many steps (not in the paper; 0: none)")
-    t.add_argument("--warmup", type=int, default=warmup,
-                   help="epochs before reduce-on-plateau (and early stopping) may act")
-    t.add_argument("--patience", type=int, default=patience,
-                   help="reduce-on-plateau: lower the rate after this many epochs without an improvement of 1e-4 "
-                        "in val_loss (loss without validation data); 0: off")
-    t.add_argument("--lr_decay_factor", type=float, default=0.5,
-                   help="reduce-on-plateau's multiplier of the rate (floor 1e-6)")
-    t.add_argument("--early_stop", type=positive_int,
-                   help="stop after this many epochs without an improvement of 1e-4 (default: never)")
-    add_run_flags(t)
-
-
-def add_run_flags(t):
-    """The `train` flags of distribution and TensorBoard (add_schedule_flags includes them)."""
-    t.add_argument("--strategy", choices=STRATEGIES, default="default",
-                   help="'mirrored': data-parallel over this machine's GPUs; 'multiworker': over the machines "
-                        "of TF_CONFIG (docs/distributed.md). --batchsize stays the global batch")
-    t.add_argument("--cpu_devices", type=int, default=0,
-                   help="with --strategy mirrored and no GPU: mirror over this many logical CPU devices "
-                        "(to check the distributed path; no speed-up)")
-    t.add_argument("--tensorboard", action="store_true",
-                   help="also write each epoch's metrics and lr as TensorBoard scalars into <run folder>/tb")
 
 
 def _check_schedule_flags(args):

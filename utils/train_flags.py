@@ -1,0 +1,39 @@
+"""The `train` flags of the shared training loop (utils/training.py): schedules, early stopping, distribution,
+TensorBoard. Apart from utils/training.py so that a script can define them without importing TensorFlow (a
+subcommand that never trains, such as mcbits.py decompress, then starts in a fraction of a second)."""
+from utils.cli import positive_int
+
+SCHEDULES = ("step", "cosine", "constant")
+STRATEGIES = ("default", "mirrored", "multiworker")
+
+
+def add_schedule_flags(t, lr_schedule, warmup, patience):
+    """The `train` flags of the learning-rate schedule and early stopping, with a script's defaults (the paper's:
+    rdub_mlp.py "step" and no plateau; the image scripts "constant" with warm-up 100 and patience 10)."""
+    t.add_argument("--lr_schedule", choices=SCHEDULES, default=lr_schedule,
+                   help="'step': x0.2 at 1/2, 3/4 and 7/8 of the epochs (the paper's rdub_mlp.py); 'cosine'; "
+                        "'constant' (see utils/training.py)")
+    t.add_argument("--lr_ramp", type=int, default=0,
+                   help="linear warm-up of the rate from lr/100 over this many steps (not in the paper; 0: none)")
+    t.add_argument("--warmup", type=int, default=warmup,
+                   help="epochs before reduce-on-plateau (and early stopping) may act")
+    t.add_argument("--patience", type=int, default=patience,
+                   help="reduce-on-plateau: lower the rate after this many epochs without an improvement of 1e-4 "
+                        "in val_loss (loss without validation data); 0: off")
+    t.add_argument("--lr_decay_factor", type=float, default=0.5,
+                   help="reduce-on-plateau's multiplier of the rate (floor 1e-6)")
+    t.add_argument("--early_stop", type=positive_int,
+                   help="stop after this many epochs without an improvement of 1e-4 (default: never)")
+    add_run_flags(t)
+
+
+def add_run_flags(t):
+    """The `train` flags of distribution and TensorBoard (add_schedule_flags includes them)."""
+    t.add_argument("--strategy", choices=STRATEGIES, default="default",
+                   help="'mirrored': data-parallel over this machine's GPUs; 'multiworker': over the machines "
+                        "of TF_CONFIG (docs/distributed.md). --batchsize stays the global batch")
+    t.add_argument("--cpu_devices", type=int, default=0,
+                   help="with --strategy mirrored and no GPU: mirror over this many logical CPU devices "
+                        "(to check the distributed path; no speed-up)")
+    t.add_argument("--tensorboard", action="store_true",
+                   help="also write each epoch's metrics and lr as TensorBoard scalars into <run folder>/tb")
