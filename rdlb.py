@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from utils import jsonl, rd, runs  # TensorFlow is imported where needed, so that bad input fails in a second
+from utils import Progress, jsonl, rd, runs  # TensorFlow is imported where needed, so that bad input fails in a second
 from utils.cli import InputError, float_list, int_list, nonnegative_float, positive_int, run
 from utils.sources import make_source
 
@@ -446,12 +446,14 @@ def evaluate_ckpt(args, source, prefix, lamb):
     draw, split = eval_draws(source)
     log_ck, neg_log_u, iters, capped = np.zeros(m), np.zeros(m), np.zeros(m), np.zeros(m, bool)
     t0 = time.time()
+    bar = Progress(m, verbose=args.verbose, unit="draw")
     for j in range(m):
         x = tf.constant(draw(k, [args.seed, j]), tf.float32)
         lc, nlu, it, cap = bound.draw(x)
         log_ck[j], neg_log_u[j], iters[j], capped[j] = lc.numpy(), nlu.numpy(), it.numpy(), cap.numpy()
         if args.verbose:
             print(f"draw {j + 1}/{m}: log C_k={log_ck[j]:.5g} E[-log u]={neg_log_u[j]:.5g} iters={int(iters[j])}")
+        bar.update(j + 1, log_Ck=log_ck[j])
     if capped.any():
         # A start stopped before converging may have missed the sup: C_k too small, the estimate too high.
         print(f"warning: {int(capped.sum())} of {m} draws hit --y_steps {args.y_steps} before every start "

@@ -114,9 +114,10 @@ class Progress:
     """
 
     def __init__(self, total, verbose=False, unit="step", values=()):
+        """`total` steps (None when unknown: the bar counts without an end; finish it with finalize=True)."""
         tty = getattr(sys.stderr, "isatty", lambda: False)()
         self.bar = None
-        if (tty or verbose) and total > 0:
+        if (tty or verbose) and (total is None or total > 0):  # None: an unknown number of steps
             import tensorflow as tf
             with contextlib.redirect_stdout(sys.stderr):  # Progbar writes to sys.stdout
                 # `values` are shown as they are, not averaged over the steps (Progbar's default).

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_compression as tfc
 
-from utils import coding, gan_sources, image_data, images, jsonl, train_flags, training
+from utils import Progress, coding, gan_sources, image_data, images, jsonl, train_flags, training
 from utils.cli import InputError, positive_float, positive_int
 from utils.runs import atomic_save_npz, atomic_write_bytes, run_name
 from utils.sources import resolve_path
@@ -414,6 +414,7 @@ def evaluate_images(items, measure, npz_path, results_path, record, verbose=Fals
     standard error (the image sandwich's check).
     """
     rows = []
+    bar = Progress(None, verbose=verbose, unit="image")
     for name, image, channels in items:
         source_image = images.to_channels(image, channels)
         out = measure(image, channels)
@@ -425,6 +426,8 @@ def evaluate_images(items, measure, npz_path, results_path, record, verbose=Fals
         if verbose:
             print(" ".join(f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
                   file=sys.stderr)
+        bar.update(len(rows), **{rate_key: row[rate_key]})
+    bar.update(len(rows), finalize=True)
     if not rows:
         raise InputError("the evaluation set is empty")
     arrays = {k: np.array([r[k] for r in rows]) for k in rows[0]}
