@@ -151,6 +151,30 @@ def test_rdub_mlp_mirrored_with_tensorboard(tmp_path):
     assert json.loads((run_dir / "flags.json").read_text())["strategy"] == "mirrored"
 
 
+def test_image_model_tensorboard_shows_inputs_above_their_reconstructions(tmp_path):
+    """An image model's --tensorboard run also writes, per epoch, a few validation images each stacked above
+    its reconstruction (PNG summaries of twice the crop's height)."""
+    import mbt2018
+    from PIL import Image
+    from test_codecs import smooth_image
+    for i in range(2):
+        Image.fromarray(smooth_image(80, 96, i)).save(tmp_path / f"t{i}.png")
+    mbt2018.main(["--checkpoint_dir", str(tmp_path / "ckpt"), "--num_filters", "8", "train", "--train_glob",
+                  str(tmp_path / "*.png"), "--patchsize", "64", "--batchsize", "2", "--epochs", "2",
+                  "--steps_per_epoch", "1", "--max_validation_steps", "1", "--tensorboard"])
+    (run_dir,) = (tmp_path / "ckpt").iterdir()
+    steps = {}
+    for path in (run_dir / "tb").glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for v in event.summary.value:
+                if v.tag == "input above reconstruction":
+                    steps[event.step] = tf.make_ndarray(v.tensor)
+    assert sorted(steps) == [1, 2]
+    width, height, *pngs = steps[2]
+    assert (int(width), int(height)) == (64, 128) and len(pngs) == 2
+    pair = tf.io.decode_png(pngs[0]).numpy().astype(int)
+    assert pair.shape == (128, 64, 3) and np.abs(pair[:64] - pair[64:]).mean() > 1  # a reconstruction, not a copy
+
 
 def test_mirrored_without_gpu_falls_back_with_one_warning(monkeypatch):
     if tf.config.list_logical_devices("GPU") or len(tf.config.list_logical_devices("CPU")) > 1:

@@ -125,6 +125,9 @@ class ImageCodec(training.LossModel):
     def call(self, x, training=False):
         return self.losses_of(x, training)["loss"]
 
+    def reconstruct(self, x):
+        return self.forward(x, self.entropy_models(compression=False), training=False)[0]
+
     def build_weights(self):
         """Creates the variables (a forward pass on a small dummy batch), so checkpoints can be restored."""
         self(tf.zeros([1, self.pad_multiple, self.pad_multiple, 3]))

@@ -197,6 +197,9 @@ class ResNetVAE(training.LossModel):
     def call(self, x, training=False):
         return self.losses_of(x)["loss"]
 
+    def reconstruct(self, x):
+        return self.forward(x)[0]
+
     def build_weights(self):
         side = self.img_dim or self.pad_multiple  # the smallest input: building costs little even at 256 filters
         self(tf.zeros([1, side, side, 3]))

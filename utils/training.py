@@ -55,6 +55,7 @@ MIN_DELTA = 1e-4
 MIN_LR = 1e-6
 MAX_STEPS_PER_EXECUTION = 100
 TB_NAME = "tb"
+PREVIEW_IMAGES = 3  # reconstructions per epoch in TensorBoard
 _strategy = None  # the process's strategy once make_strategy has run (a process has one)
 
 
@@ -255,6 +256,7 @@ class _Logger(tf.keras.callbacks.Callback):
         super().__init__()
         self.manager, self.epoch_var, self.log_path = manager, epoch_var, log_path
         self.chief, self.tb_writer = chief, tb_writer
+        self.preview = None  # images shown with their reconstructions in TensorBoard (fit sets them)
         self.schedule, self.plateau = schedule, plateau
         self.warmup, self.early_stop, self.monitor = warmup, early_stop, monitor
         self.records = list(history)
@@ -267,6 +269,13 @@ class _Logger(tf.keras.callbacks.Callback):
         value = record.get(self.monitor)
         if value is not None and value < self.best - MIN_DELTA:
             self.best, self.best_epoch = value, record["epoch"]
+
+    def _write_images(self, step):
+        """A few images, each above its reconstruction, when the model reconstructs images."""
+        x_hat = None if self.preview is None else self.model.reconstruct(self.preview)
+        if x_hat is not None:
+            pair = tf.concat([self.preview, tf.clip_by_value(x_hat, 0.0, 255.0)], axis=1) / 255.0
+            tf.summary.image("input above reconstruction", pair, step=step, max_outputs=PREVIEW_IMAGES)
 
     def on_train_begin(self, logs=None):
         self.start = time.perf_counter()
@@ -291,6 +300,7 @@ class _Logger(tf.keras.callbacks.Callback):
                     for key, value in record.items():
                         if key not in ("epoch", "step", "time"):
                             tf.summary.scalar(key, value, step=done)
+                    self._write_images(done)
                 self.tb_writer.flush()
         if message and self.chief:
             print(message, file=sys.stderr)
@@ -316,7 +326,8 @@ def fit(model, train_ds, val_ds, run_dir, *, epochs, steps_per_epoch, lr, lr_sch
     (`warmup`, `patience`, `lr_decay_factor`; see the module docstring). With `early_stop`, training stops once
     the monitored loss has not improved by 1e-4 for that many epochs, never within the first `warmup` epochs.
     The model trains under the strategy it was built in (see strategy_scope); its batches are global batches.
-    `tensorboard` also writes the records as TensorBoard scalars into `run_dir`/tb.
+    `tensorboard` also writes the records as TensorBoard scalars into `run_dir`/tb (and, for a model whose
+    `reconstruct` returns images, a few validation images above their reconstructions).
     Returns the list of all epoch records of the run (earlier sessions included).
     """
     if val_ds is not None and max_validation_steps is not None:
@@ -361,6 +372,9 @@ def fit(model, train_ds, val_ds, run_dir, *, epochs, steps_per_epoch, lr, lr_sch
         tb_writer = tf.summary.create_file_writer(str(run_dir / TB_NAME)) if tensorboard and chief else None
         logger = _Logger(manager, epoch_var, log_path, schedule, plateau, history, warmup, early_stop, monitor,
                          chief, tb_writer)
+        if tb_writer is not None:  # the same few (validation) images every epoch, to watch them improve
+            batch = next(iter((val_ds if val_ds is not None else train_ds).take(1)))
+            logger.preview = batch[:PREVIEW_IMAGES] if batch.shape.rank == 4 else None
         # Verbose: a progress bar on a terminal, one line per epoch otherwise (logs, captured test output).
         keras_verbose = (1 if sys.stdout.isatty() else 2) if verbose and chief else 0
         model.fit(_sharded(train_ds).prefetch(tf.data.AUTOTUNE), epochs=epochs, initial_epoch=initial_epoch,
@@ -411,6 +425,10 @@ class LossModel(tf.keras.Model):
         for t in self.trackers:
             t.update_state(values[t.name])
         return {t.name: t.result() for t in self.trackers}
+
+    def reconstruct(self, x):
+        """An image model's reconstruction of a batch x on [0, 255] (for TensorBoard); None: not an image model."""
+        return None
 
 
 def _check_schedule_flags(args):
