@@ -266,10 +266,11 @@ def compress(args):
     posterior = rate_posterior(model, rate_iterations, float(np.float32(args.rate_lr)), args.seed)
     results = Path(args.results_dir)
     results.mkdir(parents=True, exist_ok=True)
+    label = images.dataset_label(args.eval_imgs) + (f"-crop={args.crop}" if args.crop else "")
     record = dict(method=f"mbt2018+bb_{args.method}", inference=f"bb_{args.method}", run=run_dir.name,
-                  checkpoint=str(checkpoint), dataset=str(args.eval_imgs), crop=args.crop, iterations=args.iterations,
-                  rate_iterations=rate_iterations, z_bin_width=args.z_bin_width, seed=args.seed,
-                  **{"lambda": args.lmbda_used})
+                  checkpoint=str(checkpoint), dataset=label, eval_imgs=str(args.eval_imgs), crop=args.crop,
+                  iterations=args.iterations, rate_iterations=rate_iterations, z_bin_width=args.z_bin_width,
+                  seed=args.seed, **{"lambda": args.lmbda_used})
     batches = defaultdict(list)
     for k, item in enumerate(items):
         batches[item[1].shape].append(k)
@@ -284,7 +285,6 @@ def compress(args):
             outputs[k] = code_image(model, identity, grid, posterior, y_hats[j:j + 1], image, channels, args,
                                     results / f"{Path(name).stem}.bbi")
     remaining = iter(outputs)
-    label = images.dataset_label(args.eval_imgs) + (f"-crop={args.crop}" if args.crop else "")
     npz = results / (f"bb_{args.method}-lmbda={args.lmbda_used!r}-iterations={args.iterations}+{run_dir.name}"
                      f"-dataset={label}.npz")
     return codec.evaluate_images(items, lambda image, channels: next(remaining), npz, results / codec.RESULTS_NAME,

@@ -29,11 +29,13 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from utils import codec, coding, images, inference
+from utils import codec, coding, images, inference, jsonl
 from utils.cli import InputError, positive_float, positive_int, run
 from utils.image_models import MODELS
 from utils.inference import DEFAULT_LR, METHODS
 from utils.runs import atomic_write_bytes
+
+BASELINE_NAME = "baseline.jsonl"  # in --results_dir: the amortized encoder's record of each run
 
 
 
@@ -101,8 +103,9 @@ def compress(args):
     results = Path(args.results_dir)
     results.mkdir(parents=True, exist_ok=True)
     script = args.model
+    label = images.dataset_label(args.eval_imgs) + (f"-crop={args.crop}" if args.crop else "")
     record = dict(method=f"{script}+{args.method}", inference=args.method, run=run_dir.name,
-                  checkpoint=str(checkpoint), dataset=str(args.eval_imgs), crop=args.crop,
+                  checkpoint=str(checkpoint), dataset=label, eval_imgs=str(args.eval_imgs), crop=args.crop,
                   iterations=args.iterations, lr=args.lr, seed=args.seed, **{"lambda": lmbda})
     batches = defaultdict(list)
     for k, item in enumerate(items):
@@ -125,10 +128,14 @@ def compress(args):
                               iterations_run=int(iterations_run[j]),
                               **baseline(model, identity, script, image, channels))
     remaining = iter(outputs)
-    label = images.dataset_label(args.eval_imgs) + (f"-crop={args.crop}" if args.crop else "")
     npz = results / f"{args.method}-lmbda={lmbda!r}-iterations={args.iterations}+{run_dir.name}-dataset={label}.npz"
-    return codec.evaluate_images(items, lambda image, channels: next(remaining), npz, results / codec.RESULTS_NAME,
-                                 record, args.verbose)
+    out = codec.evaluate_images(items, lambda image, channels: next(remaining), npz, results / codec.RESULTS_NAME,
+                                record, args.verbose)
+    # The amortized encoder on the same images, as a record of its own: the anchor of a BD-rate (bd_rate.py).
+    jsonl.append(results / BASELINE_NAME, dict(
+        record, method=script, inference="amortized", **{k: out[f"base_{k}"] for k in ("bpp", "bpp_est", "psnr")},
+        npz=out["npz"], time=out["time"]))
+    return out
 
 
 def main(argv):

@@ -120,6 +120,9 @@ def test_sga_files_decode_with_plain_decompress_and_beat_the_amortized_encoder(r
     loss = arrays["bpp_est"] + lmbda * arrays["mse"]
     base_loss = arrays["base_bpp_est"] + lmbda * arrays["base_mse"]
     assert np.all(loss < base_loss), (loss, base_loss)
+    (anchor,) = [json.loads(line) for line in (res / sga.BASELINE_NAME).read_text().splitlines()]
+    assert anchor["inference"] == "amortized" and anchor["dataset"] == record["dataset"] == "imgs"
+    assert anchor["bpp"] == pytest.approx(np.mean(arrays["base_bpp"])) and anchor["psnr"] == record["base_psnr"]
     traj = [json.loads(line) for line in (res / inference.TRAJECTORY_NAME).read_text().splitlines()]
     assert sorted({r["iteration"] for r in traj}) == [10, 20, 30] and len(traj) == 9
     assert traj[0]["tau"] == 0.5 and traj[0]["inference"] == "sga"
