@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from utils import Progress, jsonl, rd, runs  # TensorFlow is imported where needed, so that bad input fails in a second
+from utils import Progress, jsonl, rd, runs, train_flags  # TensorFlow is imported where needed, so that bad input fails in a second
 from utils.cli import InputError, float_list, int_list, nonnegative_float, positive_int, run
 from utils.sources import make_source
 
@@ -209,18 +209,21 @@ class LaggingAlpha:
         self.started = tf.Variable(False, trainable=False, name="alpha_started")
 
     def loss(self, mean_neg_log_u, log_mean_ck):
-        """(loss, log alpha used, the clipped log mean C_k); call update(...) with the last two after the step."""
+        """(loss, log alpha used, the clipped log mean C_k, d loss / d log mean C_k), from values (no gradient
+        flows here: make_train_step applies the slope); call update(...) with the 2nd and 3rd after the step."""
         tf = self.tf
         first = tf.logical_not(self.started)
-        prev = tf.where(first, tf.stop_gradient(log_mean_ck), self.prev)  # the first step expands around itself
+        prev = tf.where(first, log_mean_ck, self.prev)  # the first step expands around itself
         log_alpha = tf.where(first, prev, self.log_alpha)
         mixed = tf.reduce_logsumexp(tf.stack([log_alpha + math.log(self.beta) if self.beta > 0 else -np.inf,
                                               prev + math.log1p(-self.beta)]))
         log_alpha = tf.where(tf.abs(prev - log_alpha) <= 10.0, mixed, log_alpha)
-        capped = log_mean_ck - tf.stop_gradient(tf.nn.relu(log_mean_ck - (prev + self.max_delta)))
-        clipped = tf.maximum(capped, prev - self.max_delta)
+        # Capped above, the value is held but the gradient kept; floored below, the gradient is dropped.
+        floored = log_mean_ck < prev - self.max_delta
+        clipped = tf.clip_by_value(log_mean_ck, prev - self.max_delta, prev + self.max_delta)
         linearized = tf.exp(clipped - log_alpha) + log_alpha - 1.0  # >= log mean C_k
-        return linearized - mean_neg_log_u, log_alpha, clipped
+        slope = tf.where(floored, 0.0, tf.exp(clipped - log_alpha))
+        return linearized - mean_neg_log_u, log_alpha, clipped, slope
 
     def update(self, log_alpha, clipped):
         self.log_alpha.assign(log_alpha)
@@ -228,21 +231,49 @@ class LaggingAlpha:
         self.started.assign(True)
 
 
-def make_train_step(bound, optimizer, num_draws, alpha):
+def make_train_step(bound, optimizer, num_draws, alpha, strategy):
+    """One training step on a global batch of num_draws x k samples, its draws shared out among the strategy's
+    replicas (each must get as many).
+
+    The loss couples the draws through log mean C_k, so each replica gathers every draw's log C_k (values) and
+    differentiates a surrogate with the same gradient: slope * sum_j w_j log C_j - E[-log u] / R over its own
+    draws, with w_j the softmax weight of draw j among all and slope = d loss / d log mean C_k. The optimizer
+    sums the replicas' gradients: the full loss's gradient, on one device or several."""
     tf = bound.tf
+    replicas = strategy.num_replicas_in_sync
+    per_replica = num_draws // replicas
+    variables = bound.net.trainable_variables
+
+    def replica_step(x):
+        ctx = tf.distribute.get_replica_context()
+        with tf.GradientTape() as tape:
+            mean_a, _, log_ck, iters = bound.terms(x, per_replica)
+            all_log_ck = ctx.all_gather(tf.stop_gradient(log_ck), axis=0)
+            log_total = tf.reduce_logsumexp(all_log_ck)
+            global_mean_a = ctx.all_reduce("sum", tf.stop_gradient(mean_a)) / replicas
+            loss, log_alpha, clipped, slope = alpha.loss(global_mean_a, log_total - math.log(num_draws))
+            weights = tf.stop_gradient(tf.exp(log_ck - log_total))
+            surrogate = slope * tf.reduce_sum(weights * log_ck) - mean_a / replicas
+        optimizer.apply_gradients(zip(tape.gradient(surrogate, variables), variables))
+        all_iters = ctx.all_gather(tf.cast(iters, tf.float32), axis=0)
+        return dict(objective=-loss, log_mean_Ck=log_total - math.log(num_draws), log_alpha=log_alpha,
+                    y_iters=tf.reduce_mean(all_iters), clipped=clipped)
 
     @tf.function
     def step(x):
-        with tf.GradientTape() as tape:
-            mean_a, log_mean_ck, log_ck, iters = bound.terms(x, num_draws)
-            loss, log_alpha, clipped = alpha.loss(mean_a, log_mean_ck)
-        grads = tape.gradient(loss, bound.net.trainable_variables)
-        optimizer.apply_gradients(zip(grads, bound.net.trainable_variables))
-        alpha.update(log_alpha, clipped)
-        return dict(objective=-loss, log_mean_Ck=log_mean_ck, log_alpha=log_alpha,
-                    y_iters=tf.reduce_mean(tf.cast(iters, tf.float32)))
+        out = strategy.experimental_local_results(strategy.run(replica_step, args=(x,)))[0]  # equal on all
+        alpha.update(out["log_alpha"], out.pop("clipped"))
+        return out
 
-    return step
+    def split(x):
+        """The global batch [num_draws * k, ...] as each replica's consecutive share of the draws."""
+        if replicas == 1:
+            return x
+        rows = tf.shape(x)[0] // replicas
+        return strategy.experimental_distribute_values_from_function(
+            lambda ctx: x[ctx.replica_id_in_sync_group * rows:(ctx.replica_id_in_sync_group + 1) * rows])
+
+    return lambda x: step(split(x))
 
 
 def step_decay(lr, last_step):
@@ -342,9 +373,15 @@ def anneal_schedule(targets, last_step):
 
 
 def train(args, source):
+    from utils import training
+    strategy = training.strategy_from_flags(args)  # before any other TensorFlow work (docs/distributed.md)
     import tensorflow as tf
     tf.keras.utils.set_random_seed(args.seed)
     k, m = args.batchsize, args.num_Ck_samples
+    if m % strategy.num_replicas_in_sync:
+        raise InputError(f"--num_Ck_samples {m}: the draws are shared out among the {strategy.num_replicas_in_sync} "
+                         f"replicas of --strategy {args.strategy}; give a multiple of that")
+    chief = training.is_chief(strategy)
     targets = None
     if args.anneal_lamb:
         if not args.target_lambs or min(args.target_lambs) <= 0:
@@ -361,21 +398,24 @@ def train(args, source):
         raise InputError(f"{run_dir} already holds checkpoints; pass --cont to resume it or choose another "
                          f"--checkpoint_dir")
 
-    bound = DualBound(args, getattr(source, "shape", (source.dim,)), targets[0] if targets else args.lamb)
-    lr = step_decay(args.lr, args.last_step) if args.lr_schedule else args.lr
-    optimizer = tf.keras.optimizers.Adam(lr, global_clipnorm=args.global_clipnorm)
-    step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-    alpha = LaggingAlpha(tf, args.beta, args.log_E_Ck_max_delta)
+    with strategy.scope():
+        bound = DualBound(args, getattr(source, "shape", (source.dim,)), targets[0] if targets else args.lamb)
+        lr = step_decay(args.lr, args.last_step) if args.lr_schedule else args.lr
+        optimizer = tf.keras.optimizers.Adam(lr, global_clipnorm=args.global_clipnorm)
+        step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        alpha = LaggingAlpha(tf, args.beta, args.log_E_Ck_max_delta)
     state = dict(step=step_var, log_alpha=alpha.log_alpha, prev_log_mean_Ck=alpha.prev, alpha_started=alpha.started)
     bound.adapt(source.sample(min(10000, 10 * k), seed=args.seed))
     if existing:
         restore(bound, existing[-1][1], optimizer, state)
         if args.verbose:
             print(f"resuming {existing[-1][1]}")
-    runs.make_run_dir(args.checkpoint_dir, run_dir.name)
-    runs.save_flags(run_dir, args)
+    if chief:
+        runs.make_run_dir(args.checkpoint_dir, run_dir.name)
+        runs.save_flags(run_dir, args)
     saver = tf.train.Checkpoint(log_u=bound.net, optimizer=optimizer, **state)
-    train_step = make_train_step(bound, optimizer, m, alpha)
+    train_step = make_train_step(bound, optimizer, m, alpha, strategy)
+    tb = tf.summary.create_file_writer(str(run_dir / training.TB_NAME)) if args.tensorboard and chief else None
     batches = iter(source.dataset(k * m, seed=args.seed + int(step_var.numpy())))
     log_path = run_dir / runs.LOG_NAME
     t0 = time.time()
@@ -390,11 +430,17 @@ def train(args, source):
         if step % args.log_interval == 0 or step == args.last_step:
             record = dict(step=step, lamb=lamb, **{k_: float(v) for k_, v in out.items()}, lr=lr_now,
                           time=time.time() - t0)
-            jsonl.append(log_path, record)
-            if args.verbose:
+            if chief:
+                jsonl.append(log_path, record)
+                if tb is not None:
+                    with tb.as_default():
+                        for key in ("objective", "log_mean_Ck", "log_alpha", "y_iters", "lr", "lamb"):
+                            tf.summary.scalar(key, record[key], step=step)
+                    tb.flush()
+            if args.verbose and chief:
                 print(" ".join(f"{k_}={v:.5g}" if isinstance(v, float) else f"{k_}={v}" for k_, v in record.items()))
         at_target = targets is not None and step in target_steps
-        if step % args.checkpoint_interval == 0 or step == args.last_step or at_target:
+        if chief and (step % args.checkpoint_interval == 0 or step == args.last_step or at_target):
             prefix = saver.write(ckpt_prefix(run_dir, step, lamb))
             if args.verbose:
                 print(f"saved {prefix}")
@@ -511,7 +557,8 @@ def parse_args(argv):
                        help="a start stops when its relative improvement of f falls below this")
 
     t = sub.add_parser("train", parents=[inner], help="train log u at --lamb")
-    t.add_argument("--num_Ck_samples", type=positive_int, default=2, help="M, draws of C_k per step")
+    t.add_argument("--num_Ck_samples", type=positive_int, default=2,
+                   help="M, draws of C_k per step (shared out among the replicas of --strategy)")
     t.add_argument("--last_step", type=positive_int, default=1000)
     t.add_argument("--checkpoint_interval", type=positive_int, default=1000)
     t.add_argument("--log_interval", type=positive_int, default=50)
@@ -527,6 +574,8 @@ def parse_args(argv):
                    help="sweep lambda up through --target_lambs to --lamb, checkpointing at each target")
     t.add_argument("--target_lambs", type=float_list, default=None)
     t.add_argument("--cont", action="store_true", help="resume the run's latest checkpoint")
+
+    train_flags.add_run_flags(t)  # --strategy, --cpu_devices, --tensorboard
 
     e = sub.add_parser("eval", parents=[inner], help="estimate the intercept R_lb with a 95%% interval")
     e.add_argument("--num_Ck_samples", type=positive_int, default=10, help="M, draws of C_k (and of xi)")

@@ -68,7 +68,8 @@ def main():
     looped = rdlb.DualBound(args, (n,), b.lamb)
     looped.net.set_weights(batched.net.get_weights())
     opt_b, opt_l = tf.keras.optimizers.Adam(args.lr), tf.keras.optimizers.Adam(args.lr)
-    batched_step = rdlb.make_train_step(batched, opt_b, m, rdlb.LaggingAlpha(tf, args.beta, args.log_E_Ck_max_delta))
+    batched_step = rdlb.make_train_step(batched, opt_b, m, rdlb.LaggingAlpha(tf, args.beta, args.log_E_Ck_max_delta),
+                                        tf.distribute.get_strategy())
     alpha_l = rdlb.LaggingAlpha(tf, args.beta, args.log_E_Ck_max_delta)
     beta = b.lamb / n
 
@@ -78,8 +79,11 @@ def main():
             a = -tf.reshape(looped.log_u(x), [m, k])
             xf = tf.reshape(x, [m, k, n])
             log_ck = tf.stack([rdlb.log_mean_kernel(xf[j], a[j], ys[j], beta) for j in range(m)])
-            loss, log_alpha, clipped = alpha_l.loss(tf.reduce_mean(a), tf.reduce_logsumexp(log_ck) - math.log(m))
-        grads = tape.gradient(loss, looped.net.trainable_variables)
+            log_mean_ck = tf.reduce_logsumexp(log_ck) - math.log(m)
+            loss, log_alpha, clipped, slope = alpha_l.loss(tf.stop_gradient(tf.reduce_mean(a)),
+                                                           tf.stop_gradient(log_mean_ck))
+            surrogate = slope * log_mean_ck - tf.reduce_mean(a)  # the loss's gradient (see rdlb.make_train_step)
+        grads = tape.gradient(surrogate, looped.net.trainable_variables)
         opt_l.apply_gradients(zip(grads, looped.net.trainable_variables))
         alpha_l.update(log_alpha, clipped)
         return -loss, tf.reduce_logsumexp(log_ck) - math.log(m)

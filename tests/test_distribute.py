@@ -151,6 +151,27 @@ def test_rdub_mlp_mirrored_with_tensorboard(tmp_path):
     assert json.loads((run_dir / "flags.json").read_text())["strategy"] == "mirrored"
 
 
+def test_rdlb_mirrored_over_two_devices_trains_as_one_device(tmp_path):
+    """rdlb.py's own loop under MirroredStrategy (two logical CPUs, each with half of the M draws of C_k) follows
+    the one-device run step for step: the draws are coupled only through log mean C_k, which every replica
+    gathers; TensorBoard gets the logged scalars. An M that does not split among the replicas is refused."""
+    common = ["--dataset", "gaussian", "--data_dim", "2", "--units", "8,8", "--lamb", "10"]
+    train = ["train", "--last_step", "4", "--num_Ck_samples", "4", "--batchsize", "32", "--log_interval", "1"]
+    run_script("rdlb.py", *common, "--checkpoint_dir", tmp_path / "one", *train, check=True)
+    run_script("rdlb.py", *common, "--checkpoint_dir", tmp_path / "two", *train, "--strategy", "mirrored",
+               "--cpu_devices", "2", "--tensorboard", check=True)
+    (one,), (two,) = (tmp_path / "one").iterdir(), (tmp_path / "two").iterdir()
+    log1, log2 = jsonl.read(one / "log.jsonl"), jsonl.read(two / "log.jsonl")
+    assert [r["step"] for r in log2] == [1, 2, 3, 4]
+    for key in ("objective", "log_mean_Ck", "log_alpha"):
+        np.testing.assert_allclose([r[key] for r in log2], [r[key] for r in log1], rtol=1e-5, atol=1e-5)
+    scalars = tb_scalars(two / "tb")
+    assert scalars["objective"] == pytest.approx({r["step"]: r["objective"] for r in log2}, rel=1e-6)
+    proc = run_script("rdlb.py", *common, "--checkpoint_dir", tmp_path / "odd", "train", "--last_step", "2",
+                      "--num_Ck_samples", "3", "--strategy", "mirrored", "--cpu_devices", "2", check=False)
+    assert proc.returncode == 2 and "--num_Ck_samples 3" in proc.stderr and not (tmp_path / "odd").exists()
+
+
 def test_image_model_tensorboard_shows_inputs_above_their_reconstructions(tmp_path):
     """An image model's --tensorboard run also writes, per epoch, a few validation images each stacked above
     its reconstruction (PNG summaries of twice the crop's height)."""

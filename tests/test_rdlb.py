@@ -99,7 +99,8 @@ def test_checkpoint_reload_gives_the_same_draw(tmp_path):
     tf.keras.utils.set_random_seed(0)
     bound = rdlb.DualBound(args, (2,), 10.0)
     bound.adapt(np.random.default_rng(0).normal(0.5, 2.0, (500, 2)))
-    step = rdlb.make_train_step(bound, tf.keras.optimizers.Adam(1e-3), 2, rdlb.LaggingAlpha(tf, 0.2, 1.0))
+    step = rdlb.make_train_step(bound, tf.keras.optimizers.Adam(1e-3), 2, rdlb.LaggingAlpha(tf, 0.2, 1.0),
+                                tf.distribute.get_strategy())
     for _ in range(3):
         step(tf.random.normal([2 * 1024, 2]))
     prefix = tf.train.Checkpoint(log_u=bound.net).write(rdlb.ckpt_prefix(tmp_path, 3, 10.0))
@@ -126,25 +127,30 @@ def test_step_decay_is_the_papers_at_its_boundaries():
 
 def test_lagging_alpha_loss_pins_the_constant_in_log_u():
     """Adding c to log u lowers mean(-log u) and log C_k by c: E[-log u] - log E[C_k] ignores it; the loss restores
-    log C_k to alpha: d loss / dc = 1 - exp(-c) after a step at alpha."""
+    log C_k to alpha: d loss / dc = 1 - slope = 1 - exp(-c) after a step at alpha (the loss's slope in log mean
+    C_k, which the training step applies; checked against a finite difference of the loss too)."""
     alpha = rdlb.LaggingAlpha(tf, 0.2, 1.0)
     mean_a, log_ck = tf.constant(3.0), tf.constant(-2.0)
-    loss, log_alpha, clipped = alpha.loss(mean_a, log_ck)
+    loss, log_alpha, clipped, _ = alpha.loss(mean_a, log_ck)
     assert float(loss) == pytest.approx(-2.0 - 3.0)  # the first step expands around itself: -(objective)
     alpha.update(log_alpha, clipped)
 
     def grad(c):
-        c = tf.Variable(c)
-        with tf.GradientTape() as tape:
-            loss, _, _ = alpha.loss(mean_a - c, log_ck - c)
-        return float(tape.gradient(loss, c))
+        slope = float(alpha.loss(mean_a - c, log_ck - c)[3])
+        h = 1e-3
+        up, down = (alpha.loss(mean_a - c - d, log_ck - c - d)[0] for d in (h, -h))
+        difference = float(up - down)
+        assert difference / (2 * h) == pytest.approx(1 - slope, abs=1e-3)  # loss at c + h minus at c - h
+        return 1 - slope
     assert grad(0.0) == pytest.approx(0.0, abs=1e-6)
     assert grad(0.5) == pytest.approx(1 - math.exp(-0.5), rel=1e-5)
     assert grad(-0.5) == pytest.approx(1 - math.exp(0.5), rel=1e-5)
+    # Floored (log C_k more than max_delta below the last step's): no slope, as the paper drops that gradient.
+    assert float(alpha.loss(mean_a, log_ck - 1.5)[3]) == 0.0
     # alpha lags: after a step at log C_k = -1, log alpha = log(0.2 e^-2 + 0.8 e^-1)
-    _, log_alpha, clipped = alpha.loss(mean_a, tf.constant(-1.0))
+    _, log_alpha, clipped, _ = alpha.loss(mean_a, tf.constant(-1.0))
     alpha.update(log_alpha, clipped)
-    _, log_alpha, _ = alpha.loss(mean_a, tf.constant(-1.0))
+    _, log_alpha, _, _ = alpha.loss(mean_a, tf.constant(-1.0))
     assert float(log_alpha) == pytest.approx(math.log(0.2 * math.exp(-2) + 0.8 * math.exp(-1)), rel=1e-6)
 
 
@@ -155,7 +161,8 @@ def test_lagging_alpha_keeps_log_ck_from_drifting():
     tf.keras.utils.set_random_seed(3)
     bound = rdlb.DualBound(args, (2,), 10.0)
     bound.adapt(np.random.default_rng(0).standard_normal((1000, 2)))
-    step = rdlb.make_train_step(bound, tf.keras.optimizers.Adam(1e-2), 2, rdlb.LaggingAlpha(tf, 0.2, 1.0))
+    step = rdlb.make_train_step(bound, tf.keras.optimizers.Adam(1e-2), 2, rdlb.LaggingAlpha(tf, 0.2, 1.0),
+                                tf.distribute.get_strategy())
     log_ck = [float(step(tf.random.normal([512, 2]))["log_mean_Ck"]) for _ in range(60)]
     assert max(log_ck) - min(log_ck) < 2.0, log_ck
 
