@@ -42,6 +42,7 @@ METHODS = ("sga", "no_sga", "plain")
 Y_RANGE = 1023  # y_hat is coded on [-Y_RANGE, Y_RANGE]; each of its 2047 integers keeps >= 2^-24 of the mass
 TAIL_MASS = 1e-6  # the z grid spans the prior's central 1 - TAIL_MASS, padded by one unit
 MC_DRAWS = 16  # draws of z for the expected net rate
+MAX_SIGMAS, MAX_ATTEMPTS = 8.0, 32  # a popped z beyond 8 standard deviations of q: other initial bits (encode)
 
 
 def build_parser():
@@ -162,10 +163,17 @@ def encode(model, grid, y_hat, q, seed):
     # Initial bits for the pop of z: its expected information under q plus a margin of 8 standard deviations
     # (about 1 bit each), so that `require` never trips in practice.
     need = np.sum(np.maximum(np.log2(q_std * np.sqrt(2 * np.pi * np.e)), 0.0)) + 8 * np.sqrt(q_std.size) + 128
-    stack = ans.Stack.seeded(int(need) + 64, seed)  # `require` keeps 64 bits of slack
-    initial, initial_bits = stack.words(), stack.bits
-    stack.require(int(need))
-    z_symbols = stack.pop_gaussian(q_mean, q_std, 0, grid.n - 1).reshape(q[0].shape)
+    for attempt in range(MAX_ATTEMPTS):
+        stack = ans.Stack.seeded(int(need) + 64, [seed, attempt])  # `require` keeps 64 bits of slack
+        initial, initial_bits = stack.words(), stack.bits
+        stack.require(int(need))
+        z_symbols = stack.pop_gaussian(q_mean, q_std, 0, grid.n - 1)
+        # The coder's Gaussians are leaky (every bucket of the grid keeps >= 2^-24): over ~1000 draws, one may
+        # land far in a tail, and such a z costs p(y_hat | z) dearly. Other random initial words then (the
+        # decoder restores whichever were used; it needs no seed).
+        if np.max(np.abs(z_symbols - q_mean) / q_std) <= MAX_SIGMAS:
+            break
+    z_symbols = z_symbols.reshape(q[0].shape)
     mean, scale = conditional(model, grid.values(z_symbols))
     stack.push_gaussian(y_hat.ravel(), mean, scale, -Y_RANGE, Y_RANGE)
     for c, table in enumerate(grid.tables):

@@ -134,7 +134,8 @@ def test_other_methods_code_real_files(runs, method):
     stop at the first rise of the rounded loss and never end above the encoder's (up to the rounding of the
     reconstruction to uint8, which the optimized loss does not see)."""
     base, names = runs
-    record = sga.main(sga_argv(base, names["mbt2018"], method=method, iterations="20", imgs="im2.png"))
+    verbose = ["-V"] if method == "danneal" else []  # -V in a log (not a terminal): per-image lines, bars end
+    record = sga.main(sga_argv(base, names["mbt2018"], *verbose, method=method, iterations="20", imgs="im2.png"))
     arrays = np.load(next((base / f"res-{method}").glob("*.npz")))
     assert [p.name for p in (base / f"res-{method}").glob("*.tfci")] == ["im2.tfci"]
     if method in inference.EARLY_STOP:

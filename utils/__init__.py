@@ -117,7 +117,8 @@ class Progress:
         """`total` steps (None when unknown: the bar counts without an end; finish it with finalize=True)."""
         tty = getattr(sys.stderr, "isatty", lambda: False)()
         self.bar = None
-        if (tty or verbose) and (total is None or total > 0):  # None: an unknown number of steps
+        # An unknown total (None) gets a live bar on a terminal only: Keras' one-line summary needs the total.
+        if (tty and (total is None or total > 0)) or (verbose and total is not None and total > 0):
             import tensorflow as tf
             with contextlib.redirect_stdout(sys.stderr):  # Progbar writes to sys.stdout
                 # `values` are shown as they are, not averaged over the steps (Progbar's default).

@@ -417,7 +417,7 @@ def evaluate_images(items, measure, npz_path, results_path, record, verbose=Fals
     standard error (the image sandwich's check).
     """
     rows = []
-    bar = Progress(None, verbose=verbose, unit="image")
+    bar = Progress(None, verbose=verbose, unit="image")  # on a terminal; -V logs get a line per image instead
     for name, image, channels in items:
         source_image = images.to_channels(image, channels)
         out = measure(image, channels)
