@@ -78,11 +78,12 @@ def test_files_decode_to_what_eval_scored_and_the_net_rate_matches(run, method):
     per image, so the stack's few bits of head matter; the README's figure is for a trained model)."""
     base, name = run
     res = base / f"res-{method}"
+    imgs = "im[01].png" if method == "sga" else "im2.png"  # one batch each, to keep the suite short
     record = bb_sga.main(["--checkpoint_dir", str(base / "ckpt"), "--method", method, "--iterations", "10",
-                          "--rate_iterations", "10", "compress", name, str(base / "imgs" / "*.png"),
+                          "--rate_iterations", "10", "compress", name, str(base / "imgs" / imgs),
                           "--results_dir", str(res)])
     arrays = np.load(next(res.glob("*.npz")))
-    assert record["num_images"] == 3 and record["inference"] == f"bb_{method}"
+    assert record["num_images"] == (2 if method == "sga" else 1) and record["inference"] == f"bb_{method}"
     for k, img in enumerate(arrays["names"]):
         stem = img[:-4]
         out = base / f"{stem}-{method}.png"
