@@ -132,6 +132,10 @@ class ImageCodec(training.LossModel):
         """Creates the variables (a forward pass on a small dummy batch), so checkpoints can be restored."""
         self(tf.zeros([1, self.pad_multiple, self.pad_multiple, 3]))
 
+    def latents(self, x):
+        y = self.analysis(x / 255)
+        return [y, self.hyper_analysis(y)]
+
     def encode(self, x, ems):
         return self.encode_latents(self.latents(x), ems)
 

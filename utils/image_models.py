@@ -65,10 +65,6 @@ class MeanScaleHyperprior(codec.ImageCodec):
         y_tilde, y_bits = em_y(y, index, loc=mean, training=training)
         return self.synthesis(y_tilde) * 255, y_bits + z_bits
 
-    def latents(self, x):
-        y = self.analysis(x / 255)
-        return [y, self.hyper_analysis(y)]
-
     def relaxed(self, latents, soften, hard=False):
         y, z = latents
         z_q, z_bits = self.relaxed_z(z, soften)
@@ -255,10 +251,6 @@ class ChannelwiseAutoregressive(codec.ImageCodec):
         # straight-through gradient) in training too, as in the paper's code and tfc's.
         y_hat, y_bits = self.slices(em_z.quantize(z), code_slice, training)
         return self.synthesis(y_hat) * 255, y_bits + z_bits
-
-    def latents(self, x):
-        y = self.analysis(x / 255)
-        return [y, self.hyper_analysis(y)]
 
     def relaxed(self, latents, soften, hard=False):
         y, z = latents
