@@ -39,7 +39,7 @@ import numpy as np
 import utils  # noqa: F401  (before TensorFlow: sets its C++ log level)
 import tensorflow as tf
 
-from utils import codec, coding, hvae, image_data, images, rec, training
+from utils import ans, codec, coding, hvae, image_data, images, rec, training
 from utils.cli import InputError, positive_float, positive_int, run
 from utils.runs import atomic_write_bytes, run_name
 from utils.sources import resolve_path
@@ -47,6 +47,8 @@ from utils.sources import resolve_path
 SCRIPT = "rec"
 MODEL_SCRIPT = "resnet_vae"  # whose checkpoints (run folders) and file kind these are
 RATE_TYPE = "file size (every byte), relative entropy coding of resnet_vae latents"
+LOSSLESS_RATE_TYPE = "file size (every byte) in bits per dimension: REC of the latents + ANS of the image given them"
+RESIDUAL_PRECISION = 16  # bits of the grey-level count tables: a level costs at most 16 bits
 TOP_GRID = 4096  # bins of the grid on which the top prior's moments are computed
 TOP_TAIL_MASS = 1e-6  # the grid spans the deep factorized density but for this mass
 TOP_RANGE, TOP_BISECTIONS = 1e4, 48  # the tails are searched in [-range, range] to ~1e-10
@@ -88,8 +90,8 @@ def level_prior(level, t):
 def walk(model, top, shape, code, features=None):
     """Runs the model top-down, calling code(layer id, (q mean, q scale) or None, prior mean, prior scale) for
     each coded unit (float64 numpy in and out: the latent) in coding order. `features` are the encoder's
-    bottom-up features (None when decoding). Returns the padded reconstruction x_hat [1, H, W, 3] and the
-    coded units' names."""
+    bottom-up features (None when decoding). Returns the decoder's output on the padded image [1, H, W, C']
+    (model.reconstruction makes x_hat of it) and the coded units' names."""
     ids, names = itertools.count(), []
     m = model.pad_multiple
     top_shape = (1, shape[0] // m, shape[1] // m, len(top[0]))
@@ -115,7 +117,7 @@ def walk(model, top, shape, code, features=None):
         else:
             z = code_ar_level(level, i, q, p_loc.numpy(), p_scale.numpy(), unit)
         t = t + level.merge(tf.concat([tf.constant(z, tf.float32), feats], axis=-1))
-    return (model.decoder[0](t) + 0.5) * 255.0, names
+    return model.decoder[0](t), names
 
 
 def code_ar_level(level, i, q, p_loc, p_scale, unit):
@@ -135,24 +137,34 @@ def code_ar_level(level, i, q, p_loc, p_scale, unit):
     return z
 
 
+def residual_table(model, out):
+    """The lossless model's count tables, one row per sub-pixel in C order, from its decoder output [H, W, 2C]."""
+    loc, scale = model.logistic_params(out)
+    return ans.cdf_table(hvae.logistic_cdf_edges(loc.numpy(), scale.numpy()), RESIDUAL_PRECISION)
+
+
 class Codec:
-    """A restored model with what both sides of the coder need."""
+    """A restored model with what both sides of the coder need. A lossy model's file holds the REC stream of
+    its latents; a lossless one's (--likelihood dlogistic) also the image given the latents, ANS-coded under
+    the model's discretized logistics."""
 
     def __init__(self, args, model, identity):
         self.model, self.identity, self.seed = model, identity, args.seed
+        self.lossless = isinstance(model, hvae.DLogisticResNetVAE)
         self.config = rec.Config(block_size=args.block_size, omega=args.kl_per_partition,
                                  extra_samples=args.extra_samples, n_beams=args.n_beams, fit_split=args.fit_split)
         self.top = top_gaussian(model)
 
     def encode(self, image, channels):
-        """(file bytes, padded x_hat float32 [H', W', 3], {unit name: LayerCode}, the bottom-up features) of one
-        image [H, W, 3] on [0, 255]."""
+        """(file bytes, x_hat float32 [H, W, C], {unit name: LayerCode}, the bottom-up features) of one image
+        [H, W, C] on [0, 255] (uint8 values for a lossless model)."""
+        h, w = image.shape[:2]
         padded = images.pad_to_multiple(tf.constant(image, tf.float32)[None], self.model.pad_multiple)
-        h = padded / 255.0 - 0.5
+        t = padded / 255.0 - 0.5
         features = []
         for block in self.model.encoder:
-            h = block(h)
-            features.append(h)
+            t = block(t)
+            features.append(t)
         codes = []
 
         def code(layer, q, p_loc, p_scale):
@@ -160,26 +172,42 @@ class Codec:
             codes.append(c)
             return z
 
-        x_hat, names = walk(self.model, self.top, padded.shape[1:3], code, features)
-        stream = rec.pack(codes, seed=self.seed)
-        data = coding.pack(MODEL_SCRIPT, self.identity, image.shape[:2], channels, [stream])
-        return data, x_hat.numpy()[0], dict(zip(names, codes)), features
+        out, names = walk(self.model, self.top, padded.shape[1:3], code, features)
+        out = out[0, :h, :w]
+        strings = [rec.pack(codes, seed=self.seed)]
+        if self.lossless:
+            stack = ans.Stack()
+            stack.push(np.asarray(image).ravel(), residual_table(self.model, out))
+            strings.append(stack.words().tobytes())
+        data = coding.pack(MODEL_SCRIPT, self.identity, (h, w), channels, strings)
+        return data, self.model.reconstruction(out).numpy(), dict(zip(names, codes)), features
 
     def decode(self, data, what):
-        """(x_hat float32 [H, W, 3] unclipped, channels) from a file's bytes."""
+        """(the image, channels) from a file's bytes: x_hat float32 [H, W, C] unclipped, or for a lossless model
+        the uint8 image itself."""
         (height, width), channels, strings = coding.unpack(data, MODEL_SCRIPT, self.identity, what)
-        if len(strings) != 1:
-            raise InputError(f"{what}: corrupt file ({len(strings)} streams; a rec.py file holds one)")
+        if len(strings) != 1 + self.lossless:
+            raise InputError(f"{what}: corrupt file ({len(strings)} streams; this model's files hold "
+                             f"{1 + self.lossless})")
         reader = rec.Reader(strings[0], what)
         if reader.seed != self.seed:
             raise InputError(f"{what} was coded with --seed {reader.seed}, not {self.seed}: decode it with the "
                              f"encoder's --seed")
         m = self.model.pad_multiple
         shape = (-(-height // m) * m, -(-width // m) * m)
-        x_hat, _ = walk(self.model, self.top, shape,
-                        lambda layer, q, p_loc, p_scale: reader.decode_layer(p_loc, p_scale, layer=layer))
+        out, _ = walk(self.model, self.top, shape,
+                      lambda layer, q, p_loc, p_scale: reader.decode_layer(p_loc, p_scale, layer=layer))
         reader.finish()
-        return x_hat.numpy()[0, :height, :width], channels
+        out = out[0, :height, :width]
+        if not self.lossless:
+            return self.model.reconstruction(out).numpy(), channels
+        if len(strings[1]) % 4:
+            raise InputError(f"{what}: corrupt file (the residual stream is not whole 32-bit words)")
+        stack = ans.Stack(np.frombuffer(strings[1], np.uint32))
+        x = stack.pop(residual_table(self.model, out)).astype(np.uint8)
+        if not stack.coder.is_empty():
+            raise InputError(f"{what}: corrupt file (bits left over after the last pixel)")
+        return x.reshape(height, width, self.model.image_channels), channels
 
     def top_kl(self, features, samples):
         """The model's KL of the top level (nats): a seeded Monte Carlo estimate of E_q log q(z) / p(z) under the
@@ -209,6 +237,11 @@ def compress(args, coder):
     image, channels, note = images.read_image(resolve_path(args.input, "input image"), "input image")
     if note:
         print(f"note: {note}", file=sys.stderr)
+    if coder.model.image_channels == 1:
+        if channels != 1:
+            raise InputError(f"input image {args.input}: a colour image, but the model codes grey levels "
+                             "(--image_channels 1)")
+        image = image[..., :1]
     data, _, codes, _ = coder.encode(image, channels)
     atomic_write_bytes(args.output, data)
     if args.verbose:
@@ -225,10 +258,15 @@ def decompress(args, coder):
     except OSError as e:
         raise InputError(f"{what}: {e.strerror}")
     x_hat, channels = coder.decode(data, what)
-    images.write_png(args.output, images.to_channels(codec.to_uint8(x_hat), channels))
+    image = x_hat if coder.lossless else codec.to_uint8(x_hat)
+    images.write_png(args.output, images.to_channels(image, channels))
 
 
 def evaluate(args, coder, run_dir, checkpoint, source):
+    if coder.lossless:
+        if source is not None:
+            raise InputError(f"--dataset {args.dataset}: a lossless model codes 8-bit images, not a GAN source")
+        return evaluate_lossless(args, coder, run_dir, checkpoint)
     cast = not args.no_cast_xhat
     levels = coder.model.levels
 
@@ -270,6 +308,46 @@ def evaluate(args, coder, run_dir, checkpoint, source):
                                  rate_key="file_bpp")
 
 
+def evaluate_lossless(args, coder, run_dir, checkpoint):
+    """Per image: every byte of the file in bits per dimension, split into the latents' REC stream and the
+    residual's, beside PNG, lossless WebP and the model's negative ELBO."""
+    model = coder.model
+
+    def measure(image, channels):
+        if image.shape[-1] != model.image_channels:
+            raise InputError(f"--dataset {args.dataset}: {image.shape[-1]}-channel images, but the model takes "
+                             f"{model.image_channels} (--image_channels)")
+        dims_ln2 = image.size * math.log(2)
+        start = time.perf_counter()
+        data, _, codes, _ = coder.encode(image, channels)
+        mid = time.perf_counter()
+        decoded, _ = coder.decode(data, "eval")
+        end = time.perf_counter()
+        if not np.array_equal(decoded, image):
+            raise SystemExit(f"error: rec eval: the decoded image differs from the source in "
+                             f"{int(np.sum(decoded != image))} sub-pixels: nothing was written")
+        _, _, (latents, residual) = coding.unpack(data, MODEL_SCRIPT, coder.identity)
+        x = tf.constant(np.repeat(image[None], args.elbo_samples, axis=0), tf.float32)
+        kl, nll = (float(np.mean(b.numpy().astype(np.float64))) for b in model.elbo_bits(x))
+        bpd = {k: 8 * v / image.size for k, v in images.lossless_sizes(images.to_channels(image, channels)).items()}
+        return dict(x_hat=images.to_channels(decoded, channels), file_bpd=8 * len(data) / image.size,
+                    latent_bpd=8 * len(latents) / image.size, residual_bpd=8 * len(residual) / image.size,
+                    coding_kl_bpd=sum(c.kl for c in codes.values()) / dims_ln2,
+                    nelbo_bpd=(kl + nll) / image.size, kl_bpd=kl / image.size, nll_bpd=nll / image.size,
+                    png_bpd=bpd["png"], webp_bpd=bpd["webp"], encode_seconds=mid - start,
+                    decode_seconds=end - mid)
+
+    record = dict(method=SCRIPT, model=MODEL_SCRIPT, likelihood="dlogistic", rate_type=LOSSLESS_RATE_TYPE,
+                  dataset=str(args.dataset), run=run_dir.name, checkpoint=str(checkpoint), seed=args.seed,
+                  block_size=args.block_size, kl_per_partition=args.kl_per_partition,
+                  extra_samples=args.extra_samples, n_beams=args.n_beams, fit_split=args.fit_split,
+                  elbo_samples=args.elbo_samples)
+    items = image_data.eval_items(args.dataset, None, args.batchsize, args.seed)
+    npz = codec.results_npz(args, run_dir, None)
+    return codec.evaluate_images(items, measure, npz.with_name(f"{SCRIPT}-{npz.name}"), run_dir / codec.RESULTS_NAME,
+                                 record, args.verbose, rate_key="file_bpd")
+
+
 # ---- flags ----------------------------------------------------------------------------------------
 
 def parse_args(argv):
@@ -277,13 +355,14 @@ def parse_args(argv):
     p = argparse.ArgumentParser(prog=f"{SCRIPT}.py", description=__doc__.split("\n")[0], formatter_class=fmt)
     codec.add_run_flags(p)
     hvae.add_model_flags(p)
-    g = p.add_argument_group("relative entropy coding (the defaults are the paper's lossy settings)")
+    g = p.add_argument_group("relative entropy coding (the defaults are the seed's: lossy B = 10, 1 + eps = 1; "
+                             "lossless B = 20, 1 + eps = 1.2; omega = 3)")
     g.add_argument("--block_size", type=positive_int, default=1000, help="latent dimensions per REC block")
     g.add_argument("--kl_per_partition", type=positive_float, default=3.0,
                    help="omega: KL per auxiliary variable, nats")
-    g.add_argument("--extra_samples", type=positive_float, default=1.0,
-                   help="1 + eps: exp(omega (1 + eps)) candidates per auxiliary variable")
-    g.add_argument("--n_beams", type=positive_int, default=10, help="beams B of the search")
+    g.add_argument("--extra_samples", type=positive_float,
+                   help="1 + eps: exp(omega (1 + eps)) candidates per auxiliary variable (default 1, lossless 1.2)")
+    g.add_argument("--n_beams", type=positive_int, help="beams B of the search (default 10, lossless 20)")
     g.add_argument("--fit_split", action="store_true",
                    help="choose the auxiliary variance split per block (5 bits a block) instead of the paper's")
     sub = p.add_subparsers(dest="command", required=True)
@@ -297,8 +376,15 @@ def parse_args(argv):
     codec.add_image_eval_flags(e)
     e.add_argument("--top_samples", type=positive_int, default=64,
                    help="samples of the Monte Carlo estimate of the top level's KL under its deep factorized prior")
+    e.add_argument("--elbo_samples", type=positive_int, default=16,
+                   help="posterior draws averaged into each image's negative ELBO (lossless models)")
     args = p.parse_args(argv)
     hvae.check_model_flags(args)
+    lossless = args.likelihood == "dlogistic"
+    if args.n_beams is None:
+        args.n_beams = 20 if lossless else 10
+    if args.extra_samples is None:
+        args.extra_samples = 1.2 if lossless else 1.0
     if args.flat_z0:
         raise InputError("--flat_z0: rec.py does not code a MAF top prior (it codes against Gaussians; only the "
                          "deep factorized top prior has a Gaussian stand-in here)")
@@ -313,7 +399,7 @@ def main(argv):
     tf.config.experimental.enable_op_determinism()  # the decoder must recompute the priors bit for bit
     source = image_data.gan_source(args.dataset, args.data_dim) if args.command == "eval" else None
     flags = hvae.model_flags(args)
-    run_dir = Path(args.checkpoint_dir) / run_name(MODEL_SCRIPT, **flags, lmbda=args.lmbda)
+    run_dir = Path(args.checkpoint_dir) / run_name(MODEL_SCRIPT, **hvae.run_flags(args))
     model = hvae.build(args)
     model.build_weights()
     checkpoint = restore(model, run_dir, args.verbose)

@@ -30,6 +30,13 @@ unbiased estimate of the bound's point.
         train --dataset bsds500 --patchsize 64 --epochs 10 --steps_per_epoch 200
     python resnet_vae.py --latent_channels 8,16,32 --num_filters 32 --lambda 0.01 --checkpoint_dir ckpt \
         eval --dataset kodak
+
+With --likelihood dlogistic (and --image_channels 1 for MNIST's grey levels) the decoder outputs a discretized
+logistic per sub-pixel instead of a reconstruction: a lossless model, trained on the negative ELBO in bits per
+dimension, whose eval reports it (nelbo_bpd = kl_bpd + nll_bpd); rec.py codes it into lossless files.
+
+    python resnet_vae.py -V --likelihood dlogistic --image_channels 1 --latent_channels 8,16 --num_filters 32 \
+        --checkpoint_dir ckpt train --dataset mnist --epochs 10 --steps_per_epoch 500 --batchsize 32 --lr 1e-3
 """
 import argparse
 import json
@@ -41,8 +48,8 @@ import numpy as np
 import utils  # noqa: F401  (before TensorFlow: sets its C++ log level)
 import tensorflow as tf
 
-from utils import codec, hvae, image_data, training
-from utils.cli import InputError, run
+from utils import codec, hvae, image_data, images, mnist, training
+from utils.cli import InputError, positive_int, run
 from utils.runs import FLAGS_NAME, run_name
 
 SCRIPT = "resnet_vae"
@@ -57,10 +64,18 @@ def check_size(model, height, width, what):
                          f"{model.img_dim}")
 
 
+def check_channels(model, dataset, channels):
+    if channels != model.image_channels:
+        raise InputError(f"--dataset {dataset} has {channels}-channel images but the model takes "
+                         f"{model.image_channels} (--image_channels)")
+
+
 def train(args, model, run_dir, source):
+    grey = args.dataset in mnist.NAMED
+    check_channels(model, args.dataset, 1 if grey else 3)
     if source is not None:
         check_size(model, *source.shape[:2], f"the {source.name} image size")
-    else:
+    elif not grey:  # MNIST trains on whole 28x28 images, padded inside the model
         check_size(model, args.patchsize, args.patchsize, "--patchsize")
         if args.patchsize % model.pad_multiple:
             raise InputError(f"--patchsize {args.patchsize} must be a multiple of 2^levels = {model.pad_multiple}")
@@ -81,12 +96,15 @@ def warn_if_untrained_size(run_dir, model):
 
 
 def evaluate(args, model, run_dir, source):
+    check_channels(model, args.dataset, 1 if args.dataset in mnist.NAMED else 3)
     checkpoint = training.restore_latest(model, run_dir)
     if source is None:
         warn_if_untrained_size(run_dir, model)
     if args.verbose:
         print(f"restored {checkpoint}", file=sys.stderr)
     cast = not args.no_cast_xhat
+    if isinstance(model, hvae.DLogisticResNetVAE):
+        return evaluate_lossless(args, model, run_dir, checkpoint)
 
     def measure(image, channels):
         h, w = image.shape[:2]
@@ -108,6 +126,22 @@ def evaluate(args, model, run_dir, source):
                                  run_dir / codec.RESULTS_NAME, record, args.verbose, source)
 
 
+def evaluate_lossless(args, model, run_dir, checkpoint):
+    """The lossless model's negative ELBO per image, in bits per dimension, averaged over --elbo_samples draws."""
+    def measure(image, channels):
+        x = tf.constant(np.repeat(image[None], args.elbo_samples, axis=0), tf.float32)
+        kl, nll = (t.numpy().astype(np.float64).mean() / image.size for t in model.elbo_bits(x))
+        x_hat = np.round(np.clip(model.estimate(tf.constant(image, tf.float32))[0].numpy(), 0, 255)).astype(np.uint8)
+        return dict(x_hat=images.to_channels(x_hat, channels), nelbo_bpd=kl + nll, kl_bpd=kl, nll_bpd=nll)
+
+    record = dict(method=SCRIPT, likelihood="dlogistic", rate_type="negative ELBO in bits per dimension (the "
+                  "lossless code length a bits-back or REC coder approaches)", dataset=str(args.dataset),
+                  run=run_dir.name, checkpoint=str(checkpoint), elbo_samples=args.elbo_samples)
+    items = image_data.eval_items(args.dataset, None, args.batchsize, args.seed)
+    return codec.evaluate_images(items, measure, codec.results_npz(args, run_dir, None),
+                                 run_dir / codec.RESULTS_NAME, record, args.verbose, rate_key="nelbo_bpd")
+
+
 # ---- flags ----------------------------------------------------------------------------------------
 
 def parse_args(argv):
@@ -123,6 +157,8 @@ def parse_args(argv):
 
     e = sub.add_parser("eval", help="per-image bpp (information rate), MSE, PSNR, MS-SSIM", formatter_class=fmt)
     codec.add_image_eval_flags(e)
+    e.add_argument("--elbo_samples", type=positive_int, default=16,
+                   help="posterior draws averaged into each image's negative ELBO (--likelihood dlogistic)")
     args = p.parse_args(argv)
     hvae.check_model_flags(args)
     return args
@@ -133,7 +169,7 @@ def main(argv):
     training.strategy_from_flags(args)  # before any other TensorFlow work (docs/distributed.md)
     tf.keras.utils.set_random_seed(args.seed)
     source = image_data.gan_source(args.dataset, args.data_dim)
-    run_dir = Path(args.checkpoint_dir) / run_name(SCRIPT, **hvae.model_flags(args), lmbda=args.lmbda)
+    run_dir = Path(args.checkpoint_dir) / run_name(SCRIPT, **hvae.run_flags(args))
     with training.strategy_scope(args):
         model = hvae.build(args)
         model.build_weights()

@@ -107,12 +107,17 @@ def uniform_table(num_rows, log_num_bucket):
     return CountTable(np.ones((num_rows, 1 << log_num_bucket), np.int64), log_num_bucket)
 
 
+def cdf_table(cdf, precision):
+    """One row per distribution from its cdf at the symbols' edges [m, n + 1] (first column 0, last 1)."""
+    return CountTable(_counts_from_cdf(cdf, precision), precision)
+
+
 def gaussian_table(mu, sigma, edges, precision):
     """N(mu_r, sigma_r^2) over the buckets given by `edges` ([n + 1], with infinite ends), one row per mu_r."""
     mu, sigma = np.asarray(mu, np.float64).ravel(), np.asarray(sigma, np.float64).ravel()
     cdf = ndtr((edges[None, :] - mu[:, None]) / sigma[:, None])
     cdf[:, 0], cdf[:, -1] = 0.0, 1.0
-    return CountTable(_counts_from_cdf(cdf, precision), precision)
+    return cdf_table(cdf, precision)
 
 
 def _bernoulli_ones(logits, precision):

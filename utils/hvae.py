@@ -7,6 +7,7 @@ codes its latents into files with relative entropy coding. Both build it from th
 """
 import math
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_compression as tfc
 
@@ -19,6 +20,8 @@ SOFTPLUS_ONE = math.log(math.e - 1)  # softplus(x + SOFTPLUS_ONE) = 1 at x = 0: 
 AR_SUPPORT_RATIO = 0.5  # slice s of an AR prior sees the first min(s, round(ratio * slices)) slices
 AR_GATE_OFFSET = 1.0  # gates are sigmoid(offset + net(z)); the first slice has net = 0, a fixed gate of 0.73
 # Every leaky ReLU is tf.nn.leaky_relu (slope 0.2), as in the paper's code.
+LOGISTIC_SCALE_FLOOR = -7.0  # log scale floor of the discretized logistic (on [-1, 1] units, as PixelCNN++)
+LIKELIHOODS = ("mse", "dlogistic")
 
 
 def positive_scale(raw):
@@ -146,10 +149,13 @@ class ResNetVAE(training.LossModel):
     """Trained on bpp + lambda * MSE with utils.training.fit."""
     METRICS = ("loss", "bpp", "mse")
 
+    OUTPUTS = 1  # decoder outputs per image channel: the reconstruction
+
     def __init__(self, lmbda, num_filters, latent_channels, ar_prior_levels=0, ar_slices=8, flat_z0=False,
-                 img_dim=None, maf_units=(32, 32), maf_stacks=3):
+                 img_dim=None, maf_units=(32, 32), maf_stacks=3, image_channels=3):
         super().__init__()
         self.lmbda = float(lmbda)
+        self.image_channels = image_channels
         levels = self.levels = len(latent_channels)
         self.pad_multiple = 2 ** levels
         self.img_dim = img_dim if flat_z0 else None
@@ -158,7 +164,8 @@ class ResNetVAE(training.LossModel):
         self.encoder.append(EncoderBlock(2 * top, gdn=False, name=f"encoder{levels - 1}"))
         self.latents = [LatentLevel(f, c, ar_slices if i < ar_prior_levels else None, name=f"latent{i}")
                         for i, c in enumerate(latent_channels[:-1])]
-        self.decoder = [codec.deconv(3, 3, 2)] + [DecoderBlock(f, name=f"decoder{i}") for i in range(1, levels)]
+        self.decoder = [codec.deconv(self.OUTPUTS * image_channels, 3, 2)]
+        self.decoder += [DecoderBlock(f, name=f"decoder{i}") for i in range(1, levels)]
         if flat_z0:
             self.flat_dim = (img_dim // self.pad_multiple) ** 2 * top
             self.top_prior = MAF(self.flat_dim, maf_stacks, maf_units, MAF_ACTIVATION, name="maf_prior")
@@ -166,8 +173,11 @@ class ResNetVAE(training.LossModel):
             self.top_prior = tfc.DeepFactorized(batch_shape=[top])
 
     def forward(self, x):
-        """x in [0, 255], sides multiples of pad_multiple -> (x_hat, KL per image and level in nats [batch, L])."""
-        h = x / 255.0 - 0.5
+        """x [batch, H, W, image_channels] in [0, 255] -> (the decoder's output [batch, H, W, OUTPUTS * channels],
+        KL per image and level in nats [batch, L]). Sides that are not multiples of pad_multiple are padded (edge
+        replication) and the output cropped back."""
+        shape = tf.shape(x)
+        h = images.pad_to_multiple(x, self.pad_multiple) / 255.0 - 0.5
         features = []
         for block in self.encoder:
             h = block(h)
@@ -184,11 +194,16 @@ class ResNetVAE(training.LossModel):
         for i in reversed(range(self.levels - 1)):
             t, kl = self.latents[i](features[i], self.decoder[i + 1](t))
             kls.append(kl)
-        x_hat = (self.decoder[0](t) + 0.5) * 255.0
-        return x_hat, tf.stack(kls[::-1], axis=1)  # bottom-up order
+        out = self.decoder[0](t)[:, :shape[1], :shape[2], :]
+        return out, tf.stack(kls[::-1], axis=1)  # bottom-up order
+
+    def reconstruction(self, out):
+        """The reconstruction on [0, 255] from the decoder's output."""
+        return (out + 0.5) * 255.0
 
     def losses_of(self, x, training=False):
-        x_hat, kls = self.forward(x)
+        out, kls = self.forward(x)
+        x_hat = self.reconstruction(out)
         num_pixels = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), tf.float32)
         bpp = tf.reduce_sum(kls) / (num_pixels * math.log(2))
         mse = tf.reduce_mean(tf.math.squared_difference(x, x_hat))
@@ -198,18 +213,67 @@ class ResNetVAE(training.LossModel):
         return self.losses_of(x)["loss"]
 
     def reconstruct(self, x):
-        return self.forward(x)[0]
+        return self.reconstruction(self.forward(x)[0])
 
     def build_weights(self):
         side = self.img_dim or self.pad_multiple  # the smallest input: building costs little even at 256 filters
-        self(tf.zeros([1, side, side, 3]))
+        self(tf.zeros([1, side, side, self.image_channels]))
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.float32)])
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None], tf.float32)])
     def estimate(self, image):
-        """One image [H, W, 3] in [0, 255] -> (x_hat [H, W, 3], unclipped; KL per level in bits [L])."""
-        shape = tf.shape(image)
-        x_hat, kls = self.forward(images.pad_to_multiple(image[None], self.pad_multiple))
-        return x_hat[0, :shape[0], :shape[1], :], kls[0] / math.log(2)
+        """One image [H, W, C] in [0, 255] -> (x_hat [H, W, C], unclipped; KL per level in bits [L])."""
+        out, kls = self.forward(image[None])
+        return self.reconstruction(out)[0], kls[0] / math.log(2)
+
+
+class DLogisticResNetVAE(ResNetVAE):
+    """The lossless variant (the seed's RVAE likelihood): p(x | z) is a discretized logistic per sub-pixel over
+    the 256 grey levels, its mean and log scale from the decoder; trained on the negative ELBO in bits per
+    dimension (lambda plays no part). Grey levels 0 and 255 take the tails."""
+    METRICS = ("loss", "kl_bpd", "nll_bpd")
+    OUTPUTS = 2  # mean and log scale
+
+    def logistic_params(self, out):
+        """(mean on [0, 255], scale in grey levels) of each sub-pixel's logistic."""
+        loc, log_scale = tf.split(out, 2, axis=-1)
+        return self.reconstruction(loc), 127.5 * tf.exp(tf.maximum(log_scale, LOGISTIC_SCALE_FLOOR))
+
+    def reconstruction(self, out):
+        return (out[..., :self.image_channels] + 0.5) * 255.0
+
+    def nll_bits(self, x, out):
+        """-log2 p(x | z) per image [batch] of integer grey levels x."""
+        loc, scale = self.logistic_params(out)
+        upper = (x + 0.5 - loc) / scale  # the bin [x - 1/2, x + 1/2] in standard logistic units
+        lower = (x - 0.5 - loc) / scale
+        # log(sigmoid(u) - sigmoid(l)) = -softplus(-u) - softplus(l) + log(1 - e^(l - u)): no cancellation
+        log_mass = -tf.nn.softplus(-upper) - tf.nn.softplus(lower) + tf.math.log(-tf.math.expm1(lower - upper))
+        log_mass = tf.where(x < 0.5, -tf.nn.softplus(-upper), tf.where(x > 254.5, -tf.nn.softplus(lower), log_mass))
+        return -per_image(log_mass) / math.log(2)
+
+    def losses_of(self, x, training=False):
+        out, kls = self.forward(x)
+        dims = tf.cast(tf.size(x), tf.float32)
+        kl = tf.reduce_sum(kls) / (dims * math.log(2))
+        nll = tf.reduce_sum(self.nll_bits(x, out)) / dims
+        return dict(loss=kl + nll, kl_bpd=kl, nll_bpd=nll)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, None], tf.float32)])
+    def elbo_bits(self, x):
+        """The negative ELBO's terms in bits per image, (KL [batch], -log2 p(x | z) [batch]), with z ~ q: the KL
+        analytic or single-sample as in training."""
+        out, kls = self.forward(x)
+        return tf.reduce_sum(kls, axis=1) / math.log(2), self.nll_bits(x, out)
+
+
+def logistic_cdf_edges(loc, scale):
+    """float64 [n, 257] cdf of each logistic (loc, scale arrays of n) at the 256 grey levels' bin edges, the first
+    0 and the last 1 (the end bins take the tails): the coder's tables of the lossless model."""
+    loc, scale = np.asarray(loc, np.float64).ravel(), np.asarray(scale, np.float64).ravel()
+    edges = np.arange(256) + 0.5
+    u = (edges[None, :255] - loc[:, None]) / scale[:, None]
+    cdf = 0.5 * (1 + np.tanh(0.5 * u))  # the logistic sigmoid without overflow
+    return np.concatenate([np.zeros((len(loc), 1)), cdf, np.ones((len(loc), 1))], axis=1)
 
 
 # ---- architecture flags -----------------------------------------------------------------------
@@ -230,6 +294,11 @@ def add_model_flags(p):
     p.add_argument("--img_dim", type=positive_int, help="image side, required by --flat_z0 (square images)")
     p.add_argument("--maf_units", type=int_list, default=[32, 32], help="hidden units of each MADE of the MAF prior")
     p.add_argument("--maf_stacks", type=positive_int, default=3, help="MADE layers of the MAF prior")
+    p.add_argument("--likelihood", choices=LIKELIHOODS, default="mse",
+                   help="mse: the paper's lossy model (bpp + lambda * MSE); dlogistic: a discretized logistic "
+                        "p(x | z) for lossless coding, trained on the negative ELBO (lambda unused)")
+    p.add_argument("--image_channels", type=int, choices=(1, 3), default=3,
+                   help="channels of the images the model takes (1: grey levels, e.g. --dataset mnist)")
 
 
 def check_model_flags(args):
@@ -260,8 +329,20 @@ def model_flags(args):
         flags.update(ar_prior_levels=args.ar_prior_levels, ar_slices=args.ar_slices)
     if args.flat_z0:
         flags.update(flat_z0=True, img_dim=args.img_dim, maf_units=args.maf_units, maf_stacks=args.maf_stacks)
+    if args.likelihood != "mse":
+        flags.update(likelihood=args.likelihood)
+    if args.image_channels != 3:
+        flags.update(image_channels=args.image_channels)
     return flags
 
 
+def run_flags(args):
+    """The model flags and, for the lossy model, lambda: what names a run folder (the lossless one has no lambda)."""
+    flags = model_flags(args)
+    return flags if args.likelihood == "dlogistic" else dict(flags, lmbda=args.lmbda)
+
+
 def build(args):
-    return ResNetVAE(args.lmbda, **model_flags(args))
+    flags = model_flags(args)
+    model_class = DLogisticResNetVAE if flags.pop("likelihood", "mse") == "dlogistic" else ResNetVAE
+    return model_class(args.lmbda, **flags)

@@ -7,15 +7,19 @@ mbt2018.py, ms2020.py and resnet_vae.py all take `--dataset` with `--data_dim`:
     for name, image, channels in image_data.eval_items(args.dataset, source, args.batchsize, args.seed): ...
 
 Images enter the models on [0, 255]: image files as uint8, GAN images as float32 (their alphabet is continuous,
-so they are never rounded on the way in).
+so they are never rounded on the way in). The MNIST sets (`mnist`, `emnist-*`) are 28x28 grey levels, one
+channel, for resnet_vae.py's lossless model: it trains on whole images of the training split but its last
+MNIST_VAL, validates on those, and evaluates on the first `num_samples` test images.
 
 The sandwich with rdlb.py: an image model's Lagrangian, bpp + lambda * MSE on [0, 255], times the pixels and
 ln 2, is rdlb.py's nats per image + lamb * MSE on [0, 1] at lamb = rdlb_lamb(lambda, source).
 """
 import math
 
-from utils import gan_sources, images
+from utils import gan_sources, images, mnist
 from utils.cli import InputError
+
+MNIST_VAL = 5000  # training images held out for validation
 
 
 def gan_source(dataset, data_dim, what="--dataset"):
@@ -26,7 +30,7 @@ def gan_source(dataset, data_dim, what="--dataset"):
     if data_dim is not None:
         raise InputError(f"--data_dim applies to the GAN sources ({', '.join(gan_sources.NAMES)}), "
                          f"not to {what} {dataset}")
-    if str(dataset).endswith(".npy") or dataset in images.NAMED:
+    if str(dataset).endswith(".npy") or dataset in images.NAMED or dataset in mnist.NAMED:
         return None
     try:
         images.list_images(dataset, what=what)
@@ -44,13 +48,29 @@ def training_data(dataset, source, patchsize, batchsize, seed, what="--dataset")
     if source is not None:
         scaled = lambda x: x * 255.0  # noqa: E731
         return source.dataset(batchsize, seed).map(scaled), source.dataset(batchsize, seed + 1).map(scaled)
+    if dataset in mnist.NAMED:
+        return mnist_data(dataset, batchsize, seed)
     return (images.training_dataset(dataset, patchsize, batchsize, seed, "train", what),
             images.validation_dataset(dataset, patchsize, batchsize, what=what))
 
 
+def mnist_data(dataset, batchsize, seed):
+    import tensorflow as tf
+    x = mnist.grey_levels(dataset, "train")[..., None].astype("float32")
+    train = tf.data.Dataset.from_tensor_slices(x[:-MNIST_VAL]).shuffle(len(x) - MNIST_VAL, seed=seed).repeat()
+    val = tf.data.Dataset.from_tensor_slices(x[-MNIST_VAL:])
+    return train.batch(batchsize, drop_remainder=True).prefetch(tf.data.AUTOTUNE), val.batch(batchsize)
+
+
 def eval_items(dataset, source, num_samples, seed):
-    """Yields (name, image [H, W, 3] on [0, 255], channels of the source) of the evaluation set: the files of
-    an image set (uint8), or `num_samples` held-out GAN draws (float32)."""
+    """Yields (name, image [H, W, C] on [0, 255], channels of the source) of the evaluation set: the files of
+    an image set (uint8, C = 3), the first `num_samples` MNIST test images (uint8, C = 1), or `num_samples`
+    held-out GAN draws (float32, C = 3)."""
+    if dataset in mnist.NAMED:
+        x = mnist.grey_levels(dataset, "test")[:num_samples]
+        for i, img in enumerate(x):
+            yield f"{dataset}-test{i:05d}", img[..., None], 1
+        return
     if source is None:
         yield from images.eval_images(dataset)
         return
@@ -61,8 +81,10 @@ def eval_items(dataset, source, num_samples, seed):
 
 
 def label(dataset, source):
-    """The dataset part of eval file names: `kodak`, `lowgan-data_dim=2`, ..."""
-    return images.dataset_label(dataset) if source is None else f"{source.name}-data_dim={source.latent_dim}"
+    """The dataset part of eval file names: `kodak`, `mnist`, `lowgan-data_dim=2`, ..."""
+    if source is not None:
+        return f"{source.name}-data_dim={source.latent_dim}"
+    return dataset if dataset in mnist.NAMED else images.dataset_label(dataset)
 
 
 def rdlb_lamb(lmbda, source):

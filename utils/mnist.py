@@ -1,9 +1,10 @@
-"""Binarized MNIST-style digits for lossless coding: IDX files, dynamic binarization, binary .npy files.
+"""MNIST-style digits for lossless coding: IDX files, their 8-bit grey levels, dynamic binarization, binary .npy
+files.
 
 Named datasets live under `$RDS_DATA_DIR/mnist` (`mnist`: the classic `train-images-idx3-ubyte.gz` and
 `t10k-...`) or `$RDS_DATA_DIR/emnist` (`emnist-mnist`, `emnist-letters`: `emnist-<split>-{train,test}-images-
-idx3-ubyte.gz`, stored transposed, so they are turned back to the classic orientation here). Images are
-flattened row-major to 784 values.
+idx3-ubyte.gz`, stored transposed, so they are turned back to the classic orientation here). `grey_levels` keeps
+the 8-bit images 28x28 (resnet_vae.py's lossless model); the rest flatten them row-major to 784 values.
 
 Binarization is dynamic, as in the IWAE and McBits papers: a pixel of grey level g is 1 with probability
 g / 255. Training draws afresh every time an image is used; the test split is drawn once, from a fixed seed,
@@ -46,8 +47,8 @@ def read_idx_images(path):
     return np.frombuffer(data, np.uint8, offset=16).reshape(n, rows, cols)
 
 
-def greys(name, split):
-    """Grey levels in [0, 1] as float32 [N, 784] of a named dataset's split ('train' or 'test')."""
+def grey_levels(name, split):
+    """The 8-bit images uint8 [N, 28, 28] of a named dataset's split ('train' or 'test')."""
     path = _idx_path(name, split)
     if not path.exists():
         raise InputError(f"--dataset {name}: {path} not found (set $RDS_DATA_DIR to the data folder)")
@@ -56,7 +57,12 @@ def greys(name, split):
         images = images.transpose(0, 2, 1)  # EMNIST's IDX files hold the images transposed
     if images.shape[1:] != (28, 28):
         raise InputError(f"{path}: images of {images.shape[1:]} pixels; expected 28x28")
-    return images.reshape(len(images), DIM).astype(np.float32) / 255.0
+    return images
+
+
+def greys(name, split):
+    """Grey levels in [0, 1] as float32 [N, 784] of a named dataset's split ('train' or 'test')."""
+    return grey_levels(name, split).reshape(-1, DIM).astype(np.float32) / 255.0
 
 
 def binarize(g, seed):
