@@ -116,7 +116,7 @@ def walk(model, top, shape, code, features=None):
             z = unit(f"level{i}", q, p_loc, p_scale)
         else:
             z = code_ar_level(level, i, q, p_loc.numpy(), p_scale.numpy(), unit)
-        t = t + level.merge(tf.concat([tf.constant(z, tf.float32), feats], axis=-1))
+        t = level.update(t, tf.constant(z, tf.float32), feats)
     return model.decoder[0](t), names
 
 
@@ -385,6 +385,9 @@ def parse_args(argv):
         args.n_beams = 20 if lossless else 10
     if args.extra_samples is None:
         args.extra_samples = 1.2 if lossless else 1.0
+    if args.lmb_range is not None:
+        raise InputError("--lmb_range: rec.py codes fixed-rate models (a variable-rate model's latents depend on "
+                         "the lambda it is run at, which its files would have to carry)")
     if args.flat_z0:
         raise InputError("--flat_z0: rec.py does not code a MAF top prior (it codes against Gaussians; only the "
                          "deep factorized top prior has a Gaussian stand-in here)")

@@ -49,8 +49,8 @@ import utils  # noqa: F401  (before TensorFlow: sets its C++ log level)
 import tensorflow as tf
 
 from utils import codec, hvae, image_data, images, mnist, training
-from utils.cli import InputError, positive_int, run
-from utils.runs import FLAGS_NAME, run_name
+from utils.cli import InputError, float_list, positive_int, run
+from utils.runs import FLAGS_NAME, atomic_write_bytes, run_name
 
 SCRIPT = "resnet_vae"
 RATE_TYPE = "information rate (analytic or single-sample KL, an R-D upper bound), not a bitstream"
@@ -97,19 +97,55 @@ def warn_if_untrained_size(run_dir, model):
 
 def evaluate(args, model, run_dir, source):
     check_channels(model, args.dataset, 1 if args.dataset in mnist.NAMED else 3)
+    lossless = isinstance(model, hvae.DLogisticResNetVAE)
+    lambdas = None if lossless else eval_lambdas(args, model)
     checkpoint = training.restore_latest(model, run_dir)
     if source is None:
         warn_if_untrained_size(run_dir, model)
     if args.verbose:
         print(f"restored {checkpoint}", file=sys.stderr)
-    cast = not args.no_cast_xhat
-    if isinstance(model, hvae.DLogisticResNetVAE):
+    if lossless:
         return evaluate_lossless(args, model, run_dir, checkpoint)
+    cast = not args.no_cast_xhat
+    records = [evaluate_at(args, model, run_dir, source, checkpoint, lmbda, cast) for lmbda in lambdas]
+    if model.lmb_range is not None:
+        curve = codec.results_npz(args, run_dir, source).with_suffix(".csv")
+        keys = ("lambda", "bpp", "mse", "psnr", "msssim", "rate_stderr", "mse_stderr")
+        lines = [",".join(keys)] + [",".join(f"{r[k]:.8g}" for k in keys) for r in records]
+        atomic_write_bytes(curve, ("\n".join(lines) + "\n").encode())
+        if args.verbose:
+            print(f"curve: {curve}", file=sys.stderr)
+    return records[-1]
 
+
+def eval_lambdas(args, model):
+    """The lambdas to evaluate: the run's own for a fixed-rate model; for a variable-rate one --lambdas (inside
+    the trained range unless --extrapolate) or --num_lambdas log-spaced over the range."""
+    if model.lmb_range is None:
+        if args.lambdas is not None or args.num_lambdas is not None:
+            raise InputError("--lambdas and --num_lambdas evaluate a variable-rate model (--lmb_range); this run "
+                             f"was trained at --lambda {args.lmbda}")
+        return [args.lmbda]
+    lo, hi = model.lmb_range
+    if args.lambdas is None:
+        return [float(v) for v in np.geomspace(lo, hi, 16 if args.num_lambdas is None else args.num_lambdas)]
+    if not args.lambdas or min(args.lambdas) <= 0:
+        raise InputError(f"--lambdas {args.lambdas}: give positive lambdas")
+    outside = [v for v in args.lambdas if not lo * (1 - 1e-9) <= v <= hi * (1 + 1e-9)]
+    if outside:
+        what = f"--lambdas {','.join(map(str, outside))}: outside the trained range [{lo:.6g}, {hi:.6g}]"
+        if not args.extrapolate:
+            raise InputError(f"{what} (pass --extrapolate to evaluate there anyway)")
+        warnings.warn(f"{what}: the model never saw these lambdas in training")
+    return args.lambdas
+
+
+def evaluate_at(args, model, run_dir, source, checkpoint, lmbda, cast):
+    """One eval pass over the dataset at lambda: the .npz and the JSON line of the image scripts."""
     def measure(image, channels):
         h, w = image.shape[:2]
         check_size(model, h, w, "the image size")
-        x_hat, bits = model.estimate(tf.constant(image, tf.float32))
+        x_hat, bits = model.estimate(tf.constant(image, tf.float32), tf.constant(lmbda, tf.float32))
         x_hat = np.clip(x_hat.numpy(), 0, 255)
         if channels == 1:
             x_hat = x_hat.mean(axis=2)
@@ -120,10 +156,13 @@ def evaluate(args, model, run_dir, source):
                     **{f"bpp_level{i}": float(b) / (h * w) for i, b in enumerate(bits)})
 
     record = dict(method=SCRIPT, bound="upper", rate_type=RATE_TYPE, dataset=str(args.dataset),
-                  **{"lambda": args.lmbda}, run=run_dir.name, checkpoint=str(checkpoint), cast_xhat=cast)
+                  **{"lambda": lmbda}, run=run_dir.name, checkpoint=str(checkpoint), cast_xhat=cast)
+    npz = codec.results_npz(args, run_dir, source)
+    if model.lmb_range is not None:
+        record.update(lmb_range=list(model.lmb_range))
+        npz = npz.with_name(f"{npz.stem}-lmbda={lmbda:.6g}.npz")
     items = image_data.eval_items(args.dataset, source, args.batchsize, args.seed)
-    return codec.evaluate_images(items, measure, codec.results_npz(args, run_dir, source),
-                                 run_dir / codec.RESULTS_NAME, record, args.verbose, source)
+    return codec.evaluate_images(items, measure, npz, run_dir / codec.RESULTS_NAME, record, args.verbose, source)
 
 
 def evaluate_lossless(args, model, run_dir, checkpoint):
@@ -131,7 +170,8 @@ def evaluate_lossless(args, model, run_dir, checkpoint):
     def measure(image, channels):
         x = tf.constant(np.repeat(image[None], args.elbo_samples, axis=0), tf.float32)
         kl, nll = (t.numpy().astype(np.float64).mean() / image.size for t in model.elbo_bits(x))
-        x_hat = np.round(np.clip(model.estimate(tf.constant(image, tf.float32))[0].numpy(), 0, 255)).astype(np.uint8)
+        x_hat = model.estimate(tf.constant(image, tf.float32), tf.constant(model.lmbda, tf.float32))[0].numpy()
+        x_hat = np.round(np.clip(x_hat, 0, 255)).astype(np.uint8)
         return dict(x_hat=images.to_channels(x_hat, channels), nelbo_bpd=kl + nll, kl_bpd=kl, nll_bpd=nll)
 
     record = dict(method=SCRIPT, likelihood="dlogistic", rate_type="negative ELBO in bits per dimension (the "
@@ -159,6 +199,11 @@ def parse_args(argv):
     codec.add_image_eval_flags(e)
     e.add_argument("--elbo_samples", type=positive_int, default=16,
                    help="posterior draws averaged into each image's negative ELBO (--likelihood dlogistic)")
+    e.add_argument("--num_lambdas", type=positive_int,
+                   help="a variable-rate model: evaluate at this many lambdas log-spaced over its range (16)")
+    e.add_argument("--lambdas", type=float_list, help="a variable-rate model: evaluate at these lambdas")
+    e.add_argument("--extrapolate", action="store_true",
+                   help="allow --lambdas outside the model's trained range (with a warning)")
     args = p.parse_args(argv)
     hvae.check_model_flags(args)
     return args

@@ -57,7 +57,7 @@ def main():
             ratio = f", {s / base:.1f}x the recipe's 256x256 step" if base and (name, patch) != ("recipe", 256) else ""
             print(f"  train {patch}x{patch} batch {batch}: {1 / s:.3f} steps/s ({s:.2f} s/step over {args.steps} "
                   f"steps{ratio})")
-        e = timed(lambda: model.estimate(tf.constant(image, tf.float32))[1].numpy(), args.images)
+        e = timed(lambda: model.estimate(tf.constant(image, tf.float32), model.lmbda)[1].numpy(), args.images)
         print(f"  eval one Kodak image ({label}): {e:.2f} s/image (over {args.images})")
 
 

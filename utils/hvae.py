@@ -12,7 +12,7 @@ import tensorflow as tf
 import tensorflow_compression as tfc
 
 from utils import codec, images, training
-from utils.cli import InputError, int_list, positive_int
+from utils.cli import InputError, float_list, int_list, positive_int
 from utils.priors import MAF
 
 MAF_ACTIVATION = "leaky_relu"
@@ -22,6 +22,10 @@ AR_GATE_OFFSET = 1.0  # gates are sigmoid(offset + net(z)); the first slice has 
 # Every leaky ReLU is tf.nn.leaky_relu (slope 0.2), as in the paper's code.
 LOGISTIC_SCALE_FLOOR = -7.0  # log scale floor of the discretized logistic (on [-1, 1] units, as PixelCNN++)
 LIKELIHOODS = ("mse", "dlogistic")
+LMB_FREQUENCIES = 8  # the lambda embedding: sin and cos of pi 2^k t, k < 8, t = normalized ln(lambda)
+LMB_UNITS = 128  # width of the lambda embedding's MLP
+SEED_LAMBDA_UNITS = 12 / (255 ** 2 * math.log(2))  # the seed's lambda (nats per sub-pixel + lambda MSE on [-1, 1])
+# times this is the package's (bpp + lambda MSE on [0, 255]): 2.662e-4
 
 
 def positive_scale(raw):
@@ -48,30 +52,71 @@ def sample_normal(loc, scale):
     return loc + scale * tf.random.normal(tf.shape(loc))
 
 
-class EncoderBlock(tf.keras.layers.Layer):
-    """shortcut(x) + conv2(conv1(x)) at half the side; conv2 ends in GDN except in the top block."""
+class LambdaEmbedding(tf.keras.layers.Layer):
+    """lambda [batch] -> features [batch, LMB_UNITS]: ln(lambda) normalized to t in [0, 1] over the trained range,
+    sin and cos of pi 2^k t, then a two-layer MLP."""
 
-    def __init__(self, filters, gdn=True, **kwargs):
+    def __init__(self, lmb_range, **kwargs):
+        super().__init__(**kwargs)
+        self.log_lo, self.log_hi = (math.log(v) for v in lmb_range)
+        self.freqs = math.pi * 2.0 ** np.arange(LMB_FREQUENCIES, dtype=np.float32)
+        self.mlp = tf.keras.Sequential([tf.keras.layers.Dense(LMB_UNITS, tf.nn.gelu), tf.keras.layers.Dense(LMB_UNITS)])
+
+    def call(self, lmbda):
+        t = (tf.math.log(lmbda) - self.log_lo) / (self.log_hi - self.log_lo)
+        angles = t[:, None] * self.freqs
+        return self.mlp(tf.concat([tf.sin(angles), tf.cos(angles)], axis=-1))
+
+
+class Modulation(tf.keras.layers.Layer):
+    """x (1 + scale) + shift, per image and channel, from the lambda embedding; zero-initialized, so a
+    conditioned model starts as the unconditioned one."""
+
+    def __init__(self, channels, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = tf.keras.layers.Dense(2 * channels, kernel_initializer="zeros")
+
+    def call(self, x, embedding):
+        if embedding is None:
+            return x
+        scale, shift = tf.split(self.dense(embedding)[:, None, None, :], 2, axis=-1)
+        return x * (1 + scale) + shift
+
+
+class EncoderBlock(tf.keras.layers.Layer):
+    """shortcut(x) + conv2(conv1(x)) at half the side; conv2 ends in GDN except in the top block. With lambda
+    conditioning the residual branch's (normalized) output is modulated before the sum."""
+
+    def __init__(self, filters, gdn=True, conditioned=False, **kwargs):
         super().__init__(**kwargs)
         self.conv1 = codec.conv(filters, 3, 2, tf.nn.leaky_relu)
         self.conv2 = codec.conv(filters, 3, 1, tfc.GDN() if gdn else None)
         self.shortcut = codec.conv(filters, 1, 2, kernel_parameter="variable")
+        self.modulation = Modulation(filters) if conditioned else None
 
-    def call(self, x):
-        return self.shortcut(x) + self.conv2(self.conv1(x))
+    def call(self, x, embedding=None):
+        branch = self.conv2(self.conv1(x))
+        if self.modulation is not None:
+            branch = self.modulation(branch, embedding)
+        return self.shortcut(x) + branch
 
 
 class DecoderBlock(tf.keras.layers.Layer):
-    """shortcut(t) + conv2(upconv1(t)) at twice the side, leaky ReLU after both convolutions."""
+    """shortcut(t) + conv2(upconv1(t)) at twice the side, leaky ReLU after both convolutions (the residual branch
+    modulated with lambda conditioning)."""
 
-    def __init__(self, filters, **kwargs):
+    def __init__(self, filters, conditioned=False, **kwargs):
         super().__init__(**kwargs)
         self.conv1 = codec.deconv(filters, 3, 2, tf.nn.leaky_relu)
         self.conv2 = codec.deconv(filters, 3, 1, tf.nn.leaky_relu)
         self.shortcut = codec.deconv(filters, 1, 2, kernel_parameter="variable")
+        self.modulation = Modulation(filters) if conditioned else None
 
-    def call(self, t):
-        return self.shortcut(t) + self.conv2(self.conv1(t))
+    def call(self, t, embedding=None):
+        branch = self.conv2(self.conv1(t))
+        if self.modulation is not None:
+            branch = self.modulation(branch, embedding)
+        return self.shortcut(t) + branch
 
 
 class SliceAutoregressive(tf.keras.layers.Layer):
@@ -104,9 +149,10 @@ class SliceAutoregressive(tf.keras.layers.Layer):
 class LatentLevel(tf.keras.layers.Layer):
     """One latent level below the top: prior from the top-down features t, posterior from the bottom-up h and t."""
 
-    def __init__(self, filters, channels, ar_slices=None, **kwargs):
+    def __init__(self, filters, channels, ar_slices=None, conditioned=False, **kwargs):
         super().__init__(**kwargs)
         c = channels
+        self.modulation = Modulation(filters) if conditioned else None
         self.bottom_up = codec.conv(2 * c, 3, kernel_parameter="variable")  # posterior mean, scale: h's part
         self.top_down = codec.deconv(2 * c, 3, 1, tf.nn.leaky_relu, kernel_parameter="variable")  # ... and t's part
         self.prior = codec.deconv(3 * c, 3, kernel_parameter="variable")  # features, prior mean, prior scale
@@ -133,7 +179,14 @@ class LatentLevel(tf.keras.layers.Layer):
         gate = tf.sigmoid(AR_GATE_OFFSET + self.ar_gate(z))
         return gate * z + (1 - gate) * self.ar_shift(z), tf.math.log(gate)
 
-    def call(self, h, t):
+    def update(self, t, z, feats, embedding=None):
+        """t after the level: t + merge([z, feats]), the merge modulated with lambda conditioning."""
+        merged = self.merge(tf.concat([z, feats], axis=-1))
+        if self.modulation is not None:
+            merged = self.modulation(merged, embedding)
+        return t + merged
+
+    def call(self, h, t, embedding=None):
         """(updated t, KL per image in nats)."""
         feats, (q_loc, q_scale), (p_loc, p_scale) = self.distributions(h, t)
         z = sample_normal(q_loc, q_scale)
@@ -142,7 +195,7 @@ class LatentLevel(tf.keras.layers.Layer):
             kl = per_image(normal_log_prob(z, q_loc, q_scale) - normal_log_prob(eps, p_loc, p_scale) - log_det)
         else:
             kl = per_image(normal_kl(q_loc, q_scale, p_loc, p_scale))
-        return t + self.merge(tf.concat([z, feats], axis=-1)), kl
+        return self.update(t, z, feats, embedding), kl
 
 
 class ResNetVAE(training.LossModel):
@@ -152,35 +205,39 @@ class ResNetVAE(training.LossModel):
     OUTPUTS = 1  # decoder outputs per image channel: the reconstruction
 
     def __init__(self, lmbda, num_filters, latent_channels, ar_prior_levels=0, ar_slices=8, flat_z0=False,
-                 img_dim=None, maf_units=(32, 32), maf_stacks=3, image_channels=3):
+                 img_dim=None, maf_units=(32, 32), maf_stacks=3, image_channels=3, lmb_range=None):
         super().__init__()
         self.lmbda = float(lmbda)
         self.image_channels = image_channels
+        self.lmb_range = lmb_range
+        cond = lmb_range is not None
+        self.embedding = LambdaEmbedding(lmb_range, name="lambda_embedding") if cond else None
         levels = self.levels = len(latent_channels)
         self.pad_multiple = 2 ** levels
         self.img_dim = img_dim if flat_z0 else None
         f, top = num_filters, latent_channels[-1]
-        self.encoder = [EncoderBlock(f, name=f"encoder{i}") for i in range(levels - 1)]
-        self.encoder.append(EncoderBlock(2 * top, gdn=False, name=f"encoder{levels - 1}"))
-        self.latents = [LatentLevel(f, c, ar_slices if i < ar_prior_levels else None, name=f"latent{i}")
-                        for i, c in enumerate(latent_channels[:-1])]
+        self.encoder = [EncoderBlock(f, conditioned=cond, name=f"encoder{i}") for i in range(levels - 1)]
+        self.encoder.append(EncoderBlock(2 * top, gdn=False, conditioned=cond, name=f"encoder{levels - 1}"))
+        self.latents = [LatentLevel(f, c, ar_slices if i < ar_prior_levels else None, conditioned=cond,
+                                    name=f"latent{i}") for i, c in enumerate(latent_channels[:-1])]
         self.decoder = [codec.deconv(self.OUTPUTS * image_channels, 3, 2)]
-        self.decoder += [DecoderBlock(f, name=f"decoder{i}") for i in range(1, levels)]
+        self.decoder += [DecoderBlock(f, conditioned=cond, name=f"decoder{i}") for i in range(1, levels)]
         if flat_z0:
             self.flat_dim = (img_dim // self.pad_multiple) ** 2 * top
             self.top_prior = MAF(self.flat_dim, maf_stacks, maf_units, MAF_ACTIVATION, name="maf_prior")
         else:
             self.top_prior = tfc.DeepFactorized(batch_shape=[top])
 
-    def forward(self, x):
+    def forward(self, x, lmbda=None):
         """x [batch, H, W, image_channels] in [0, 255] -> (the decoder's output [batch, H, W, OUTPUTS * channels],
         KL per image and level in nats [batch, L]). Sides that are not multiples of pad_multiple are padded (edge
-        replication) and the output cropped back."""
+        replication) and the output cropped back. A variable-rate model (lmb_range) needs lmbda [batch]."""
         shape = tf.shape(x)
+        emb = None if self.embedding is None else self.embedding(lmbda)
         h = images.pad_to_multiple(x, self.pad_multiple) / 255.0 - 0.5
         features = []
         for block in self.encoder:
-            h = block(h)
+            h = block(h, emb)
             features.append(h)
         loc, raw = tf.split(features[-1], 2, axis=-1)
         scale = positive_scale(raw)
@@ -192,7 +249,7 @@ class ResNetVAE(training.LossModel):
         kls = [per_image(normal_log_prob(z, loc, scale)) - log_p]
         t = z
         for i in reversed(range(self.levels - 1)):
-            t, kl = self.latents[i](features[i], self.decoder[i + 1](t))
+            t, kl = self.latents[i](features[i], self.decoder[i + 1](t, emb), emb)
             kls.append(kl)
         out = self.decoder[0](t)[:, :shape[1], :shape[2], :]
         return out, tf.stack(kls[::-1], axis=1)  # bottom-up order
@@ -201,13 +258,24 @@ class ResNetVAE(training.LossModel):
         """The reconstruction on [0, 255] from the decoder's output."""
         return (out + 0.5) * 255.0
 
+    def training_lambdas(self, batch, training):
+        """lambda per image: log-uniform over lmb_range in training; its geometric middle for validation (so that
+        val_loss, which the plateau schedule watches, is not noisy)."""
+        log_lo, log_hi = (math.log(v) for v in self.lmb_range)
+        if training:
+            return tf.exp(tf.random.uniform([batch], log_lo, log_hi))
+        return tf.fill([batch], math.exp((log_lo + log_hi) / 2))
+
     def losses_of(self, x, training=False):
-        out, kls = self.forward(x)
+        batch = tf.shape(x)[0]
+        lmbda = None if self.embedding is None else self.training_lambdas(batch, training)
+        out, kls = self.forward(x, lmbda)
         x_hat = self.reconstruction(out)
-        num_pixels = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), tf.float32)
-        bpp = tf.reduce_sum(kls) / (num_pixels * math.log(2))
-        mse = tf.reduce_mean(tf.math.squared_difference(x, x_hat))
-        return dict(loss=bpp + self.lmbda * mse, bpp=bpp, mse=mse)
+        pixels = tf.cast(tf.reduce_prod(tf.shape(x)[1:-1]), tf.float32)
+        bpp = tf.reduce_sum(kls, axis=1) / (pixels * math.log(2))  # per image
+        mse = tf.reduce_mean(tf.math.squared_difference(x, x_hat), axis=[1, 2, 3])
+        weight = self.lmbda if lmbda is None else lmbda
+        return dict(loss=tf.reduce_mean(bpp + weight * mse), bpp=tf.reduce_mean(bpp), mse=tf.reduce_mean(mse))
 
     def call(self, x, training=False):
         return self.losses_of(x)["loss"]
@@ -219,10 +287,11 @@ class ResNetVAE(training.LossModel):
         side = self.img_dim or self.pad_multiple  # the smallest input: building costs little even at 256 filters
         self(tf.zeros([1, side, side, self.image_channels]))
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None, None], tf.float32)])
-    def estimate(self, image):
-        """One image [H, W, C] in [0, 255] -> (x_hat [H, W, C], unclipped; KL per level in bits [L])."""
-        out, kls = self.forward(image[None])
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None], tf.float32), tf.TensorSpec([], tf.float32)])
+    def estimate(self, image, lmbda):
+        """One image [H, W, C] in [0, 255] at lambda (used by a variable-rate model only) -> (x_hat [H, W, C],
+        unclipped; KL per level in bits [L])."""
+        out, kls = self.forward(image[None], None if self.embedding is None else lmbda[None])
         return self.reconstruction(out)[0], kls[0] / math.log(2)
 
 
@@ -299,10 +368,26 @@ def add_model_flags(p):
                         "p(x | z) for lossless coding, trained on the negative ELBO (lambda unused)")
     p.add_argument("--image_channels", type=int, choices=(1, 3), default=3,
                    help="channels of the images the model takes (1: grey levels, e.g. --dataset mnist)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--lmb_range", type=float_list, metavar="LO,HI",
+                   help="a variable-rate model: lambda-conditioned blocks, lambda log-uniform in [LO, HI] per "
+                        "training image (this package's units, bpp + lambda MSE on [0, 255]); --lambda unused")
+    g.add_argument("--lmb_range_seed", type=float_list, metavar="LO,HI",
+                   help="--lmb_range in the seed's units (KL nats per sub-pixel + lambda MSE on [-1, 1]): "
+                        f"multiplied by {SEED_LAMBDA_UNITS:.4e}, e.g. the seed's 4,2048 -> 0.001065,0.5452")
 
 
 def check_model_flags(args):
-    """Refuses inconsistent architecture flags (InputError)."""
+    """Refuses inconsistent architecture flags (InputError); converts --lmb_range_seed to --lmb_range."""
+    if args.lmb_range_seed is not None:
+        args.lmb_range = [v * SEED_LAMBDA_UNITS for v in args.lmb_range_seed]
+    if args.lmb_range is not None:
+        flag = "--lmb_range_seed" if args.lmb_range_seed is not None else "--lmb_range"
+        lo_hi = args.lmb_range_seed or args.lmb_range
+        if len(lo_hi) != 2 or not 0 < lo_hi[0] < lo_hi[1] or not all(map(math.isfinite, lo_hi)):
+            raise InputError(f"{flag} {','.join(map(str, lo_hi))}: give two numbers 0 < LO < HI")
+        if args.likelihood != "mse":
+            raise InputError(f"{flag}: a variable-rate model trades rate for MSE (--likelihood mse)")
     levels = len(args.latent_channels)
     if levels < 1 or min(args.latent_channels) < 1:
         raise InputError(f"--latent_channels {args.latent_channels}: give at least one positive channel count")
@@ -333,13 +418,17 @@ def model_flags(args):
         flags.update(likelihood=args.likelihood)
     if args.image_channels != 3:
         flags.update(image_channels=args.image_channels)
+    if args.lmb_range is not None:
+        flags.update(lmb_range=[float(f"{v:.6g}") for v in args.lmb_range])
     return flags
 
 
 def run_flags(args):
-    """The model flags and, for the lossy model, lambda: what names a run folder (the lossless one has no lambda)."""
+    """The model flags and, for a fixed-rate lossy model, lambda: what names a run folder (a lossless or
+    variable-rate model has no lambda of its own)."""
     flags = model_flags(args)
-    return flags if args.likelihood == "dlogistic" else dict(flags, lmbda=args.lmbda)
+    fixed = args.likelihood == "mse" and args.lmb_range is None
+    return dict(flags, lmbda=args.lmbda) if fixed else flags
 
 
 def build(args):
