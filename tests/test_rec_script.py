@@ -8,7 +8,7 @@ import tensorflow as tf
 
 import rec
 from conftest import run_script
-from test_resnet_vae import smooth_images
+from test_resnet_vae import smooth_images, train_in_process
 from utils import hvae, images, jsonl
 from utils.cli import InputError
 from utils.runs import run_name
@@ -22,15 +22,8 @@ FAST = ["--n_beams", "3"]  # the coder's settings are tested in test_rec.py; few
 def save_model(ckpt, lmbda, seed, steps=STEPS):
     """A model briefly trained on smooth images (fresh ones have KLs of ~30 bpp: slow to code), saved as
     resnet_vae.py's run folder for these flags would be."""
-    tf.keras.utils.set_random_seed(seed)
     args = rec.parse_args([*MODEL, "--lambda", str(lmbda), "eval"])
-    model = hvae.build(args)
-    model.build_weights()
-    model.compile(optimizer=tf.keras.optimizers.Adam(3e-3))
-    step = tf.function(model.train_step)
-    x = tf.constant(smooth_images(4, 32, seed=seed), tf.float32)
-    for _ in range(steps):
-        step(x)
+    model = train_in_process(args, smooth_images(4, 32, seed=seed), steps, seed=seed)
     run_dir = ckpt / run_name("resnet_vae", **hvae.model_flags(args), lmbda=lmbda)
     tf.train.Checkpoint(model=model).save(str(run_dir / "ckpt"))
     return run_dir

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 import resnet_vae
-from test_resnet_vae import smooth_images
+from test_resnet_vae import smooth_images, train_in_process
 from utils import hvae, images
 from utils.cli import InputError
 from utils.runs import run_name
@@ -31,15 +31,8 @@ def test_seed_units():
 def trained(tmp_path_factory):
     """A tiny variable-rate model trained in-process on smooth images with lambda log-uniform per image."""
     tmp = tmp_path_factory.mktemp("vr")
-    tf.keras.utils.set_random_seed(0)
     args = resnet_vae.parse_args([*MODEL, "eval"])
-    model = hvae.build(args)
-    model.build_weights()
-    model.compile(optimizer=tf.keras.optimizers.Adam(3e-3))
-    step = tf.function(model.train_step)
-    x = tf.constant(smooth_images(8, 32, seed=0), tf.float32)
-    for _ in range(300):
-        step(x)
+    model = train_in_process(args, smooth_images(8, 32, seed=0), 300)
     run_dir = tmp / "ckpt" / run_name("resnet_vae", **hvae.run_flags(args))
     tf.train.Checkpoint(model=model).save(str(run_dir / "ckpt"))
     np.save(tmp / "imgs.npy", smooth_images(3, 32, seed=9))
