@@ -174,11 +174,11 @@ class Codec:
 
         out, names = walk(self.model, self.top, padded.shape[1:3], code, features)
         out = out[0, :h, :w]
-        strings = [rec.pack(codes, seed=self.seed)]
+        strings = [rec.pack(codes, seed=self.seed, framed=False)]  # the container frames it
         if self.lossless:
             stack = ans.Stack()
             stack.push(np.asarray(image).ravel(), residual_table(self.model, out))
-            strings.append(stack.words().tobytes())
+            strings.append(ans.words_to_bytes(stack.words()))
         data = coding.pack(MODEL_SCRIPT, self.identity, (h, w), channels, strings)
         return data, self.model.reconstruction(out).numpy(), dict(zip(names, codes)), features
 
@@ -189,7 +189,7 @@ class Codec:
         if len(strings) != 1 + self.lossless:
             raise InputError(f"{what}: corrupt file ({len(strings)} streams; this model's files hold "
                              f"{1 + self.lossless})")
-        reader = rec.Reader(strings[0], what)
+        reader = rec.Reader(strings[0], what, framed=False)
         if reader.seed != self.seed:
             raise InputError(f"{what} was coded with --seed {reader.seed}, not {self.seed}: decode it with the "
                              f"encoder's --seed")
@@ -201,9 +201,7 @@ class Codec:
         out = out[0, :height, :width]
         if not self.lossless:
             return self.model.reconstruction(out).numpy(), channels
-        if len(strings[1]) % 4:
-            raise InputError(f"{what}: corrupt file (the residual stream is not whole 32-bit words)")
-        stack = ans.Stack(np.frombuffer(strings[1], np.uint32))
+        stack = ans.Stack(ans.bytes_to_words(strings[1]))
         x = stack.pop(residual_table(self.model, out)).astype(np.uint8)
         if not stack.coder.is_empty():
             raise InputError(f"{what}: corrupt file (bits left over after the last pixel)")

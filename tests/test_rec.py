@@ -198,3 +198,17 @@ def test_bad_latents_refused():
                          config=config)
     with pytest.raises(InputError, match="seed"):
         rec.encode_layer(np.zeros(3), np.ones(3), np.zeros(3), np.ones(3), seed=-1, layer=0, config=config)
+
+
+def test_unframed_stream_is_the_framed_one_without_its_frame():
+    """framed=False (inside rec.py's container) drops the magic, version, length and CRC: the same payload after
+    a shorter header, decoded to the same latent."""
+    mu, sig, m, s = layer(60, 40)
+    code, z = rec.encode_layer(mu, sig, m, s, seed=4, layer=2, config=rec.Config(n_beams=2))
+    framed, bare = rec.pack([code], seed=4), rec.pack([code], seed=4, framed=False)
+    head = rec.Reader(framed).header_bytes
+    reader = rec.Reader(bare, framed=False)
+    assert bare[reader.header_bytes:] == framed[head:] and len(framed) - len(bare) == head - reader.header_bytes
+    assert reader.header_bytes <= 6 and reader.seed == 4
+    np.testing.assert_array_equal(reader.decode_layer(m, s, layer=2), z)
+    reader.finish()

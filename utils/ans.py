@@ -150,6 +150,19 @@ def categorical_table(weights, precision):
     return CountTable(counts, precision)
 
 
+def words_to_bytes(words):
+    """Little-endian bytes of an ANS coder's 32-bit words, without the last word's high zero bytes (they carry
+    nothing; bytes_to_words pads them back)."""
+    data = np.asarray(words, np.uint32).astype("<u4").tobytes()
+    return data[:len(data) - 3] + data[len(data) - 3:].rstrip(b"\0")
+
+
+def bytes_to_words(data):
+    """The 32-bit words of words_to_bytes' bytes."""
+    data = bytes(data) + b"\0" * (-len(data) % 4)
+    return np.frombuffer(data, "<u4").astype(np.uint32)
+
+
 def seed_words(num_bits, seed):
     """Random 32-bit words carrying at least num_bits (plus the coder's 64-bit head); none is zero, so an
     unsealed AnsCoder on them gives them back word for word once everything pushed has been popped."""

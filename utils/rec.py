@@ -52,6 +52,7 @@ import constriction
 import numpy as np
 import tensorflow as tf
 
+from utils.ans import bytes_to_words, words_to_bytes
 from utils.cli import InputError
 from utils.coding import HeaderReader, varint
 
@@ -373,8 +374,10 @@ def _layer_symbols(code):
     return syms, sizes
 
 
-def pack(codes, *, seed):
-    """The bytes of a list of layer codes (all made with the same config and this seed)."""
+def pack(codes, *, seed, framed=True):
+    """The bytes of a list of layer codes (all made with the same config and this seed). `framed=False` leaves
+    out the magic number, version, length and CRC, for a stream inside a container that has its own (rec.py's
+    files): the header is then the fit flag, n, the block size and the seed, ~5 bytes instead of ~16."""
     if not codes:
         raise ValueError("pack needs at least one layer")
     _check_ids(seed, 0)
@@ -390,42 +393,48 @@ def pack(codes, *, seed):
         sizes += z
     coder = constriction.stream.stack.AnsCoder()
     coder.encode_reverse(np.array(syms, np.int32), _UNIFORM, np.array(sizes, np.int32))
-    payload = coder.get_compressed().astype("<u4").tobytes()
-    # the last word's high zero bytes carry nothing: the reader pads back to whole words
-    payload = payload[:len(payload) - 3] + payload[len(payload) - 3:].rstrip(b"\0")
-    head = MAGIC + bytes([VERSION, fit]) + varint(n) + varint(block_size) + varint(seed) + varint(len(payload))
+    payload = words_to_bytes(coder.get_compressed())
+    params = bytes([fit]) + varint(n) + varint(block_size) + varint(seed)
+    if not framed:
+        return params + payload
+    head = MAGIC + bytes([VERSION]) + params + varint(len(payload))
     return head + struct.pack(">I", zlib.crc32(payload, zlib.crc32(head))) + payload
 
 
 class Reader:
     """Parses and checks a `pack`ed stream, then hands out its layers in order (decode_layer or read_layer)."""
 
-    def __init__(self, data, what="REC stream"):
+    def __init__(self, data, what="REC stream", framed=True):
         self.what = what
         data = bytes(data)
-        if data[:len(MAGIC)] != MAGIC:
-            raise InputError(f"{what}: not a relative-entropy-coded stream (wrong magic number)")
         r = HeaderReader(data, what)
-        r.take(len(MAGIC))
-        version = r.take(1)[0]
-        if version != VERSION:
-            raise InputError(f"{what}: format version {version}; this code reads version {VERSION}")
+        if framed:
+            if data[:len(MAGIC)] != MAGIC:
+                raise InputError(f"{what}: not a relative-entropy-coded stream (wrong magic number)")
+            r.take(len(MAGIC))
+            version = r.take(1)[0]
+            if version != VERSION:
+                raise InputError(f"{what}: format version {version}; this code reads version {VERSION}")
         flag = r.take(1)[0]
         self.fit_split = flag == 1
-        self.n_candidates, self.block_size, self.seed, length = (r.varint() for _ in range(4))
-        head_end = r.pos
-        self.header_bytes = head_end + 4
-        if len(data) < head_end + 4 + length:
-            raise InputError(f"{what}: truncated ({len(data)} bytes; the header announces "
-                             f"{head_end + 4 + length})")
-        (crc,) = struct.unpack(">I", data[head_end:head_end + 4])
-        payload = data[head_end + 4:]
-        if len(payload) != length or zlib.crc32(payload, zlib.crc32(data[:head_end])) != crc:
-            raise InputError(f"{what}: corrupt (checksum or length mismatch)")
+        self.n_candidates, self.block_size, self.seed = (r.varint() for _ in range(3))
+        if framed:
+            length = r.varint()
+            head_end = r.pos
+            if len(data) < head_end + 4 + length:
+                raise InputError(f"{what}: truncated ({len(data)} bytes; the header announces "
+                                 f"{head_end + 4 + length})")
+            (crc,) = struct.unpack(">I", data[head_end:head_end + 4])
+            payload = data[head_end + 4:]
+            if len(payload) != length or zlib.crc32(payload, zlib.crc32(data[:head_end])) != crc:
+                raise InputError(f"{what}: corrupt (checksum or length mismatch)")
+            self.header_bytes = head_end + 4
+        else:
+            self.header_bytes = r.pos
+            payload = data[r.pos:]
         if not (2 <= self.n_candidates <= MAX_CANDIDATES and self.block_size >= 1 and flag < 2):
             raise InputError(f"{what}: corrupt header (n = {self.n_candidates}, block size = {self.block_size})")
-        payload += b"\0" * (-len(payload) % 4)
-        self._coder = constriction.stream.stack.AnsCoder(np.frombuffer(payload, "<u4").astype(np.uint32))
+        self._coder = constriction.stream.stack.AnsCoder(bytes_to_words(payload))
         self._layers = 0
 
     def _pop(self, size, count=1):
