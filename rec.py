@@ -221,8 +221,7 @@ class Codec:
 
 def restore(model, run_dir, verbose):
     try:
-        latest = training.restore_latest(model, run_dir)
-        tf.train.Checkpoint(model=model).restore(latest).expect_partial().assert_existing_objects_matched()
+        latest = training.restore_latest(model, run_dir, strict=True)
     except (AssertionError, ValueError) as e:  # fresh weights would code garbage: every weight must be restored
         raise InputError(f"the checkpoint in {run_dir} does not hold this model's weights (other architecture "
                          f"flags?): {str(e).splitlines()[0][:200]}")

@@ -194,3 +194,59 @@ def test_image_scripts_default_to_the_papers_schedule():
         bad = p.parse_args(["train", "--dataset", "kodak", *flags])
         with pytest.raises(InputError, match=message):
             training.fit_from_flags(bad, None, "/nonexistent/run", None, None)
+
+
+class LineLoss(training.LossModel):
+    """Line as a LossModel (the train step that keeps the moving average)."""
+
+    def __init__(self):
+        super().__init__()
+        self.dense = tf.keras.layers.Dense(1)
+        self.dense.build([None, 1])
+
+    def losses_of(self, batch, training=False):
+        x, y = batch
+        return {"loss": tf.reduce_mean(tf.square(self.dense(x) - y))}
+
+
+def test_moving_average_follows_the_seed_recursion_and_is_what_eval_restores(tmp_path):
+    """a_0 = w_1 (decay 0 at the first step), a_t = d_t a_(t-1) + (1 - d_t) w_t with d_t = ema (1 - e^(-t/warmup)),
+    replayed in numpy from the weights after each step; fit saves it, and restore_latest loads it as the weights
+    when flags.json names the run's --ema (and the plain weights otherwise)."""
+    tf.random.set_seed(0)
+    m = LineLoss()
+    m.compile(optimizer=tf.keras.optimizers.Adam(0.05))
+    average = m.track_average(0.8, 3)
+    step = tf.function(m.train_step)
+    weights, expected = [], None
+    for t, batch in enumerate(line_data().take(12)):
+        step(batch)
+        w = np.concatenate([v.numpy().ravel() for v in m.trainable_variables])
+        d = 0.8 * (1 - np.exp(-t / 3))
+        expected = w if expected is None else d * expected + (1 - d) * w
+        weights.append(w)
+    got = np.concatenate([a.numpy().ravel() for a in average])
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    assert np.abs(got - weights[-1]).max() > 1e-3  # the average lags the weights
+
+    tf.random.set_seed(0)
+    trained = LineLoss()
+    training.fit(trained, line_data(), None, tmp_path, epochs=1, steps_per_epoch=20, lr=0.05, ema=0.9,
+                 ema_warmup=2)
+    raw = trained.dense.kernel.numpy().copy()
+    kept = trained.average[0].numpy().copy()
+    assert abs(raw - kept).max() > 1e-4
+    fresh = LineLoss()
+    training.restore_latest(fresh, tmp_path)  # no flags.json: the weights
+    np.testing.assert_array_equal(fresh.dense.kernel.numpy(), raw)
+    from utils.runs import save_flags
+    save_flags(tmp_path, {"ema": 0.9})
+    fresh = LineLoss()
+    training.restore_latest(fresh, tmp_path, strict=True)
+    np.testing.assert_array_equal(fresh.dense.kernel.numpy(), kept)
+
+
+def test_clip_norm_reaches_the_optimizer(tmp_path):
+    m = LineLoss()
+    training.fit(m, line_data(), None, tmp_path, epochs=1, steps_per_epoch=2, lr=0.05, clip_norm=2.0)
+    assert m.optimizer.global_clipnorm == 2.0

@@ -348,8 +348,7 @@ def restore(model, run_dir, verbose):
     # restore_latest tolerates a partial match; a codec must get every weight, or it would code with fresh ones
     # (a checkpoint of an earlier architecture, for instance).
     try:
-        latest = training.restore_latest(model, run_dir)
-        tf.train.Checkpoint(model=model).restore(latest).expect_partial().assert_existing_objects_matched()
+        latest = training.restore_latest(model, run_dir, strict=True)
     except (AssertionError, ValueError) as e:
         raise InputError(f"the checkpoint in {run_dir} does not hold this model's weights (another architecture, or "
                          f"one of an earlier version of the code: retrain it): {str(e).splitlines()[0][:200]}")

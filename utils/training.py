@@ -24,6 +24,12 @@ the monitored loss (val_loss when there is validation data, else loss) is tracke
 restarts. Its state is in the checkpoint, so `--cont` continues at the reduced rate with the count it had.
 Because the schedule reads the optimizer's step counter, a resumed run continues on the same curve.
 
+Stabilizers (off by default; the variable-rate seed uses both): `clip_norm` clips the gradient's global norm
+(Keras' `global_clipnorm`); `ema` keeps, in the checkpoint, an exponential moving average of the trainable
+weights, updated after every step with decay ema (1 - exp(-t / ema_warmup)) at step t (0 at the first step, so
+the average starts at the weights), and `restore_latest` loads that average as the model's weights when the
+run's flags.json names an `ema`.
+
 Distribution (`--strategy`, see docs/distributed.md): a script builds its model inside `strategy_scope(args)`, and
 `fit` trains it with the strategy the model was built under, compiling and creating its own state in that scope
 so that Keras splits each global batch over the replicas and all-reduces the gradients. Only the chief writes
@@ -45,7 +51,7 @@ import tensorflow as tf
 
 from utils import jsonl
 from utils.cli import InputError
-from utils.runs import LOG_NAME, save_flags
+from utils.runs import FLAGS_NAME, LOG_NAME, save_flags
 from utils.train_flags import SCHEDULES, STRATEGIES
 
 STEP_DECAY = 0.2
@@ -233,12 +239,25 @@ def check_run_dir(run_dir, cont):
     return has_ckpt
 
 
-def restore_latest(model, run_dir):
-    """Loads the latest checkpoint's model weights (for eval/compress); the optimizer state is ignored."""
+def restore_latest(model, run_dir, strict=False):
+    """Loads the latest checkpoint's model weights (for eval/compress): the moving average of the weights when the
+    run kept one (`--ema`), else the weights; the optimizer state is ignored. `strict`: every weight of `model`
+    must be in the checkpoint (AssertionError otherwise)."""
     latest = tf.train.latest_checkpoint(str(run_dir))
     if latest is None:
         raise InputError(f"no checkpoint in {run_dir}; train the model first (or check --checkpoint_dir)")
-    tf.train.Checkpoint(model=model).restore(latest).expect_partial()
+    status = tf.train.Checkpoint(model=model).restore(latest).expect_partial()
+    if strict:
+        status.assert_existing_objects_matched()
+    try:
+        ema = json.loads((Path(run_dir) / FLAGS_NAME).read_text()).get("ema")
+    except (OSError, ValueError):
+        ema = None
+    if ema:
+        average = model.track_average(ema, 1)
+        tf.train.Checkpoint(model=model).restore(latest).expect_partial()
+        for w, a in zip(model.trainable_variables, average):
+            w.assign(a)
     return latest
 
 
@@ -317,7 +336,7 @@ class _Logger(tf.keras.callbacks.Callback):
 
 def fit(model, train_ds, val_ds, run_dir, *, epochs, steps_per_epoch, lr, lr_schedule="step", ramp_steps=0,
         warmup=0, patience=0, lr_decay_factor=0.5, early_stop=None, max_validation_steps=None, cont=False,
-        verbose=False, tensorboard=False):
+        verbose=False, tensorboard=False, clip_norm=None, ema=None, ema_warmup=10000):
     """Trains `model` on `train_ds` (an endless tf.data of batches) for `epochs` x `steps_per_epoch` steps.
 
     Validates on `val_ds` (or its first `max_validation_steps` batches) after each epoch when given.
@@ -327,7 +346,8 @@ def fit(model, train_ds, val_ds, run_dir, *, epochs, steps_per_epoch, lr, lr_sch
     the monitored loss has not improved by 1e-4 for that many epochs, never within the first `warmup` epochs.
     The model trains under the strategy it was built in (see strategy_scope); its batches are global batches.
     `tensorboard` also writes the records as TensorBoard scalars into `run_dir`/tb (and, for a model whose
-    `reconstruct` returns images, a few validation images above their reconstructions).
+    `reconstruct` returns images, a few validation images above their reconstructions). `clip_norm`, `ema` and
+    `ema_warmup`: the stabilizers of the module docstring.
     Returns the list of all epoch records of the run (earlier sessions included).
     """
     if val_ds is not None and max_validation_steps is not None:
@@ -347,8 +367,10 @@ def fit(model, train_ds, val_ds, run_dir, *, epochs, steps_per_epoch, lr, lr_sch
         with strategy.scope():  # the optimizer, the schedule's and the plateau's variables live with the model
             schedule = LearningRate(lr, epochs, lr_schedule, steps_per_epoch, ramp_steps)
             plateau = Plateau(schedule, warmup, patience, lr_decay_factor)
-            model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate=schedule),
+            model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate=schedule, global_clipnorm=clip_norm),
                           steps_per_execution=_steps_per_execution(steps_per_epoch))
+            if ema:
+                model.track_average(ema, ema_warmup)
             epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
             ckpt = _checkpoint(model, epoch_var, schedule, plateau)
             manager = _manager(ckpt, save_dir)
@@ -404,6 +426,17 @@ class LossModel(tf.keras.Model):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.trackers = [tf.keras.metrics.Mean(name=n) for n in self.METRICS]
+        self.average = None  # the moving average of the trainable weights (track_average)
+
+    def track_average(self, decay, warmup):
+        """Creates the moving average of the trainable weights that every train step updates (and checkpoints
+        save, as `average`); returns its variables, in the order of trainable_variables."""
+        if not 0 < decay < 1:
+            raise InputError(f"--ema {decay}: the decay must lie in (0, 1)")
+        self.ema_decay, self.ema_warmup = decay, float(warmup)
+        self.average = [tf.Variable(v, trainable=False, aggregation=tf.VariableAggregation.MEAN,
+                                    name=f"average{i}") for i, v in enumerate(self.trainable_variables)]
+        return self.average
 
     @property
     def metrics(self):  # Keras resets these at every epoch
@@ -416,6 +449,11 @@ class LossModel(tf.keras.Model):
             scaled = values["loss"] / tf.distribute.get_strategy().num_replicas_in_sync
         variables = self.trainable_variables
         self.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
+        if self.average is not None:
+            step = tf.cast(self.optimizer.iterations - 1, tf.float32)  # 0 at the first step
+            decay = self.ema_decay * (1 - tf.exp(-step / self.ema_warmup))
+            for a, v in zip(self.average, variables):
+                a.assign(decay * a + (1 - decay) * v)
         return self._track(values)
 
     def test_step(self, x):
@@ -437,6 +475,8 @@ def _check_schedule_flags(args):
             raise InputError(f"--{flag} must be >= 0, got {getattr(args, flag)}")
     if not 0 < args.lr_decay_factor < 1:
         raise InputError(f"--lr_decay_factor must lie in (0, 1), got {args.lr_decay_factor}")
+    if args.ema is not None and not 0 < args.ema < 1:
+        raise InputError(f"--ema {args.ema}: the decay must lie in (0, 1)")
 
 
 def fit_from_flags(args, model, run_dir, train_ds, val_ds, max_validation_steps=None):
@@ -461,4 +501,4 @@ def fit_from_flags(args, model, run_dir, train_ds, val_ds, max_validation_steps=
                lr=args.lr, lr_schedule=args.lr_schedule, ramp_steps=args.lr_ramp, warmup=args.warmup,
                patience=args.patience, lr_decay_factor=args.lr_decay_factor, early_stop=args.early_stop,
                max_validation_steps=max_validation_steps, cont=args.cont, verbose=args.verbose,
-               tensorboard=args.tensorboard)
+               tensorboard=args.tensorboard, clip_norm=args.clip_norm, ema=args.ema, ema_warmup=args.ema_warmup)
