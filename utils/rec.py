@@ -57,7 +57,7 @@ from utils.cli import InputError
 from utils.coding import HeaderReader, varint
 
 MAGIC = b"RDSr"
-VERSION = 1
+VERSION = 2  # 2: the header counts the layers, and the stream ends in a one-bit end mark (see pack)
 RATIO_EXPONENT = 0.7864636765648174  # the seed paper's power law for the auxiliary variance ratios
 # exponents a fitted split chooses from, one per block (5 bits): the best one ranges from ~0.55 for narrow
 # posteriors (KL piles up at the end) to ~1 for wide ones with shifted means (KL spread evenly over the variance)
@@ -377,7 +377,7 @@ def _layer_symbols(code):
 def pack(codes, *, seed, framed=True):
     """The bytes of a list of layer codes (all made with the same config and this seed). `framed=False` leaves
     out the magic number, version, length and CRC, for a stream inside a container that has its own (rec.py's
-    files): the header is then the fit flag, n, the block size and the seed, ~5 bytes instead of ~16."""
+    files): the header is then the fit flag, n, the block size, the seed and the layer count, ~6 bytes."""
     if not codes:
         raise ValueError("pack needs at least one layer")
     _check_ids(seed, 0)
@@ -391,10 +391,14 @@ def pack(codes, *, seed, framed=True):
         s, z = _layer_symbols(c)
         syms += s
         sizes += z
+    # The end mark, a 1 out of 2, is pushed first and popped last: zeros pushed onto an empty coder leave it
+    # looking empty, so a stream ending in zero indices would be taken for a truncated one without it.
+    syms.append(1)
+    sizes.append(2)
     coder = constriction.stream.stack.AnsCoder()
     coder.encode_reverse(np.array(syms, np.int32), _UNIFORM, np.array(sizes, np.int32))
     payload = words_to_bytes(coder.get_compressed())
-    params = bytes([fit]) + varint(n) + varint(block_size) + varint(seed)
+    params = bytes([fit]) + varint(n) + varint(block_size) + varint(seed) + varint(len(codes))
     if not framed:
         return params + payload
     head = MAGIC + bytes([VERSION]) + params + varint(len(payload))
@@ -417,7 +421,7 @@ class Reader:
                 raise InputError(f"{what}: format version {version}; this code reads version {VERSION}")
         flag = r.take(1)[0]
         self.fit_split = flag == 1
-        self.n_candidates, self.block_size, self.seed = (r.varint() for _ in range(3))
+        self.n_candidates, self.block_size, self.seed, self.num_layers = (r.varint() for _ in range(4))
         if framed:
             length = r.varint()
             head_end = r.pos
@@ -446,6 +450,9 @@ class Reader:
 
     def read_layer(self, dims):
         """The next layer's LayerCode; `dims` is its number of latent dimensions (the prior's size)."""
+        if self._layers >= self.num_layers:
+            raise InputError(f"{self.what}: holds {self.num_layers} layer(s); layer {self._layers} was asked for "
+                             "(a different model?)")
         nbits = int(self._pop(17)[0])
         lo = 0 if nbits == 0 else 1 if nbits == 1 else (1 << (nbits - 1)) + int(self._pop(1 << (nbits - 1))[0])
         width = int(self._pop(17)[0])
@@ -478,6 +485,6 @@ class Reader:
         return decode_layer(prior_loc, prior_scale, code, seed=self.seed, layer=layer)
 
     def finish(self):
-        """Checks that every layer in the stream was read."""
-        if not self._coder.is_empty():
+        """Checks that every layer in the stream was read: the end mark comes next, and nothing after it."""
+        if self._coder.is_empty() or int(self._pop(2)[0]) != 1 or not self._coder.is_empty():
             raise InputError(f"{self.what}: holds more than the {self._layers} layer(s) decoded (a different model?)")
