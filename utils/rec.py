@@ -37,11 +37,11 @@ bit for bit on one machine and TF version, provided they are given bitwise the s
 
 Stream (`pack`): a header, then constriction's ANS words (uniform models throughout):
 
-    magic "RDSr" (4 bytes), version, fit_split (1 byte each), n, block_size, seed, payload length (varints),
-    crc32 (4 bytes)
+    magic "RDSr" (4 bytes), version, fit_split (1 byte each), n, block_size, seed, layers, payload length
+    (varints), crc32 (4 bytes); unframed (inside rec.py's container): fit_split, n, block_size, seed, layers
 
 per layer: the per-block counts K (0 marks a split) as min + fixed-width offsets, then per leaf block its
-exponent (fit_split only) and its indices.
+exponent (fit_split only) and its indices; last, a one-bit end mark.
 """
 import math
 import struct
