@@ -260,6 +260,7 @@ def decompress(args, coder):
 
 
 def evaluate(args, coder, run_dir, checkpoint, source):
+    hvae.check_channels(coder.model, args.dataset)
     if coder.lossless:
         if source is not None:
             raise InputError(f"--dataset {args.dataset}: a lossless model codes 8-bit images, not a GAN source")
@@ -311,9 +312,6 @@ def evaluate_lossless(args, coder, run_dir, checkpoint):
     model = coder.model
 
     def measure(image, channels):
-        if image.shape[-1] != model.image_channels:
-            raise InputError(f"--dataset {args.dataset}: {image.shape[-1]}-channel images, but the model takes "
-                             f"{model.image_channels} (--image_channels)")
         dims_ln2 = image.size * math.log(2)
         start = time.perf_counter()
         data, _, codes, _ = coder.encode(image, channels)
@@ -324,13 +322,12 @@ def evaluate_lossless(args, coder, run_dir, checkpoint):
             raise SystemExit(f"error: rec eval: the decoded image differs from the source in "
                              f"{int(np.sum(decoded != image))} sub-pixels: nothing was written")
         _, _, (latents, residual) = coding.unpack(data, MODEL_SCRIPT, coder.identity)
-        x = tf.constant(np.repeat(image[None], args.elbo_samples, axis=0), tf.float32)
-        kl, nll = (float(np.mean(b.numpy().astype(np.float64))) for b in model.elbo_bits(x))
+        kl, nll = model.elbo_bpd(image, args.elbo_samples)
         bpd = {k: 8 * v / image.size for k, v in images.lossless_sizes(images.to_channels(image, channels)).items()}
         return dict(x_hat=images.to_channels(decoded, channels), file_bpd=8 * len(data) / image.size,
                     latent_bpd=8 * len(latents) / image.size, residual_bpd=8 * len(residual) / image.size,
                     coding_kl_bpd=sum(c.kl for c in codes.values()) / dims_ln2,
-                    nelbo_bpd=(kl + nll) / image.size, kl_bpd=kl / image.size, nll_bpd=nll / image.size,
+                    nelbo_bpd=kl + nll, kl_bpd=kl, nll_bpd=nll,
                     png_bpd=bpd["png"], webp_bpd=bpd["webp"], encode_seconds=mid - start,
                     decode_seconds=end - mid)
 

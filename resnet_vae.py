@@ -39,7 +39,6 @@ dimension, whose eval reports it (nelbo_bpd = kl_bpd + nll_bpd); rec.py codes it
         --checkpoint_dir ckpt train --dataset mnist --epochs 10 --steps_per_epoch 500 --batchsize 32 --lr 1e-3
 """
 import argparse
-import json
 import sys
 import warnings
 from pathlib import Path
@@ -50,7 +49,7 @@ import tensorflow as tf
 
 from utils import codec, hvae, image_data, images, mnist, training
 from utils.cli import InputError, float_list, positive_int, run
-from utils.runs import FLAGS_NAME, atomic_write_bytes, run_name
+from utils.runs import atomic_write_bytes, load_flags, run_name
 
 SCRIPT = "resnet_vae"
 RATE_TYPE = "information rate (analytic or single-sample KL, an R-D upper bound), not a bitstream"
@@ -64,18 +63,11 @@ def check_size(model, height, width, what):
                          f"{model.img_dim}")
 
 
-def check_channels(model, dataset, channels):
-    if channels != model.image_channels:
-        raise InputError(f"--dataset {dataset} has {channels}-channel images but the model takes "
-                         f"{model.image_channels} (--image_channels)")
-
-
 def train(args, model, run_dir, source):
-    grey = args.dataset in mnist.NAMED
-    check_channels(model, args.dataset, 1 if grey else 3)
+    hvae.check_channels(model, args.dataset)
     if source is not None:
         check_size(model, *source.shape[:2], f"the {source.name} image size")
-    elif not grey:  # MNIST trains on whole 28x28 images, padded inside the model
+    elif args.dataset not in mnist.NAMED:  # MNIST trains on whole 28x28 images, padded inside the model
         check_size(model, args.patchsize, args.patchsize, "--patchsize")
         if args.patchsize % model.pad_multiple:
             raise InputError(f"--patchsize {args.patchsize} must be a multiple of 2^levels = {model.pad_multiple}")
@@ -85,10 +77,7 @@ def train(args, model, run_dir, source):
 def warn_if_untrained_size(run_dir, model):
     """Deep levels trained on crops so small that their maps are all border positions (zero padding everywhere)
     meet interior positions on larger images, out of distribution: their rates can blow up by orders of magnitude."""
-    try:
-        patch = json.loads((run_dir / FLAGS_NAME).read_text()).get("patchsize")
-    except (OSError, ValueError):
-        return
+    patch = load_flags(run_dir).get("patchsize")
     if patch and patch // model.pad_multiple < 4:
         warnings.warn(f"{run_dir.name} was trained on {patch}x{patch} crops: its top level saw only "
                       f"{patch // model.pad_multiple}x{patch // model.pad_multiple} maps, so on larger images its "
@@ -96,7 +85,7 @@ def warn_if_untrained_size(run_dir, model):
 
 
 def evaluate(args, model, run_dir, source):
-    check_channels(model, args.dataset, 1 if args.dataset in mnist.NAMED else 3)
+    hvae.check_channels(model, args.dataset)
     lossless = isinstance(model, hvae.DLogisticResNetVAE)
     lambdas = None if lossless else eval_lambdas(args, model)
     checkpoint = training.restore_latest(model, run_dir)
@@ -168,8 +157,7 @@ def evaluate_at(args, model, run_dir, source, checkpoint, lmbda, cast):
 def evaluate_lossless(args, model, run_dir, checkpoint):
     """The lossless model's negative ELBO per image, in bits per dimension, averaged over --elbo_samples draws."""
     def measure(image, channels):
-        x = tf.constant(np.repeat(image[None], args.elbo_samples, axis=0), tf.float32)
-        kl, nll = (t.numpy().astype(np.float64).mean() / image.size for t in model.elbo_bits(x))
+        kl, nll = model.elbo_bpd(image, args.elbo_samples)
         x_hat = model.estimate(tf.constant(image, tf.float32), tf.constant(model.lmbda, tf.float32))[0].numpy()
         x_hat = np.round(np.clip(x_hat, 0, 255)).astype(np.uint8)
         return dict(x_hat=images.to_channels(x_hat, channels), nelbo_bpd=kl + nll, kl_bpd=kl, nll_bpd=nll)

@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_compression as tfc
 
-from utils import codec, images, training
+from utils import codec, images, mnist, training
 from utils.cli import InputError, float_list, int_list, positive_int
 from utils.priors import MAF
 
@@ -77,10 +77,13 @@ class Modulation(tf.keras.layers.Layer):
         self.dense = tf.keras.layers.Dense(2 * channels, kernel_initializer="zeros")
 
     def call(self, x, embedding):
-        if embedding is None:
-            return x
         scale, shift = tf.split(self.dense(embedding)[:, None, None, :], 2, axis=-1)
         return x * (1 + scale) + shift
+
+
+def modulated(modulation, x, embedding):
+    """x through a block's lambda modulation; x itself in a fixed-rate model (modulation None)."""
+    return x if modulation is None else modulation(x, embedding)
 
 
 class EncoderBlock(tf.keras.layers.Layer):
@@ -95,10 +98,7 @@ class EncoderBlock(tf.keras.layers.Layer):
         self.modulation = Modulation(filters) if conditioned else None
 
     def call(self, x, embedding=None):
-        branch = self.conv2(self.conv1(x))
-        if self.modulation is not None:
-            branch = self.modulation(branch, embedding)
-        return self.shortcut(x) + branch
+        return self.shortcut(x) + modulated(self.modulation, self.conv2(self.conv1(x)), embedding)
 
 
 class DecoderBlock(tf.keras.layers.Layer):
@@ -113,10 +113,7 @@ class DecoderBlock(tf.keras.layers.Layer):
         self.modulation = Modulation(filters) if conditioned else None
 
     def call(self, t, embedding=None):
-        branch = self.conv2(self.conv1(t))
-        if self.modulation is not None:
-            branch = self.modulation(branch, embedding)
-        return self.shortcut(t) + branch
+        return self.shortcut(t) + modulated(self.modulation, self.conv2(self.conv1(t)), embedding)
 
 
 class SliceAutoregressive(tf.keras.layers.Layer):
@@ -181,10 +178,7 @@ class LatentLevel(tf.keras.layers.Layer):
 
     def update(self, t, z, feats, embedding=None):
         """t after the level: t + merge([z, feats]), the merge modulated with lambda conditioning."""
-        merged = self.merge(tf.concat([z, feats], axis=-1))
-        if self.modulation is not None:
-            merged = self.modulation(merged, embedding)
-        return t + merged
+        return t + modulated(self.modulation, self.merge(tf.concat([z, feats], axis=-1)), embedding)
 
     def call(self, h, t, embedding=None):
         """(updated t, KL per image in nats)."""
@@ -334,6 +328,12 @@ class DLogisticResNetVAE(ResNetVAE):
         out, kls = self.forward(x)
         return tf.reduce_sum(kls, axis=1) / math.log(2), self.nll_bits(x, out)
 
+    def elbo_bpd(self, image, samples):
+        """(KL, -log2 p(x | z)) of one uint8 image [H, W, C] in bits per dimension, each the mean over `samples`
+        posterior draws (float64)."""
+        x = tf.constant(np.repeat(image[None], samples, axis=0), tf.float32)
+        return tuple(float(np.mean(b.numpy().astype(np.float64))) / image.size for b in self.elbo_bits(x))
+
 
 def logistic_cdf_edges(loc, scale):
     """float64 [n, 257] cdf of each logistic (loc, scale arrays of n) at the 256 grey levels' bin edges, the first
@@ -343,6 +343,15 @@ def logistic_cdf_edges(loc, scale):
     u = (edges[None, :255] - loc[:, None]) / scale[:, None]
     cdf = 0.5 * (1 + np.tanh(0.5 * u))  # the logistic sigmoid without overflow
     return np.concatenate([np.zeros((len(loc), 1)), cdf, np.ones((len(loc), 1))], axis=1)
+
+
+def check_channels(model, dataset):
+    """Refuses a dataset whose images have other channels than the model takes (the MNIST sets are grey levels,
+    every other set is read as RGB)."""
+    channels = 1 if dataset in mnist.NAMED else 3
+    if channels != model.image_channels:
+        raise InputError(f"--dataset {dataset} has {channels}-channel images but the model takes "
+                         f"{model.image_channels} (--image_channels)")
 
 
 # ---- architecture flags -----------------------------------------------------------------------

@@ -69,23 +69,23 @@ def to_channels(rgb, channels):
     return np.round(rgb.astype(np.float64).mean(axis=2)).astype(np.uint8)
 
 
+def encode_image(image, **save_options):
+    """The bytes of a uint8 image [H, W, 3] or [H, W] as Pillow saves it with these options (format=...)."""
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(image, np.uint8)).save(buf, **save_options)
+    return buf.getvalue()
+
+
 def encode_png(image):
     """PNG bytes of a uint8 image [H, W, 3] or [H, W]."""
-    buf = io.BytesIO()
-    Image.fromarray(np.asarray(image, np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
+    return encode_image(image, format="PNG")
 
 
 def lossless_sizes(image):
     """Bytes of a uint8 image [H, W, 3] or [H, W] in the lossless formats a codec is compared with: PNG
     (Pillow, optimize=True) and lossless WebP (method 6, the slowest and smallest)."""
-    sizes = {}
-    for name, kw in (("png", dict(format="PNG", optimize=True)),
-                     ("webp", dict(format="WEBP", lossless=True, quality=100, method=6))):
-        buf = io.BytesIO()
-        Image.fromarray(np.asarray(image, np.uint8)).save(buf, **kw)
-        sizes[name] = len(buf.getvalue())
-    return sizes
+    return {"png": len(encode_image(image, format="PNG", optimize=True)),
+            "webp": len(encode_image(image, format="WEBP", lossless=True, quality=100, method=6))}
 
 
 def write_png(path, image):

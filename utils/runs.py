@@ -64,6 +64,14 @@ def atomic_save_npz(path, **arrays):
     _atomic(path, lambda f: np.savez(f, **arrays))
 
 
+def load_flags(run_dir):
+    """The flags a run saved with save_flags, or {} when it has none readable (a run saved by other code)."""
+    try:
+        return json.loads((Path(run_dir) / FLAGS_NAME).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def save_flags(run_dir, args):
     """Stores the flags of a run as JSON (argparse Namespace or dict)."""
     flags = vars(args) if not isinstance(args, dict) else args

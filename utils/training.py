@@ -51,7 +51,7 @@ import tensorflow as tf
 
 from utils import jsonl
 from utils.cli import InputError
-from utils.runs import FLAGS_NAME, LOG_NAME, save_flags
+from utils.runs import LOG_NAME, load_flags, save_flags
 from utils.train_flags import SCHEDULES, STRATEGIES
 
 STEP_DECAY = 0.2
@@ -246,18 +246,13 @@ def restore_latest(model, run_dir, strict=False):
     latest = tf.train.latest_checkpoint(str(run_dir))
     if latest is None:
         raise InputError(f"no checkpoint in {run_dir}; train the model first (or check --checkpoint_dir)")
+    ema = load_flags(run_dir).get("ema")
+    average = model.track_average(ema, 1) if ema else None  # restored with the weights, then put in their place
     status = tf.train.Checkpoint(model=model).restore(latest).expect_partial()
     if strict:
         status.assert_existing_objects_matched()
-    try:
-        ema = json.loads((Path(run_dir) / FLAGS_NAME).read_text()).get("ema")
-    except (OSError, ValueError):
-        ema = None
-    if ema:
-        average = model.track_average(ema, 1)
-        tf.train.Checkpoint(model=model).restore(latest).expect_partial()
-        for w, a in zip(model.trainable_variables, average):
-            w.assign(a)
+    for w, a in zip(model.trainable_variables, average or []):
+        w.assign(a)
     return latest
 
 
@@ -431,8 +426,6 @@ class LossModel(tf.keras.Model):
     def track_average(self, decay, warmup):
         """Creates the moving average of the trainable weights that every train step updates (and checkpoints
         save, as `average`); returns its variables, in the order of trainable_variables."""
-        if not 0 < decay < 1:
-            raise InputError(f"--ema {decay}: the decay must lie in (0, 1)")
         self.ema_decay, self.ema_warmup = decay, float(warmup)
         self.average = [tf.Variable(v, trainable=False, aggregation=tf.VariableAggregation.MEAN,
                                     name=f"average{i}") for i, v in enumerate(self.trainable_variables)]
