@@ -37,6 +37,9 @@ dimension, whose eval reports it (nelbo_bpd = kl_bpd + nll_bpd); rec.py codes it
 
     python resnet_vae.py -V --likelihood dlogistic --image_channels 1 --latent_channels 8,16 --num_filters 32 \
         --checkpoint_dir ckpt train --dataset mnist --epochs 10 --steps_per_epoch 500 --batchsize 32 --lr 1e-3
+
+With --lmb_range LO,HI one model covers a range of lambda (lambda-conditioned blocks); --arch convnext builds the
+variable-rate seed's ConvNeXt hierarchy instead of the ResNet-VAE (utils/hvae.py, docs/resnet_vae.md).
 """
 import argparse
 import sys

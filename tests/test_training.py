@@ -180,6 +180,9 @@ def test_step_decay_is_the_papers():
     c = training.LearningRate(1.0, 100, "cosine", 100)
     assert c.value(5000) == pytest.approx(0.5, abs=1e-6)
     assert c.value(10000) == pytest.approx(0.0, abs=1e-6)
+    # the variable-rate seed's: constant for half the steps, then a cosine from 1 to 0.01
+    h = training.LearningRate(1.0, 100, "half_cosine", 100)
+    assert [h.value(t) for t in (0, 4999, 5000, 7500, 10000)] == pytest.approx([1, 1, 1, 0.505, 0.01], abs=1e-4)
     with pytest.raises(InputError, match="lr_schedule"):
         training.LearningRate(1.0, 10, "bogus")
 

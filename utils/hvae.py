@@ -23,6 +23,7 @@ AR_GATE_OFFSET = 1.0  # gates are sigmoid(offset + net(z)); the first slice has 
 LOGISTIC_SCALE_FLOOR = -7.0  # log scale floor of the discretized logistic (on [-1, 1] units, as PixelCNN++)
 LIKELIHOODS = ("mse", "dlogistic")
 LMB_FREQUENCIES = 8  # the lambda embedding: sin and cos of pi 2^k t, k < 8, t = normalized ln(lambda)
+LMB_TOP_FREQUENCY = 128.0  # its highest frequency, pi 128 (with more frequencies they are geometric up to it)
 LMB_UNITS = 128  # width of the lambda embedding's MLP
 SEED_LAMBDA_UNITS = 12 / (255 ** 2 * math.log(2))  # the seed's lambda (nats per sub-pixel + lambda MSE on [-1, 1])
 # times this is the package's (bpp + lambda MSE on [0, 255]): 2.662e-4
@@ -53,14 +54,15 @@ def sample_normal(loc, scale):
 
 
 class LambdaEmbedding(tf.keras.layers.Layer):
-    """lambda [batch] -> features [batch, LMB_UNITS]: ln(lambda) normalized to t in [0, 1] over the trained range,
-    sin and cos of pi 2^k t, then a two-layer MLP."""
+    """lambda [batch] -> features [batch, units]: ln(lambda) normalized to t in [0, 1] over the trained range,
+    sin and cos of pi R^(k / (F - 1)) t for k < F frequencies (R = LMB_TOP_FREQUENCY: with F = 8, pi 2^k t), then
+    a two-layer MLP."""
 
-    def __init__(self, lmb_range, **kwargs):
+    def __init__(self, lmb_range, frequencies=LMB_FREQUENCIES, units=LMB_UNITS, **kwargs):
         super().__init__(**kwargs)
         self.log_lo, self.log_hi = (math.log(v) for v in lmb_range)
-        self.freqs = math.pi * 2.0 ** np.arange(LMB_FREQUENCIES, dtype=np.float32)
-        self.mlp = tf.keras.Sequential([tf.keras.layers.Dense(LMB_UNITS, tf.nn.gelu), tf.keras.layers.Dense(LMB_UNITS)])
+        self.freqs = (math.pi * LMB_TOP_FREQUENCY ** (np.arange(frequencies) / (frequencies - 1))).astype(np.float32)
+        self.mlp = tf.keras.Sequential([tf.keras.layers.Dense(units, tf.nn.gelu), tf.keras.layers.Dense(units)])
 
     def call(self, lmbda):
         t = (tf.math.log(lmbda) - self.log_lo) / (self.log_hi - self.log_lo)
@@ -69,14 +71,17 @@ class LambdaEmbedding(tf.keras.layers.Layer):
 
 
 class Modulation(tf.keras.layers.Layer):
-    """x (1 + scale) + shift, per image and channel, from the lambda embedding; zero-initialized, so a
-    conditioned model starts as the unconditioned one."""
+    """x (1 + scale) + shift, per image and channel, from the lambda embedding (through `activation` first, if
+    given); zero-initialized, so a conditioned model starts as the unconditioned one."""
 
-    def __init__(self, channels, **kwargs):
+    def __init__(self, channels, activation=None, **kwargs):
         super().__init__(**kwargs)
+        self.activation = activation
         self.dense = tf.keras.layers.Dense(2 * channels, kernel_initializer="zeros")
 
     def call(self, x, embedding):
+        if self.activation is not None:
+            embedding = self.activation(embedding)
         scale, shift = tf.split(self.dense(embedding)[:, None, None, :], 2, axis=-1)
         return x * (1 + scale) + shift
 
@@ -192,65 +197,24 @@ class LatentLevel(tf.keras.layers.Layer):
         return self.update(t, z, feats, embedding), kl
 
 
-class ResNetVAE(training.LossModel):
-    """Trained on bpp + lambda * MSE with utils.training.fit."""
+class HierarchicalVAE(training.LossModel):
+    """What the two architectures share: the objective bpp + lambda * MSE (lambda per image, log-uniform over
+    lmb_range, for a variable-rate model), evaluation, building. A subclass defines `forward`, `preprocess`,
+    `reconstruction` and the attributes set here. Trained with utils.training.fit."""
     METRICS = ("loss", "bpp", "mse")
 
-    OUTPUTS = 1  # decoder outputs per image channel: the reconstruction
-
-    def __init__(self, lmbda, num_filters, latent_channels, ar_prior_levels=0, ar_slices=8, flat_z0=False,
-                 img_dim=None, maf_units=(32, 32), maf_stacks=3, image_channels=3, lmb_range=None):
+    def __init__(self, lmbda, image_channels, lmb_range, pad_multiple, embedding=None):
         super().__init__()
         self.lmbda = float(lmbda)
         self.image_channels = image_channels
         self.lmb_range = lmb_range
-        cond = lmb_range is not None
-        self.embedding = LambdaEmbedding(lmb_range, name="lambda_embedding") if cond else None
-        levels = self.levels = len(latent_channels)
-        self.pad_multiple = 2 ** levels
-        self.img_dim = img_dim if flat_z0 else None
-        f, top = num_filters, latent_channels[-1]
-        self.encoder = [EncoderBlock(f, conditioned=cond, name=f"encoder{i}") for i in range(levels - 1)]
-        self.encoder.append(EncoderBlock(2 * top, gdn=False, conditioned=cond, name=f"encoder{levels - 1}"))
-        self.latents = [LatentLevel(f, c, ar_slices if i < ar_prior_levels else None, conditioned=cond,
-                                    name=f"latent{i}") for i, c in enumerate(latent_channels[:-1])]
-        self.decoder = [codec.deconv(self.OUTPUTS * image_channels, 3, 2)]
-        self.decoder += [DecoderBlock(f, conditioned=cond, name=f"decoder{i}") for i in range(1, levels)]
-        if flat_z0:
-            self.flat_dim = (img_dim // self.pad_multiple) ** 2 * top
-            self.top_prior = MAF(self.flat_dim, maf_stacks, maf_units, MAF_ACTIVATION, name="maf_prior")
-        else:
-            self.top_prior = tfc.DeepFactorized(batch_shape=[top])
+        self.pad_multiple = pad_multiple
+        self.embedding = embedding
+        self.img_dim = None  # a fixed image side (ResNetVAE's --flat_z0)
 
-    def forward(self, x, lmbda=None):
-        """x [batch, H, W, image_channels] in [0, 255] -> (the decoder's output [batch, H, W, OUTPUTS * channels],
-        KL per image and level in nats [batch, L]). Sides that are not multiples of pad_multiple are padded (edge
-        replication) and the output cropped back. A variable-rate model (lmb_range) needs lmbda [batch]."""
-        shape = tf.shape(x)
-        emb = None if self.embedding is None else self.embedding(lmbda)
-        h = images.pad_to_multiple(x, self.pad_multiple) / 255.0 - 0.5
-        features = []
-        for block in self.encoder:
-            h = block(h, emb)
-            features.append(h)
-        loc, raw = tf.split(features[-1], 2, axis=-1)
-        scale = positive_scale(raw)
-        z = sample_normal(loc, scale)
-        if self.img_dim is not None:
-            log_p = self.top_prior.log_prob(tf.reshape(z, [-1, self.flat_dim]))
-        else:
-            log_p = per_image(self.top_prior.log_prob(z))
-        kls = [per_image(normal_log_prob(z, loc, scale)) - log_p]
-        t = z
-        for i in reversed(range(self.levels - 1)):
-            t, kl = self.latents[i](features[i], self.decoder[i + 1](t, emb), emb)
-            kls.append(kl)
-        out = self.decoder[0](t)[:, :shape[1], :shape[2], :]
-        return out, tf.stack(kls[::-1], axis=1)  # bottom-up order
-
-    def reconstruction(self, out):
-        """The reconstruction on [0, 255] from the decoder's output."""
-        return (out + 0.5) * 255.0
+    def padded_input(self, x):
+        """x [batch, H, W, C] in [0, 255], sides padded to multiples of pad_multiple (edge replication), scaled."""
+        return self.preprocess(images.pad_to_multiple(x, self.pad_multiple))
 
     def training_lambdas(self, batch, training):
         """lambda per image: log-uniform over lmb_range in training; its geometric middle for validation (so that
@@ -278,7 +242,7 @@ class ResNetVAE(training.LossModel):
         return self.reconstruction(self.forward(x)[0])
 
     def build_weights(self):
-        side = self.img_dim or self.pad_multiple  # the smallest input: building costs little even at 256 filters
+        side = self.img_dim or self.pad_multiple  # the smallest input: building costs little at any width
         self(tf.zeros([1, side, side, self.image_channels]))
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None], tf.float32), tf.TensorSpec([], tf.float32)])
@@ -287,6 +251,65 @@ class ResNetVAE(training.LossModel):
         unclipped; KL per level in bits [L])."""
         out, kls = self.forward(image[None], None if self.embedding is None else lmbda[None])
         return self.reconstruction(out)[0], kls[0] / math.log(2)
+
+
+class ResNetVAE(HierarchicalVAE):
+    """The paper's ResNet-VAE (resnet_vae.py's docstring draws it)."""
+    OUTPUTS = 1  # decoder outputs per image channel: the reconstruction
+
+    def __init__(self, lmbda, num_filters, latent_channels, ar_prior_levels=0, ar_slices=8, flat_z0=False,
+                 img_dim=None, maf_units=(32, 32), maf_stacks=3, image_channels=3, lmb_range=None):
+        cond = lmb_range is not None
+        levels = len(latent_channels)
+        super().__init__(lmbda, image_channels, lmb_range, 2 ** levels,
+                         LambdaEmbedding(lmb_range, name="lambda_embedding") if cond else None)
+        self.levels = levels
+        self.img_dim = img_dim if flat_z0 else None
+        f, top = num_filters, latent_channels[-1]
+        self.encoder = [EncoderBlock(f, conditioned=cond, name=f"encoder{i}") for i in range(levels - 1)]
+        self.encoder.append(EncoderBlock(2 * top, gdn=False, conditioned=cond, name=f"encoder{levels - 1}"))
+        self.latents = [LatentLevel(f, c, ar_slices if i < ar_prior_levels else None, conditioned=cond,
+                                    name=f"latent{i}") for i, c in enumerate(latent_channels[:-1])]
+        self.decoder = [codec.deconv(self.OUTPUTS * image_channels, 3, 2)]
+        self.decoder += [DecoderBlock(f, conditioned=cond, name=f"decoder{i}") for i in range(1, levels)]
+        if flat_z0:
+            self.flat_dim = (img_dim // self.pad_multiple) ** 2 * top
+            self.top_prior = MAF(self.flat_dim, maf_stacks, maf_units, MAF_ACTIVATION, name="maf_prior")
+        else:
+            self.top_prior = tfc.DeepFactorized(batch_shape=[top])
+
+    def preprocess(self, x):
+        return x / 255.0 - 0.5
+
+    def reconstruction(self, out):
+        """The reconstruction on [0, 255] from the decoder's output."""
+        return (out + 0.5) * 255.0
+
+    def forward(self, x, lmbda=None):
+        """x [batch, H, W, image_channels] in [0, 255] -> (the decoder's output [batch, H, W, OUTPUTS * channels],
+        KL per image and level in nats [batch, L]). Sides that are not multiples of pad_multiple are padded (edge
+        replication) and the output cropped back. A variable-rate model (lmb_range) needs lmbda [batch]."""
+        shape = tf.shape(x)
+        emb = None if self.embedding is None else self.embedding(lmbda)
+        h = self.padded_input(x)
+        features = []
+        for block in self.encoder:
+            h = block(h, emb)
+            features.append(h)
+        loc, raw = tf.split(features[-1], 2, axis=-1)
+        scale = positive_scale(raw)
+        z = sample_normal(loc, scale)
+        if self.img_dim is not None:
+            log_p = self.top_prior.log_prob(tf.reshape(z, [-1, self.flat_dim]))
+        else:
+            log_p = per_image(self.top_prior.log_prob(z))
+        kls = [per_image(normal_log_prob(z, loc, scale)) - log_p]
+        t = z
+        for i in reversed(range(self.levels - 1)):
+            t, kl = self.latents[i](features[i], self.decoder[i + 1](t, emb), emb)
+            kls.append(kl)
+        out = self.decoder[0](t)[:, :shape[1], :shape[2], :]
+        return out, tf.stack(kls[::-1], axis=1)  # bottom-up order
 
 
 class DLogisticResNetVAE(ResNetVAE):
@@ -345,6 +368,156 @@ def logistic_cdf_edges(loc, scale):
     return np.concatenate([np.zeros((len(loc), 1)), cdf, np.ones((len(loc), 1))], axis=1)
 
 
+# ---- the variable-rate seed's ConvNeXt hierarchy (Duan et al., ICIP 2023; lossy-vae's `rd` model) -----------
+
+CONVNEXT_KERNEL = 7  # depthwise kernel of every ConvNeXt block
+CONVNEXT_MLP_RATIO = 2  # hidden width of a block's MLP, in multiples of its width
+CONVNEXT_LAYER_SCALE = 1e-6  # residual branches start near zero (layer scale), so the deep stacks start near identity
+CONVNEXT_EMBEDDING = (128, 256)  # the lambda embedding: frequencies (sin and cos of each) and MLP width
+CONVNEXT_INPUT = (0.4546, 3.6757)  # x/255 -> (x/255 - mean) * scale: the seed's ImageNet pixel statistics
+STD_SOFTPLUS_BETA = math.log(2)  # scales are softplus(beta v) / beta: 1 at v = 0 (the seed's std_smooth)
+SIGNED_SQRT_FROM = 6.0  # linear_sqrt turns into sign(v) sqrt|v| beyond this
+
+
+def linear_sqrt(v):
+    """The seed's squashing of latent means: sign(v) |v|^(1 - tanh|v| / 2), about v near 0 and sign(v) sqrt|v|
+    for large |v|, where it is exactly that beyond SIGNED_SQRT_FROM (the power's gradient misbehaves there)."""
+    a = tf.abs(v)
+    safe = tf.where(a > 0, a, tf.ones_like(a))  # log 0 would make the unused branch's gradient NaN
+    soft = tf.sign(v) * tf.exp((1 - 0.5 * tf.tanh(a)) * tf.math.log(safe))
+    soft = tf.where(a > 0, soft, v)
+    return tf.where(a <= SIGNED_SQRT_FROM, soft, tf.sign(v) * tf.sqrt(a + 1e-8))
+
+
+def std_smooth(v):
+    return tf.nn.softplus(STD_SOFTPLUS_BETA * v) / STD_SOFTPLUS_BETA
+
+
+def patch_down(channels, rate):
+    return tf.keras.layers.Conv2D(channels, rate, strides=rate)
+
+
+class PatchUp(tf.keras.layers.Layer):
+    """A 1x1 convolution to rate^2 channels per output channel, then depth to space (pixel shuffle)."""
+
+    def __init__(self, channels, rate, **kwargs):
+        super().__init__(**kwargs)
+        self.rate = rate
+        self.conv = tf.keras.layers.Conv2D(channels * rate ** 2, 1)
+
+    def call(self, x):
+        return tf.nn.depth_to_space(self.conv(x), self.rate)
+
+
+class ConvNeXtBlock(tf.keras.layers.Layer):
+    """x + gamma * MLP(modulation(LayerNorm(depthwise conv(x)))): a ConvNeXt block whose normalization is
+    modulated by lambda (adaptive LayerNorm: GELU of the embedding, then a dense scale and shift)."""
+
+    def __init__(self, width, **kwargs):
+        super().__init__(**kwargs)
+        self.depthwise = tf.keras.layers.DepthwiseConv2D(CONVNEXT_KERNEL, padding="same")
+        self.norm = tf.keras.layers.LayerNormalization(epsilon=1e-6, center=False, scale=False)
+        self.modulation = Modulation(width, activation=tf.nn.gelu)
+        self.mlp = tf.keras.Sequential([tf.keras.layers.Dense(CONVNEXT_MLP_RATIO * width, tf.nn.gelu),
+                                        tf.keras.layers.Dense(width)])
+        self.gamma = self.add_weight(name="gamma", shape=[width],
+                                     initializer=tf.keras.initializers.Constant(CONVNEXT_LAYER_SCALE))
+
+    def call(self, x, embedding):
+        return x + self.gamma * self.mlp(self.modulation(self.norm(self.depthwise(x)), embedding))
+
+
+class ConvNeXtLatent(tf.keras.layers.Layer):
+    """One latent block of the top-down path: p(z | t) from t, q(z | t, h) from t and the encoder's features h
+    at the same scale, both Gaussian (means squashed by linear_sqrt, scales by std_smooth), KL analytic;
+    t <- block(t + conv1x1(z))."""
+
+    def __init__(self, width, channels, **kwargs):
+        super().__init__(**kwargs)
+        self.front, self.end = ConvNeXtBlock(width, name="front"), ConvNeXtBlock(width, name="end")
+        self.enc_block, self.td_block, self.merged_block = (ConvNeXtBlock(width, name=n)
+                                                            for n in ("enc_block", "td_block", "merged_block"))
+        self.merge = tf.keras.layers.Conv2D(width, 1)
+        self.posterior = tf.keras.layers.Conv2D(2 * channels, 3, padding="same")
+        self.prior = tf.keras.layers.Conv2D(2 * channels, 1)
+        self.z_proj = tf.keras.layers.Conv2D(width, 1)
+
+    @staticmethod
+    def gaussian(params):
+        loc, raw = tf.split(params, 2, axis=-1)
+        return linear_sqrt(loc), std_smooth(raw)
+
+    def call(self, t, h, embedding):
+        """(updated t, KL per image in nats)."""
+        t = self.front(t, embedding)
+        p_loc, p_scale = self.gaussian(self.prior(t))
+        merged = self.merge(tf.concat([self.td_block(t, embedding), self.enc_block(h, embedding)], axis=-1))
+        q_loc, q_scale = self.gaussian(self.posterior(self.merged_block(merged, embedding)))
+        z = sample_normal(q_loc, q_scale)
+        return self.end(t + self.z_proj(z), embedding), per_image(normal_kl(q_loc, q_scale, p_loc, p_scale))
+
+
+class ConvNeXtVAE(HierarchicalVAE):
+    """The variable-rate seed's hierarchy (its `rd_model_base` at the default flags). Scales s = 0..S-1 bottom-up
+    have width W_s (--widths) and stride 4 * 2^s.
+
+        encoder:  x -> patch down x4 -> [E_0 ConvNeXt blocks] -> h_0 -> block, patch down x2 to W_1 -> [E_1 blocks]
+                  -> h_1 -> ... -> h_{S-1}   (--enc_blocks E_s)
+        decoder:  t = a learned constant of width W_{S-1} at the top scale; at each scale s from the top,
+                  N_s latent blocks (--latent_blocks) of C_s channels (--latent_channels) with h_s, then a patch up
+                  x2 to W_{s-1} (at s = 0: x4 to the image channels); x_hat = (t + 1) * 127.5.
+
+    Every block is modulated by lambda. The top latent's prior comes from the constant: there is no factorized
+    top level, so every KL is analytic."""
+
+    def __init__(self, lmbda, widths, enc_blocks, latent_blocks, latent_channels, lmb_range, image_channels=3):
+        scales = len(widths)
+        super().__init__(lmbda, image_channels, lmb_range, 4 * 2 ** (scales - 1),
+                         LambdaEmbedding(lmb_range, *CONVNEXT_EMBEDDING, name="lambda_embedding"))
+        self.levels = sum(latent_blocks)
+        self.stem = patch_down(widths[0], 4)
+        self.encoder = [[ConvNeXtBlock(w, name=f"encoder{s}_{i}") for i in range(enc_blocks[s])]
+                        for s, w in enumerate(widths)]
+        self.down = [(ConvNeXtBlock(widths[s], name=f"down{s}_block"), patch_down(widths[s + 1], 2))
+                     for s in range(scales - 1)]
+        self.top = self.add_weight(name="top", shape=[widths[-1]], initializer="zeros")
+        self.latents = [[ConvNeXtLatent(widths[s], latent_channels[s], name=f"latent{s}_{i}")
+                         for i in range(latent_blocks[s])] for s in range(scales)]
+        self.up = [PatchUp(image_channels, 4, name="up0")]
+        self.up += [PatchUp(widths[s - 1], 2, name=f"up{s}") for s in range(1, scales)]
+
+    def preprocess(self, x):
+        mean, scale = CONVNEXT_INPUT
+        return (x / 255.0 - mean) * scale
+
+    def reconstruction(self, out):
+        return (out + 1.0) * 127.5
+
+    def forward(self, x, lmbda=None):
+        """As ResNetVAE.forward; KLs [batch, levels] in bottom-up order (per latent block)."""
+        shape = tf.shape(x)
+        emb = self.embedding(lmbda)
+        h = self.stem(self.padded_input(x))
+        features = []
+        for s, blocks in enumerate(self.encoder):
+            if s > 0:
+                block, down = self.down[s - 1]
+                h = down(block(h, emb))
+            for block in blocks:
+                h = block(h, emb)
+            features.append(h)
+        top = tf.shape(features[-1])
+        t = tf.broadcast_to(self.top, top)
+        kls = []
+        for s in reversed(range(len(features))):
+            for latent in self.latents[s]:
+                t, kl = latent(t, features[s], emb)
+                kls.append(kl)
+            t = self.up[s](t)
+        out = t[:, :shape[1], :shape[2], :]
+        return out, tf.stack(kls[::-1], axis=1)
+
+
 def check_channels(model, dataset):
     """Refuses a dataset whose images have other channels than the model takes (the MNIST sets are grey levels,
     every other set is read as RGB)."""
@@ -356,11 +529,31 @@ def check_channels(model, dataset):
 
 # ---- architecture flags -----------------------------------------------------------------------
 
+ARCHS = ("resnet", "convnext")
+ARCH_DEFAULTS = {  # per architecture, the flags left unset: the paper's ResNet-VAE; the seed's rd_model_base
+    "resnet": dict(num_filters=256, latent_channels=[4, 8, 16, 32, 64, 128]),
+    "convnext": dict(widths=[256, 512, 640, 768, 768], enc_blocks=[6, 6, 6, 4, 4], latent_blocks=[5, 4, 3, 2, 1],
+                     latent_channels=[32, 32, 32, 32, 32]),
+}
+RESNET_ONLY = ("ar_prior_levels", "flat_z0", "likelihood")  # with defaults of their own, so checked apart
+
+
 def add_model_flags(p):
     """The architecture flags (before the subcommand)."""
-    p.add_argument("--num_filters", type=positive_int, default=256, help="channels of every residual block")
-    p.add_argument("--latent_channels", type=int_list, default=[4, 8, 16, 32, 64, 128],
-                   help="latent channels per level, bottom-up; one level per entry (each halves the resolution)")
+    p.add_argument("--arch", choices=ARCHS, default="resnet",
+                   help="resnet: the paper's ResNet-VAE; convnext: the variable-rate seed's ConvNeXt hierarchy "
+                        "(lossy-vae's rd model; needs --lmb_range or --lmb_range_seed)")
+    p.add_argument("--num_filters", type=positive_int,
+                   help="resnet: channels of every residual block (default 256)")
+    p.add_argument("--latent_channels", type=int_list,
+                   help="latent channels per level (resnet; each level halves the resolution; default "
+                        "4,8,16,32,64,128) or per scale (convnext; default 32,32,32,32,32), bottom-up")
+    p.add_argument("--widths", type=int_list,
+                   help="convnext: block widths per scale, bottom-up; scale s has stride 4 * 2^s "
+                        "(default 256,512,640,768,768)")
+    p.add_argument("--enc_blocks", type=int_list, help="convnext: encoder ConvNeXt blocks per scale (default 6,6,6,4,4)")
+    p.add_argument("--latent_blocks", type=int_list,
+                   help="convnext: latent blocks per scale, bottom-up (default 5,4,3,2,1: 15 latent layers)")
     p.add_argument("--ar_prior_levels", type=int, default=0,
                    help="the number of lowest levels with a channel-wise autoregressive prior (the top level "
                         "never has one)")
@@ -387,7 +580,8 @@ def add_model_flags(p):
 
 
 def check_model_flags(args):
-    """Refuses inconsistent architecture flags (InputError); converts --lmb_range_seed to --lmb_range."""
+    """Refuses inconsistent architecture flags (InputError); converts --lmb_range_seed to --lmb_range and fills
+    in the architecture's defaults."""
     if args.lmb_range_seed is not None:
         args.lmb_range = [v * SEED_LAMBDA_UNITS for v in args.lmb_range_seed]
     if args.lmb_range is not None:
@@ -397,6 +591,16 @@ def check_model_flags(args):
             raise InputError(f"{flag} {','.join(map(str, lo_hi))}: give two numbers 0 < LO < HI")
         if args.likelihood != "mse":
             raise InputError(f"{flag}: a variable-rate model trades rate for MSE (--likelihood mse)")
+    other = "convnext" if args.arch == "resnet" else "resnet"
+    for name in ARCH_DEFAULTS[other]:
+        if name not in ARCH_DEFAULTS[args.arch] and getattr(args, name) is not None:
+            raise InputError(f"--{name} belongs to --arch {other}, not {args.arch}")
+    for name, value in ARCH_DEFAULTS[args.arch].items():
+        if getattr(args, name) is None:
+            setattr(args, name, list(value) if isinstance(value, list) else value)
+    if args.arch == "convnext":
+        check_convnext_flags(args)
+        return
     levels = len(args.latent_channels)
     if levels < 1 or min(args.latent_channels) < 1:
         raise InputError(f"--latent_channels {args.latent_channels}: give at least one positive channel count")
@@ -416,8 +620,32 @@ def check_model_flags(args):
         raise InputError(f"--maf_units {args.maf_units}: give positive hidden sizes")
 
 
+def check_convnext_flags(args):
+    if args.lmb_range is None:
+        raise InputError("--arch convnext is variable-rate: give --lmb_range or --lmb_range_seed")
+    given = [f"--{n}" for n in RESNET_ONLY if getattr(args, n) not in (None, 0, False, "mse")]
+    if given:
+        raise InputError(f"{', '.join(given)}: not a flag of --arch convnext (the ResNet-VAE's)")
+    scales = len(args.widths)
+    if scales < 1 or min(args.widths) < 1:
+        raise InputError(f"--widths {args.widths}: give at least one positive width")
+    for name in ("enc_blocks", "latent_blocks", "latent_channels"):
+        values = getattr(args, name)
+        if len(values) != scales or min(values) < (1 if name == "latent_channels" else 0):
+            raise InputError(f"--{name} {','.join(map(str, values))}: give one count per scale of --widths "
+                             f"({scales}), {'positive' if name == 'latent_channels' else 'non-negative'}")
+    if sum(args.latent_blocks) < 1:
+        raise InputError(f"--latent_blocks {args.latent_blocks}: the model needs at least one latent block")
+
+
 def model_flags(args):
     """The flags that define the model: they build it and name its run folder."""
+    if args.arch == "convnext":
+        flags = dict(arch="convnext", widths=args.widths, enc_blocks=args.enc_blocks,
+                     latent_blocks=args.latent_blocks, latent_channels=args.latent_channels)
+        if args.image_channels != 3:
+            flags.update(image_channels=args.image_channels)
+        return dict(flags, lmb_range=[float(f"{v:.6g}") for v in args.lmb_range])
     flags = dict(num_filters=args.num_filters, latent_channels=args.latent_channels)
     if args.ar_prior_levels:
         flags.update(ar_prior_levels=args.ar_prior_levels, ar_slices=args.ar_slices)
@@ -442,5 +670,7 @@ def run_flags(args):
 
 def build(args):
     flags = model_flags(args)
+    if flags.pop("arch", "resnet") == "convnext":
+        return ConvNeXtVAE(args.lmbda, **flags)
     model_class = DLogisticResNetVAE if flags.pop("likelihood", "mse") == "dlogistic" else ResNetVAE
     return model_class(args.lmbda, **flags)

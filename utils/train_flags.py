@@ -3,7 +3,7 @@ TensorBoard. Apart from utils/training.py so that a script can define them witho
 subcommand that never trains, such as mcbits.py decompress, then starts in a fraction of a second)."""
 from utils.cli import positive_float, positive_int
 
-SCHEDULES = ("step", "cosine", "constant")
+SCHEDULES = ("step", "cosine", "constant", "half_cosine")
 STRATEGIES = ("default", "mirrored", "multiworker")
 
 
@@ -12,7 +12,8 @@ def add_schedule_flags(t, lr_schedule, warmup, patience):
     rdub_mlp.py "step" and no plateau; the image scripts "constant" with warm-up 100 and patience 10)."""
     t.add_argument("--lr_schedule", choices=SCHEDULES, default=lr_schedule,
                    help="'step': x0.2 at 1/2, 3/4 and 7/8 of the epochs (the paper's rdub_mlp.py); 'cosine'; "
-                        "'constant' (see utils/training.py)")
+                        "'constant'; 'half_cosine': constant, then a cosine to 1%% over the second half (the "
+                        "variable-rate seed's) (see utils/training.py)")
     t.add_argument("--lr_ramp", type=int, default=0,
                    help="linear warm-up of the rate from lr/100 over this many steps (not in the paper; 0: none)")
     t.add_argument("--warmup", type=int, default=warmup,

@@ -15,6 +15,7 @@ with E epochs of S steps each:
   3E/4, x0.2^2 until 7E/8, x0.2^3 after. It changes at epoch boundaries, as the paper's Keras scheduler does;
   with S = 1 (an "epoch" of one step) it is rdlb.py's per-step form;
 - "cosine": lr * (1 + cos(pi t / (E S))) / 2, decaying to 0 at the end;
+- "half_cosine", the variable-rate seed's: lr for the first half of the steps, then a cosine from lr to lr/100;
 - "constant", the image scripts' default: the paper trains them at a constant rate lowered only on plateaus.
 `ramp_steps` (off by default; not in the paper) adds a linear warm-up from lr/100 over the first steps.
 Reduce-on-plateau (`patience` > 0; the paper's image-script callback, Keras ReduceLROnPlateau behind a warm-up):
@@ -56,6 +57,7 @@ from utils.train_flags import SCHEDULES, STRATEGIES
 
 STEP_DECAY = 0.2
 STEP_FRACTIONS = (1 / 2, 3 / 4, 7 / 8)
+HALF_COSINE_FLOOR = 0.01  # "half_cosine" ends at lr / 100 (the seed's final factor)
 # The paper's reduce-on-plateau constants (and early stopping's improvement threshold).
 MIN_DELTA = 1e-4
 MIN_LR = 1e-6
@@ -178,6 +180,10 @@ class LearningRate(tf.keras.optimizers.schedules.LearningRateSchedule):
         elif self.kind == "cosine":
             done = tf.cast(step, tf.float32) / float(self.epochs * self.steps_per_epoch)
             factor = 0.5 * (1.0 + tf.cos(math.pi * tf.minimum(done, 1.0)))
+        elif self.kind == "half_cosine":
+            done = tf.cast(step, tf.float32) / float(self.epochs * self.steps_per_epoch)
+            late = tf.clip_by_value(2.0 * done - 1.0, 0.0, 1.0)  # 0 until half-way, then to 1 at the end
+            factor = HALF_COSINE_FLOOR + (1 - HALF_COSINE_FLOOR) * 0.5 * (1.0 + tf.cos(math.pi * late))
         else:
             factor = tf.constant(1.0)
         if self.ramp_steps > 0:
