@@ -1,7 +1,6 @@
 """The variable-rate seed's ConvNeXt hierarchy (`resnet_vae.py --arch convnext`): its parameter count at the seed's
 configuration, its squashing functions, its analytic KLs, the rate falling with lambda from one set of weights, and
 the flags it refuses."""
-import math
 
 import numpy as np
 import pytest
@@ -9,6 +8,7 @@ import tensorflow as tf
 
 import resnet_vae
 from test_resnet_vae import smooth_images, train_in_process
+from test_variable_rate import check_rate_falls_with_lambda
 from utils import hvae
 from utils.cli import InputError
 
@@ -100,16 +100,7 @@ def trained():
 
 
 def test_rate_falls_with_lambda_from_the_same_weights(trained):
-    x = tf.constant(smooth_images(4, 32, seed=3), tf.float32)
-    points = []
-    for lmbda in (0.001, 0.01, 0.1):
-        tf.random.set_seed(1)
-        out, kls = trained.forward(x, tf.fill([4], lmbda))
-        bpp = float(tf.reduce_sum(kls)) / (4 * 32 * 32 * math.log(2))
-        points.append((bpp, float(tf.reduce_mean(tf.square(x - trained.reconstruction(out))))))
-    (b0, m0), (b1, m1), (b2, m2) = points
-    assert b0 < b1 < b2, points
-    assert m0 > m2, points
+    check_rate_falls_with_lambda(trained)
 
 
 @pytest.mark.parametrize("flags, message", [
