@@ -173,15 +173,14 @@ class LearningRate(tf.keras.optimizers.schedules.LearningRateSchedule):
 
     def __call__(self, step):
         step = tf.cast(step, tf.int64)
+        done = tf.cast(step, tf.float32) / float(self.epochs * self.steps_per_epoch)  # fraction of the run
         if self.kind == "step":
             epoch = tf.cast(step // self.steps_per_epoch, tf.float32)
             decays = tf.add_n([tf.cast(epoch >= f * self.epochs, tf.float32) for f in STEP_FRACTIONS])
             factor = STEP_DECAY ** decays
         elif self.kind == "cosine":
-            done = tf.cast(step, tf.float32) / float(self.epochs * self.steps_per_epoch)
             factor = 0.5 * (1.0 + tf.cos(math.pi * tf.minimum(done, 1.0)))
         elif self.kind == "half_cosine":
-            done = tf.cast(step, tf.float32) / float(self.epochs * self.steps_per_epoch)
             late = tf.clip_by_value(2.0 * done - 1.0, 0.0, 1.0)  # 0 until half-way, then to 1 at the end
             factor = HALF_COSINE_FLOOR + (1 - HALF_COSINE_FLOOR) * 0.5 * (1.0 + tf.cos(math.pi * late))
         else:
