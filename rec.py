@@ -13,9 +13,9 @@ same shapes, so it rebuilds bitwise the encoder's latents and reconstruction (ch
   N((m_s - (1 - g_s) shift_s) / g_s, (s_s / g_s)^2), with g_s and shift_s computed from the decoded earlier
   slices (later ones are zeros on both sides and the flow never reads them); each slice is one REC layer.
 - The top level's prior, tfc's deep factorized density, is not Gaussian, and utils/rec.py codes against diagonal
-  Gaussians: it is coded against the per-channel Gaussian with the deep factorized density's mean and variance
-  (computed from the weights on a fixed grid, the same on both sides). The file pays KL(q || that Gaussian)
-  there instead of the model's KL(q || deep factorized); `eval` reports both (`coding_kl_bpp` and `kl_bpp`).
+  Gaussians: a fixed per-channel quantile map h (TopMap, from the weights, the same on both sides) makes the
+  prior N(0, 1); the posterior pushed through h is coded as a Gaussian against N(0, 1) and decoded back by h^-1.
+  The file pays the KL of that Gaussian (`coding_kl_bpp`), at most the model's KL (`kl_bpp`) up to the grid.
   The MAF top prior (--flat_z0) is refused.
 
 File: utils/coding.py's container (kind resnet_vae, the model's identity: architecture flags and weights) holding
@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import scipy.special
 import utils  # noqa: F401  (before TensorFlow: sets its C++ log level)
 import tensorflow as tf
 
@@ -49,36 +50,73 @@ MODEL_SCRIPT = "resnet_vae"  # whose checkpoints (run folders) and file kind the
 RATE_TYPE = "file size (every byte), relative entropy coding of resnet_vae latents"
 LOSSLESS_RATE_TYPE = "file size (every byte) in bits per dimension: REC of the latents + ANS of the image given them"
 RESIDUAL_PRECISION = 16  # bits of the grey-level count tables: a level costs at most 16 bits
-TOP_GRID = 4096  # bins of the grid on which the top prior's moments are computed
-TOP_TAIL_MASS = 1e-6  # the grid spans the deep factorized density but for this mass
+TOP_GRID = 1 << 16  # bins of the grid of the top prior's quantile map: h's kinks cost ~ |u| du per bin
+TOP_TAIL_MASS = 1e-6  # the grid spans the deep factorized density but for this mass; the map is linear beyond
+TOP_MIN_MASS = 1e-12  # a bin's least share of the mass (float32 CDFs saturate in the tails): keeps h increasing
 TOP_RANGE, TOP_BISECTIONS = 1e4, 48  # the tails are searched in [-range, range] to ~1e-10
+TOP_NODES = 32  # Gauss-Hermite nodes of the top posterior's moments under the map
 
 
 # ---- the coding walk (shared by encoder and decoder) ------------------------------------------------
 
-def top_gaussian(model):
-    """(mean, std) float64 [C] of the top level's deep factorized prior per channel, from the probability masses
-    of a fixed grid between its tails (found by bisection on its CDF). The top level is coded against this
-    Gaussian; encoder and decoder compute it with the same operations."""
-    prior = model.top_prior
-    channels = prior.batch_shape[0]
+def _piecewise_linear(x, knots, values):
+    """Per channel (last axis of x), the piecewise-linear function through (knots[:, c], values[:, c]), knots
+    increasing, extended beyond the end knots along the end segments."""
+    out = np.empty(x.shape)
+    for c in range(x.shape[-1]):
+        xc, a, b = x[..., c], knots[:, c], values[:, c]
+        below = b[0] + (xc - a[0]) * ((b[1] - b[0]) / (a[1] - a[0]))
+        above = b[-1] + (xc - a[-1]) * ((b[-1] - b[-2]) / (a[-1] - a[-2]))
+        out[..., c] = np.where(xc < a[0], below, np.where(xc > a[-1], above, np.interp(xc, a, b)))
+    return out
 
-    def cdf(x):
-        return prior.cdf(tf.constant(x, tf.float32)).numpy().astype(np.float64)
 
-    lo, hi = np.full((2, channels), -TOP_RANGE), np.full((2, channels), TOP_RANGE)  # rows: lower, upper tail
-    target = np.array([[TOP_TAIL_MASS / 2], [1 - TOP_TAIL_MASS / 2]])
-    for _ in range(TOP_BISECTIONS):
-        mid = (lo + hi) / 2
-        below = cdf(mid) < target
-        lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
-    edges = lo[0] + (hi[1] - lo[0]) * np.linspace(0, 1, TOP_GRID + 1)[:, None]  # [grid + 1, C]
-    mass = np.maximum(np.diff(cdf(edges), axis=0), 0)
-    mass /= mass.sum(axis=0)
-    centers = (edges[1:] + edges[:-1]) / 2
-    mean = (mass * centers).sum(axis=0)
-    width = (hi[1] - lo[0]) / TOP_GRID  # Sheppard's correction: a bin's own variance
-    return mean, np.sqrt((mass * (centers - mean) ** 2).sum(axis=0) + width ** 2 / 12)
+class TopMap:
+    """The top level's deep factorized prior (per channel, not Gaussian) turned into N(0, 1) for utils/rec.py:
+    u = h(z), the strictly increasing piecewise-linear map through the knots (z_k, Phi^-1(F(z_k))) of a fixed
+    grid between the prior's tails (F its CDF; the tails found by bisection), linear beyond. Under h the prior is
+    N(0, 1) but for its variation within a bin, so the top level is coded against the model's own prior: the
+    posterior N(mu, sig^2), pushed through h, is coded as the Gaussian of the same mean and variance (moments by
+    Gauss-Hermite quadrature; of the Gaussians the closest to it, and no dearer than the model's KL, since a
+    Gaussian has the most entropy for its moments), and the decoded u is mapped back by h^-1. Both sides
+    compute the knots from the weights with the same operations; the decoder needs only them and h^-1."""
+
+    def __init__(self, prior):
+        channels = prior.batch_shape[0]
+
+        def cdf(x):
+            return prior.cdf(tf.constant(x, tf.float32)).numpy().astype(np.float64)
+
+        lo, hi = np.full((2, channels), -TOP_RANGE), np.full((2, channels), TOP_RANGE)  # rows: lower, upper tail
+        target = np.array([[TOP_TAIL_MASS / 2], [1 - TOP_TAIL_MASS / 2]])
+        for _ in range(TOP_BISECTIONS):
+            mid = (lo + hi) / 2
+            below = cdf(mid) < target
+            lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
+        self.z = lo[0] + (hi[1] - lo[0]) * np.linspace(0, 1, TOP_GRID + 1)[:, None]  # knots [grid + 1, C]
+        # a bin's mass by the midpoint rule: the float32 density keeps its relative precision in the tails, where
+        # differences of a float32 CDF near 1 do not
+        centers = tf.constant((self.z[1:] + self.z[:-1]) / 2, tf.float32)
+        mass = np.exp(prior.log_prob(centers).numpy().astype(np.float64))
+        mass = np.maximum(mass / mass.sum(axis=0), TOP_MIN_MASS)
+        cum = np.concatenate([np.zeros((1, channels)), np.cumsum(mass / mass.sum(axis=0), axis=0)])
+        self.u = scipy.special.ndtri(TOP_TAIL_MASS / 2 + (1 - TOP_TAIL_MASS) * cum)
+
+    def forward(self, z):
+        return _piecewise_linear(z, self.z, self.u)
+
+    def inverse(self, u):
+        return _piecewise_linear(u, self.u, self.z)
+
+    def posterior(self, loc, scale):
+        """(mean, std) float64 of h(z) for z ~ N(loc, scale^2), per element [..., C]."""
+        nodes, weights = np.polynomial.hermite_e.hermegauss(TOP_NODES)
+        weights = (weights / weights.sum()).reshape((-1,) + (1,) * np.ndim(loc))
+        u = self.forward(np.asarray(loc, np.float64) + np.asarray(scale, np.float64)
+                         * nodes.reshape(weights.shape))
+        mean = np.sum(weights * u, axis=0)
+        # a posterior narrower than float64 resolves is coded as a point-like one
+        return mean, np.maximum(np.sqrt(np.sum(weights * (u - mean) ** 2, axis=0)), 1e-12)
 
 
 def level_prior(level, t):
@@ -89,12 +127,12 @@ def level_prior(level, t):
 
 def walk(model, top, shape, code, features=None):
     """Runs the model top-down, calling code(layer id, (q mean, q scale) or None, prior mean, prior scale) for
-    each coded unit (float64 numpy in and out: the latent) in coding order. `features` are the encoder's
-    bottom-up features (None when decoding). Returns the decoder's output on the padded image [1, H, W, C']
-    (model.reconstruction makes x_hat of it) and the coded units' names."""
+    each coded unit (float64 numpy in and out: the latent) in coding order; `top` is the top level's TopMap.
+    `features` are the encoder's bottom-up features (None when decoding). Returns the decoder's output on the
+    padded image [1, H, W, C'] (model.reconstruction makes x_hat of it) and the coded units' names."""
     ids, names = itertools.count(), []
     m = model.pad_multiple
-    top_shape = (1, shape[0] // m, shape[1] // m, len(top[0]))
+    top_shape = (1, shape[0] // m, shape[1] // m, top.z.shape[1])
 
     def unit(name, q, p_loc, p_scale):
         names.append(name)
@@ -104,8 +142,8 @@ def walk(model, top, shape, code, features=None):
     q = None
     if features is not None:
         loc, raw = tf.split(features[-1], 2, axis=-1)
-        q = (loc, hvae.positive_scale(raw))
-    z = unit(f"level{model.levels - 1}", q, np.broadcast_to(top[0], top_shape), np.broadcast_to(top[1], top_shape))
+        q = top.posterior(loc.numpy(), hvae.positive_scale(raw).numpy())
+    z = top.inverse(unit(f"level{model.levels - 1}", q, np.zeros(top_shape), np.ones(top_shape)))
     t = tf.constant(z, tf.float32)
     for i in reversed(range(model.levels - 1)):
         level = model.latents[i]
@@ -153,7 +191,7 @@ class Codec:
         self.lossless = isinstance(model, hvae.DLogisticResNetVAE)
         self.config = rec.Config(block_size=args.block_size, omega=args.kl_per_partition,
                                  extra_samples=args.extra_samples, n_beams=args.n_beams, fit_split=args.fit_split)
-        self.top = top_gaussian(model)
+        self.top = TopMap(model.top_prior)
 
     def encode(self, image, channels):
         """(file bytes, x_hat float32 [H, W, C], {unit name: LayerCode}, the bottom-up features) of one image
@@ -384,7 +422,7 @@ def parse_args(argv):
                          "the lambda it is run at, which its files would have to carry)")
     if args.flat_z0:
         raise InputError("--flat_z0: rec.py does not code a MAF top prior (it codes against Gaussians; only the "
-                         "deep factorized top prior has a Gaussian stand-in here)")
+                         "deep factorized top prior has a map to N(0, 1) here)")
     if not 0 <= args.seed < 2 ** 63:
         raise InputError(f"--seed {args.seed}: the coder's shared randomness needs a non-negative seed")
     return args

@@ -49,17 +49,17 @@ def rng_floor(count):
 
 
 class CandidateTimer:
-    """Wraps rec._candidate_noise to count its seconds and the normals it draws."""
+    """Wraps rec._candidates (the encoder's draws and their scores) to count its seconds and the normals drawn."""
 
     def __init__(self):
-        self.inner, self.seconds, self.draws = rec._candidate_noise, 0.0, 0
+        self.inner, self.seconds, self.draws = rec._candidates, 0.0, 0
 
-    def __call__(self, keys, step, n, d):
+    def __call__(self, *args):
         t = time.perf_counter()
-        out = self.inner(keys, step, n, d)
+        noise, score = self.inner(*args)
         self.seconds += time.perf_counter() - t
-        self.draws += out.size
-        return out
+        self.draws += noise.size
+        return noise, score
 
 
 def main():
@@ -76,7 +76,7 @@ def main():
     for name in args.settings.split(","):
         config = rec.Config(block_size=args.block_size, omega=3.0, **SETTINGS[name])
         timer = CandidateTimer()
-        rec._candidate_noise = timer
+        rec._candidates = timer
         try:
             rec.encode_layer(mu[:50], sig[:50], m[:50], s[:50], seed=1, layer=0, config=config)  # traces
             timer.seconds, timer.draws = 0.0, 0
@@ -88,7 +88,7 @@ def main():
             enc = timed(encode, args.repeats)
             share, draws = timer.seconds / (enc * (args.repeats + 1)), timer.draws // (args.repeats + 1)
         finally:
-            rec._candidate_noise = timer.inner
+            rec._candidates = timer.inner
         code = result["code"]
         data = rec.pack([code], seed=1)
         dec = timed(lambda: rec.Reader(data).decode_layer(m, s, layer=0), args.repeats)

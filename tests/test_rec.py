@@ -111,10 +111,12 @@ def test_the_latent_depends_on_seed_and_layer_not_on_the_beams_at_decode():
 
 def test_a_beam_draws_the_same_candidates_whatever_the_other_beams():
     keys = rec._mix(np.arange(5, dtype=np.uint64), 3)
-    together = rec._candidate_noise(keys, 4, 7, 11)
-    alone = rec._candidate_noise(keys[2:3], 4, 7, 11)
-    assert np.array_equal(together[2], alone[0])
+    quad, linear = np.linspace(-1, 1, 11, dtype=np.float32), np.ones((5, 11), np.float32)
+    together, score = rec._candidates(keys, 4, 7, 11, quad, linear)
+    alone = rec._candidate_noise(keys[2], 4, 7, 11)  # the decoder's draw
+    assert np.array_equal(together[2], alone)
     assert not np.array_equal(together[1], together[2])
+    assert np.allclose(score, together ** 2 @ quad + together @ linear[0], rtol=1e-5, atol=1e-5)
 
 
 def test_block_too_large_for_max_aux_is_split():

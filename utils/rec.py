@@ -151,20 +151,36 @@ def _permutation(dims, seed, layer):
     return np.argsort(bits, kind="stable")
 
 
-@tf.function(input_signature=[tf.TensorSpec([None], tf.uint64), tf.TensorSpec([], tf.uint64),
-                              tf.TensorSpec([2], tf.int32)], autograph=False)
-def _beam_noise(keys, step, shape):
-    counter = tf.stack([tf.constant(0, tf.uint64), step])
-    return tf.map_fn(lambda k: tf.raw_ops.StatelessRandomNormalV2(shape=shape, key=k[None], counter=counter, alg=1),
-                     keys, fn_output_signature=tf.float32, parallel_iterations=4)
+def _candidate_noise(key, step, n, d):
+    """Standard normals [n, d] float32 of one beam key at one step: the decoder's draw, and the encoder's for that
+    beam (_candidates makes them with the same op, shape, key and counter, whatever the other beams)."""
+    return _philox(tf.raw_ops.StatelessRandomNormalV2, [n, d], int(key), step)
 
 
-def _candidate_noise(keys, step, n, d):
-    """Standard normals [len(keys), n, d] float32: for each beam key the same draws whatever the other beams (the
-    same op, shape, key and counter), so the decoder, following one beam, redraws them exactly."""
-    if len(keys) == 1:  # eager: for one draw the graph's loop costs more than it saves
-        return _philox(tf.raw_ops.StatelessRandomNormalV2, [n, d], int(keys[0]), step)[None]
-    return _beam_noise(keys, np.uint64(step), np.array([n, d], np.int32)).numpy()
+_SCORERS = {}  # beams -> the concrete graph for that many beam keys
+
+
+def _scorer(beams):
+    if beams not in _SCORERS:
+        def draw_and_score(keys, step, shape, quad, linear):
+            counter = tf.stack([tf.constant(0, tf.uint64), step])
+            # one Philox op per beam (unrolled: the graph runs them side by side, with one dispatch per step)
+            noise = tf.stack([tf.raw_ops.StatelessRandomNormalV2(shape=shape, key=keys[b:b + 1], counter=counter,
+                                                                 alg=1) for b in range(beams)])
+            return noise, tf.reduce_sum(noise * (noise * quad + linear[:, None, :]), axis=-1)
+
+        _SCORERS[beams] = tf.function(draw_and_score, autograph=False).get_concrete_function(
+            tf.TensorSpec([beams], tf.uint64), tf.TensorSpec([], tf.uint64), tf.TensorSpec([2], tf.int32),
+            tf.TensorSpec([None], tf.float32), tf.TensorSpec([beams, None], tf.float32))
+    return _SCORERS[beams]
+
+
+def _candidates(keys, step, n, d, quad, linear):
+    """Every beam's n candidate draws [beams, n, d] (float32 standard normals) and their scores
+    e^2 . quad + e . linear[beam] [beams, n] (float32)."""
+    noise, score = _scorer(len(keys))(tf.constant(keys), tf.constant(step, tf.uint64),
+                                     tf.constant([n, d], tf.int32), tf.constant(quad), tf.constant(linear))
+    return noise.numpy(), score.numpy()
 
 
 def _variance_split(prior_var, k, exponent=RATIO_EXPONENT):
@@ -256,10 +272,9 @@ def _encode_block(mu, sig, m, s, k, exponent, key, n, beams):
         beta = t_mean / t_var
         const = 0.5 * np.sum(np.log(cum / t_var)) - np.sum(t_mean ** 2 / (2 * t_var))
         scale = np.sqrt(v[j])
-        noise = _candidate_noise(keys, j, n, d)  # [beams, n, d]
         linear = (scale * (beta + 2 * alpha * sums)).astype(np.float32)  # [beams, d]
-        score = ((sums * sums) @ alpha + sums @ beta + const)[:, None] \
-            + (noise * noise) @ (v[j] * alpha).astype(np.float32) + (noise @ linear[:, :, None])[..., 0]
+        noise, score = _candidates(keys, j, n, d, (v[j] * alpha).astype(np.float32), linear)  # [beams, n, (d)]
+        score = score + ((sums * sums) @ alpha + sums @ beta + const)[:, None]
         best = np.argsort(-score.ravel(), kind="stable")[:beams]
         parent, choice = best // n, (best % n).astype(np.int32)
         sums = sums[parent] + noise[parent, choice].astype(np.float64) * scale
@@ -272,11 +287,10 @@ def _decode_block(m, s, indices, exponent, key, n):
     d, k = len(m), len(indices)
     v, _ = _variance_split(s ** 2, k, exponent)
     total = np.zeros(d)
-    keys = np.array([key], np.uint64)
     for j, i in enumerate(indices):
         # the whole [n, d] draw, as the encoder made it (same shape, same seed)
-        total = total + _candidate_noise(keys, j, n, d)[0, i].astype(np.float64) * np.sqrt(v[j])
-        keys = _mix(keys, np.array([i], np.int32))
+        total = total + _candidate_noise(key, j, n, d)[i].astype(np.float64) * np.sqrt(v[j])
+        key = _mix(key, np.int32(i))
     return m + total
 
 
