@@ -15,7 +15,7 @@ same shapes, so it rebuilds bitwise the encoder's latents and reconstruction (ch
 - The top level's prior, tfc's deep factorized density, is not Gaussian, and utils/rec.py codes against diagonal
   Gaussians: a fixed per-channel quantile map h (TopMap, from the weights, the same on both sides) makes the
   prior N(0, 1); the posterior pushed through h is coded as a Gaussian against N(0, 1) and decoded back by h^-1.
-  The file pays the KL of that Gaussian (`coding_kl_bpp`), at most the model's KL (`kl_bpp`) up to the grid.
+  The file pays the KL of that Gaussian (`coding_kl_bpp`): within the grid, at most the model's KL (`kl_bpp`).
   The MAF top prior (--flat_z0) is refused.
 
 File: utils/coding.py's container (kind resnet_vae, the model's identity: architecture flags and weights) holding
@@ -52,7 +52,7 @@ LOSSLESS_RATE_TYPE = "file size (every byte) in bits per dimension: REC of the l
 RESIDUAL_PRECISION = 16  # bits of the grey-level count tables: a level costs at most 16 bits
 TOP_GRID = 1 << 16  # bins of the grid of the top prior's quantile map: h's kinks cost ~ |u| du per bin
 TOP_TAIL_MASS = 1e-6  # the grid spans the deep factorized density but for this mass; the map is linear beyond
-TOP_MIN_MASS = 1e-12  # a bin's least share of the mass (float32 CDFs saturate in the tails): keeps h increasing
+TOP_MIN_MASS = 1e-12  # a bin's least share of the mass (a density may underflow between modes): keeps h increasing
 TOP_RANGE, TOP_BISECTIONS = 1e4, 48  # the tails are searched in [-range, range] to ~1e-10
 TOP_NODES = 32  # Gauss-Hermite nodes of the top posterior's moments under the map
 
@@ -77,9 +77,11 @@ class TopMap:
     grid between the prior's tails (F its CDF; the tails found by bisection), linear beyond. Under h the prior is
     N(0, 1) but for its variation within a bin, so the top level is coded against the model's own prior: the
     posterior N(mu, sig^2), pushed through h, is coded as the Gaussian of the same mean and variance (moments by
-    Gauss-Hermite quadrature; of the Gaussians the closest to it, and no dearer than the model's KL, since a
-    Gaussian has the most entropy for its moments), and the decoded u is mapped back by h^-1. Both sides
-    compute the knots from the weights with the same operations; the decoder needs only them and h^-1."""
+    Gauss-Hermite quadrature; of the Gaussians the closest to it, and no dearer than the model's KL where the
+    posterior lies within the grid, since a Gaussian has the most entropy for its moments; beyond the tails h
+    is linear, so the prior it stands for has Gaussian tails there), and the decoded u is mapped back by h^-1.
+    Both sides compute the knots from the weights with the same operations; the decoder needs only them and
+    h^-1."""
 
     def __init__(self, prior):
         channels = prior.batch_shape[0]
@@ -101,6 +103,10 @@ class TopMap:
         mass = np.maximum(mass / mass.sum(axis=0), TOP_MIN_MASS)
         cum = np.concatenate([np.zeros((1, channels)), np.cumsum(mass / mass.sum(axis=0), axis=0)])
         self.u = scipy.special.ndtri(TOP_TAIL_MASS / 2 + (1 - TOP_TAIL_MASS) * cum)
+        if not (np.all(np.isfinite(self.u)) and np.all(np.diff(self.z, axis=0) > 0)
+                and np.all(np.diff(self.u, axis=0) > 0)):
+            raise InputError("the model's top prior (deep factorized) is degenerate: its quantile map to N(0, 1) is "
+                             "not strictly increasing (a density of NaN, or narrower than float32 resolves)")
 
     def forward(self, z):
         return _piecewise_linear(z, self.z, self.u)

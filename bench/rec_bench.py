@@ -1,5 +1,5 @@
 """Speed of the relative entropy coder (utils/rec.py) on one synthetic layer: encode and decode seconds, the share
-of encoding spent drawing candidates, and the file size against the KL.
+of encoding spent drawing and scoring candidates (one graph call per step), and the file size against the KL.
 
     python bench/rec_bench.py [--dims 10000] [--kl 2000] [--settings lossy,lossless] [--repeats 1]
 

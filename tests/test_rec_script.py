@@ -152,3 +152,14 @@ def test_top_map_makes_the_deep_factorized_prior_standard_normal():
         assert np.all(coding_kl < model_kl + 0.01), (loc, scale, coding_kl, model_kl)
         if scale <= 0.3:
             assert coding_kl == pytest.approx(model_kl, abs=0.01), (loc, scale)
+
+    class NanDensity:  # a prior whose density is NaN: no increasing map, a clear error rather than NaN latents
+        batch_shape = [2]
+        cdf = staticmethod(tf.sigmoid)
+
+        @staticmethod
+        def log_prob(z):
+            return z * np.nan
+
+    with pytest.raises(InputError, match="degenerate"):
+        rec.TopMap(NanDensity())

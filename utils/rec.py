@@ -139,9 +139,11 @@ def _check_ids(seed, layer):
 
 def _philox(op, shape, key, step, **kw):
     """A TF stateless random op on Philox with our own 64-bit key and the step as the counter's high word (the
-    raw op: tf.random.stateless_* re-derives key and counter from a seed pair at ~20x the cost of the draw)."""
-    return op(shape=shape, key=tf.constant([key], tf.uint64), counter=tf.constant([0, step], tf.uint64), alg=1,
-              **kw).numpy()
+    raw op: tf.random.stateless_* re-derives key and counter from a seed pair at ~20x the cost of the draw). On the
+    CPU, as _candidates draws: a GPU's kernel need not give the same bits."""
+    with tf.device("/CPU:0"):
+        return op(shape=shape, key=tf.constant([key], tf.uint64), counter=tf.constant([0, step], tf.uint64), alg=1,
+                  **kw).numpy()
 
 
 def _permutation(dims, seed, layer):
@@ -178,8 +180,9 @@ def _scorer(beams):
 def _candidates(keys, step, n, d, quad, linear):
     """Every beam's n candidate draws [beams, n, d] (float32 standard normals) and their scores
     e^2 . quad + e . linear[beam] [beams, n] (float32)."""
-    noise, score = _scorer(len(keys))(tf.constant(keys), tf.constant(step, tf.uint64),
-                                     tf.constant([n, d], tf.int32), tf.constant(quad), tf.constant(linear))
+    with tf.device("/CPU:0"):  # the decoder's eager draws (_philox) are on the CPU too
+        noise, score = _scorer(len(keys))(tf.constant(keys), tf.constant(step, tf.uint64),
+                                         tf.constant([n, d], tf.int32), tf.constant(quad), tf.constant(linear))
     return noise.numpy(), score.numpy()
 
 
