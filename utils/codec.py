@@ -43,11 +43,32 @@ def scale_fn(index):
     return tf.exp(np.log(SCALES_MIN) + step * tf.cast(index, tf.float32))
 
 
+class StridedPointwiseConv(tfc.SignalConv2D):
+    """A 1x1 tfc.SignalConv2D with a downsampling stride s, computed as x[:, ::s, ::s] through the same 1x1
+    convolution at unit stride: the same weights, outputs (bitwise) and checkpoints as tfc's layer.
+
+    Why: TensorFlow 2.14's oneDNN computes the weight gradient of a strided 1x1 convolution by first copying the
+    strided input to a unit-stride buffer, and when the input has fewer channels than its AVX-512 block (16) it
+    writes past that buffer (`jit_avx512_common_1x1_convolution_bwd_weights`, on AVX-512 CPUs). The heap
+    corruption aborts the process, or corrupts it silently. The ResNet-VAE's encoder shortcuts are such
+    convolutions (the first sees the 3 image channels). Unit-stride 1x1 convolutions and the transposed
+    (upsampling) 1x1 shortcuts take other kernels (docs/resnet_vae.md, "oneDNN on AVX-512 CPUs").
+    """
+
+    def call(self, inputs):
+        s_h, s_w = self.strides_down
+        outputs = tf.nn.conv2d(inputs[:, ::s_h, ::s_w, :], self.kernel, 1, "VALID")
+        if self.use_bias:
+            outputs = tf.nn.bias_add(outputs, self.bias)
+        return outputs if self.activation is None else self.activation(outputs)
+
+
 def conv(filters, kernel, stride=1, activation=None, use_bias=True, kernel_parameter="rdft"):
     """A convolution as both reference implementations define theirs: tfc.SignalConv2D with zero padding and,
     by default, the kernel parameterized by its real DFT (`kernel_parameter="variable"`: plain weights)."""
-    return tfc.SignalConv2D(filters, (kernel, kernel), corr=True, strides_down=stride, padding="same_zeros",
-                            use_bias=use_bias, kernel_parameter=kernel_parameter, activation=activation)
+    layer = StridedPointwiseConv if kernel == 1 and stride > 1 else tfc.SignalConv2D
+    return layer(filters, (kernel, kernel), corr=True, strides_down=stride, padding="same_zeros",
+                 use_bias=use_bias, kernel_parameter=kernel_parameter, activation=activation)
 
 
 def deconv(filters, kernel, stride=1, activation=None, use_bias=True, kernel_parameter="rdft"):
