@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
 DEMO := demo_out
 
-.PHONY: test demo venv clean-demo
+.PHONY: test smoke demo venv clean-demo
 
 venv: $(STAMP)
 
@@ -17,6 +17,11 @@ $(STAMP): requirements.txt
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile tests
+
+# Every script at its paper's or CPU recipe's sizes for a step or two, then its eval/compress/decompress (needs
+# RDS_DATA_DIR); run it before submitting a change to a model or a trainer. tests/smoke.py says what it runs.
+smoke: $(STAMP)
+	$(PY) tests/smoke.py
 
 # The sandwich on a 2-d Gaussian: BA, the beta-VAE upper bound and the dual lower bound, against the analytic R(D).
 # Rates in nats per sample, D = MSE per dimension, the same lambda for every method. A few minutes on 2 cores.
