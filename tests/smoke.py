@@ -44,6 +44,7 @@ RVAE_VR = "--latent_channels 4,8,16,32 --ar_prior_levels 2 --ar_slices 4 --num_f
 RVAE_MNIST = "--likelihood dlogistic --image_channels 1 --latent_channels 8,16 --num_filters 48"
 SHORT = "--epochs 1 --steps_per_epoch 2 --max_validation_steps 1"
 IMG = "--dataset bsds500"
+COMMANDS = ("train", "eval", "compress", "decompress")  # named in the progress lines
 KODIM = "{data}/kodak/kodim01.png"  # 768x512: the codecs' and the bound's pad-and-crop paths
 
 
@@ -76,7 +77,7 @@ def steps():
         ("codecs", "mbt2018.py", f"{c} --lambda 0.01 eval --dataset {KODIM} --results_dir {{w}}/res"),
         ("codecs", "mbt2018.py", f"{c} --lambda 0.01 compress {KODIM} {{w}}/k.tfci"),
         ("codecs", "mbt2018.py", f"{c} --lambda 0.01 decompress {{w}}/k.tfci {{w}}/k-mbt.png"),
-        ("codecs", "sga.py", f"{c} compress mbt2018-num_filters=192-lmbda=0.01 {KODIM} --iterations 2 "
+        ("codecs", "sga.py", f"{c} --iterations 2 compress mbt2018-num_filters=192-lmbda=0.01 {KODIM} "
                              "--results_dir {w}/sga"),
         ("codecs", "ms2020.py", f"{c} --lambda 0.01 train {IMG} --patchsize 256 --batchsize 8 {SHORT}"),
         ("codecs", "ms2020.py", f"{c} --lambda 0.01 eval --dataset {KODIM} --results_dir {{w}}/res"),
@@ -84,8 +85,9 @@ def steps():
         ("codecs", "ms2020.py", f"{c} --lambda 0.01 decompress {{w}}/k2.tfci {{w}}/k-ms.png"),
         ("codecs", "mbt2018.py", f"{c} --hyper_posterior gaussian --lambda 0.01 train {IMG} --patchsize 256 "
                                  f"--batchsize 8 {SHORT}"),
-        ("codecs", "bb_sga.py", f"{c} compress mbt2018-num_filters=192-hyper_posterior=gaussian-lmbda=0.01 {KODIM} "
-                                "--iterations 2 --rate_iterations 2 --results_dir {w}/bb"),
+        ("codecs", "bb_sga.py", f"{c} --iterations 2 --rate_iterations 2 compress "
+                                f"mbt2018-num_filters=192-hyper_posterior=gaussian-lmbda=0.01 {KODIM} "
+                                "--results_dir {w}/bb"),
         ("codecs", "bb_sga.py", f"{c} decompress {{w}}/bb/kodim01.bbi {{w}}/k-bb.png"),
         ("codecs", "bd_rate.py", "--dataset kodak --test 'RD-sandwich upper bound (resnet_vae)'"),
         # The image bound: the paper's architecture (natural images at a 64 px crop of batch 1, where oneDNN's
@@ -174,7 +176,8 @@ def main():
         t0 = time.monotonic()
         proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True)
         seconds = time.monotonic() - t0
-        print(f"[{n}/{len(chosen)}] {group:8s} {seconds:6.1f} s  {script} {flags.split(' ')[0]} ...", flush=True)
+        command = next((w for w in flags.split() if w in COMMANDS), "")
+        print(f"[{n}/{len(chosen)}] {group:8s} {seconds:6.1f} s  {script} {command}", flush=True)
         if proc.returncode != 0:
             print(f"FAILED (exit {proc.returncode}): {shlex.join(argv)}\n{proc.stdout[-2000:]}{proc.stderr[-4000:]}")
             return 1
