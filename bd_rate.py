@@ -4,7 +4,7 @@
   python bd_rate.py --anchor "mbt2018 re-implementation (base, amortized)" --test "mbt2018 + SGA"
   python bd_rate.py --test 'checkpoints/kodak/*/results.jsonl' --method pchip --plot rd.png
 
-A curve is a method name of the published curves (`--reference`, the package's image_rd.csv), or results files:
+A curve is a method name of the published curves (`--reference`, data/reference/image_rd.csv), or results files:
 this package's eval JSONL (the records' `bpp` and `psnr`; a run evaluated more than once counts once, with its
 last record), or any CSV with columns `bpp` and `psnr`; a quoted glob gathers several files into one curve.
 Records and rows that name another dataset than --dataset are left out. The method and the overlap are printed;
@@ -23,7 +23,10 @@ import numpy as np
 from utils import jsonl, rd
 from utils.cli import InputError, run
 
-DEFAULT_REFERENCE = Path(__file__).resolve().parent.parent / "shared" / "reference" / "image_rd.csv"
+# Shipped with the package (data/reference/README.md names each curve's source); the default is relative to this
+# file so that it works from any working folder, and --help shows it repository-relative.
+REFERENCE_RELATIVE = Path("data") / "reference" / "image_rd.csv"
+DEFAULT_REFERENCE = Path(__file__).resolve().parent / REFERENCE_RELATIVE
 DEFAULT_ANCHOR = "VTM 18.0"
 # Drawn on every --plot for context: the standard anchor, tfc's ms2020 codec, and the paper's upper bound.
 CONTEXT_CURVES = ("VTM 18.0", "ms2020 (channel-wise autoregressive)", "RD-sandwich upper bound (resnet_vae)")
@@ -156,7 +159,7 @@ def parse_args(argv):
                    help="cubic: ln rate as a least-squares cubic in PSNR (Bjontegaard); pchip: piecewise-cubic "
                         "Hermite interpolation")
     p.add_argument("--plot", type=Path, help="also draw the curves into this .png (.pdf, .svg)")
-    p.add_argument("--reference", default=str(DEFAULT_REFERENCE), help="the published curves (CSV)")
+    p.add_argument("--reference", help=f"the published curves (CSV); default: {REFERENCE_RELATIVE} in the repository")
     return p.parse_args(argv)
 
 
@@ -170,7 +173,7 @@ def main(argv):
     specs = (args.anchor, args.test)
     needs_table = args.plot is not None or not all(
         glob.has_magic(s) or os.path.exists(s) or s.lower().endswith((".jsonl", ".csv")) for s in specs)
-    table = read_reference(args.reference) if needs_table else None
+    table = read_reference(args.reference or DEFAULT_REFERENCE) if needs_table else None
     anchor = load_curve(args.anchor, args.dataset, table, "--anchor")
     test = load_curve(args.test, args.dataset, table, "--test")
     try:

@@ -2,6 +2,8 @@
 computation, results files read as the published curves, refusals, the plot."""
 import csv
 import json
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,14 +21,25 @@ VTM = "VTM 18.0"
 
 @pytest.fixture(scope="module")
 def kodak():
-    if not bd_rate.DEFAULT_REFERENCE.is_file():
-        pytest.skip(f"the published curves are absent: {bd_rate.DEFAULT_REFERENCE}")
     curves = {}
     with open(bd_rate.DEFAULT_REFERENCE, newline="") as f:
         for row in csv.DictReader(f):
             if row["dataset"] == "kodak":
                 curves.setdefault(row["method"], []).append((float(row["bpp"]), float(row["psnr_rgb_db"])))
     return {m: np.array(sorted(v)) for m, v in curves.items()}
+
+
+def test_reference_ships_with_the_repository():
+    # The default reference is a tracked file of the repository, not something beside it.
+    root = Path(bd_rate.__file__).resolve().parent
+    assert bd_rate.DEFAULT_REFERENCE == root / "data" / "reference" / "image_rd.csv"
+    assert bd_rate.DEFAULT_REFERENCE.is_file() and (root / "data" / "reference" / "README.md").is_file()
+    ignored = subprocess.run(["git", "check-ignore", "-q", "data/reference/image_rd.csv"], cwd=root)
+    assert ignored.returncode != 0  # 0 would mean .gitignore drops it from the repository
+    with open(bd_rate.DEFAULT_REFERENCE, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["dataset"] for r in rows} == {"kodak", "tecnick"}
+    assert len(rows) == 530
 
 
 def independent_bd_rate(anchor, test):
