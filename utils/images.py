@@ -4,7 +4,7 @@ Pixels are uint8 on disk and float32 in [0, 255] inside models; distortion is me
 
 An image set is named by `--dataset` or `--train_glob`:
 - a folder name under $RDS_DATA_DIR (see NAMED): `kodak`, `tecnick`, `bsds500`, `clic`, `cocotrain`;
-- a glob of image files (`'/tmp/train2017/*.jpg'`) or a folder of images (`data/...` is looked up under
+- a glob of image files (`'train2017/*.jpg'`) or a folder of images (`data/...` is looked up under
   $RDS_DATA_DIR when it does not exist as given, as utils.sources.resolve_path does for files);
 - an `.npy` batch of uint8 images [N, H, W, 3] (or [N, H, W] for grayscale).
 
