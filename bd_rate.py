@@ -7,7 +7,8 @@
 A curve is a method name of the published curves (`--reference`, data/reference/image_rd.csv), or results files:
 this package's eval JSONL (the records' `bpp` and `psnr`; a run evaluated more than once counts once, with its
 last record), or any CSV with columns `bpp` and `psnr`; a quoted glob gathers several files into one curve.
-Records and rows that name another dataset than --dataset are left out. The method and the overlap are printed;
+Records and rows that name another dataset than --dataset are left out: a subset of a set's images evaluated
+alone (`kodak-subset=<hash>`) is a dataset of its own, selected by that name. The method and the overlap are printed;
 the last line is `BD-rate: <x>%` (negative: the test needs fewer bits than the anchor at equal PSNR).
 See docs/bd_rate.md.
 """
@@ -64,6 +65,9 @@ def read_reference(path):
 
 def published(table, dataset, name, flag):
     """The published curve called `name` (exactly, or an unambiguous part of a name; case ignored)."""
+    if "-subset=" in dataset:
+        raise InputError(f"--dataset {dataset}: a subset of {dataset.split('-subset=')[0]}'s images; the published "
+                         f"curves are of whole sets, so give results files on this subset to both --anchor and --test")
     if dataset not in table:
         raise InputError(f"--dataset {dataset}: the published curves cover {', '.join(sorted(table))}; "
                          f"for another dataset give results files to both --anchor and --test")
@@ -152,7 +156,8 @@ def plot(path, anchor, test, table, dataset, method, value):
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--dataset", default="kodak", help="which published curves (kodak, tecnick), and which results")
+    p.add_argument("--dataset", default="kodak", help="which published curves (kodak, tecnick), and which results "
+                                                      "(also a subset's name, e.g. kodak-subset=<hash>)")
     p.add_argument("--anchor", default=DEFAULT_ANCHOR, help="the reference curve: a published method or results files")
     p.add_argument("--test", required=True, help="the curve compared: a published method or results files")
     p.add_argument("--method", default="cubic", choices=rd.BD_METHODS,
