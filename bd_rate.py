@@ -23,6 +23,7 @@ import numpy as np
 
 from utils import jsonl, rd
 from utils.cli import InputError, run
+from utils.sources import resolve_path
 
 # Shipped with the package (data/reference/README.md names each curve's source); the default is relative to this
 # file so that it works from any working folder, and --help shows it repository-relative.
@@ -49,9 +50,9 @@ class Curve:
 
 def read_reference(path):
     """{dataset: {method: [(bpp, psnr), ...]}} from the published-curves CSV."""
-    path = Path(path)
+    path = resolve_path(path, "--reference")  # a data/... path is also looked up under $RDS_DATA_DIR
     if not path.is_file():
-        raise InputError(f"--reference {path}: not found; give the path of the published curves (image_rd.csv)")
+        raise InputError(f"--reference {path}: not a file; give the path of the published curves (image_rd.csv)")
     table = {}
     with open(path, newline="") as f:
         for row in csv.DictReader(f):

@@ -42,6 +42,18 @@ def test_reference_ships_with_the_repository():
     assert len(rows) == 530
 
 
+def test_reference_path_follows_the_data_rule(tmp_path, monkeypatch, capsys):
+    # --reference data/... absent where the command runs is looked up under $RDS_DATA_DIR; a missing file is named.
+    (tmp_path / "store" / "ref").mkdir(parents=True)
+    (tmp_path / "store" / "ref" / "curves.csv").write_bytes(bd_rate.DEFAULT_REFERENCE.read_bytes())
+    monkeypatch.setenv("RDS_DATA_DIR", str(tmp_path / "store"))
+    monkeypatch.chdir(tmp_path)
+    bd_rate.main(["--test", BOUND, "--reference", "data/ref/curves.csv"])
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "BD-rate: -19.31%"
+    with pytest.raises(InputError, match="--reference not found: data/ref/none.csv"):
+        bd_rate.main(["--test", BOUND, "--reference", "data/ref/none.csv"])
+
+
 def independent_bd_rate(anchor, test):
     """Bjontegaard's cubic method written another way: the least-squares cubic from lstsq on a raw Vandermonde
     matrix, its mean over the overlap by the trapezoid rule on a dense grid (not the polynomial's integral)."""
@@ -106,6 +118,7 @@ def test_bad_input(kodak, tmp_path):
         (["--test", str(tmp_path / "missing.jsonl")], "no such results file"),
         (["--test", str(tmp_path / "*.jsonl")], "no such results file"),
         (["--dataset", "clic", "--test", BOUND], "the published curves cover kodak, tecnick"),
+        (["--dataset", "kodak-subset=0123abcd", "--test", BOUND], "a subset of kodak.s images"),
         (["--test", BOUND, "--plot", str(tmp_path / "x.txt")], "--plot"),
         (["--test", BOUND, "--plot", str(tmp_path / "no" / "x.png")], "does not exist"),
     ]:
