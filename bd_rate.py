@@ -25,8 +25,8 @@ from utils import jsonl, rd
 from utils.cli import InputError, run
 from utils.sources import resolve_path
 
-# Shipped with the package (data/reference/README.md names each curve's source); the default is relative to this
-# file so that it works from any working folder, and --help shows it repository-relative.
+# Shipped with the package (data/reference/README.md names each curve's source); --help shows the default
+# repository-relative, and it is read from beside this file, so that it works from any working folder.
 REFERENCE_RELATIVE = Path("data") / "reference" / "image_rd.csv"
 DEFAULT_REFERENCE = Path(__file__).resolve().parent / REFERENCE_RELATIVE
 DEFAULT_ANCHOR = "VTM 18.0"
@@ -165,7 +165,8 @@ def parse_args(argv):
                    help="cubic: ln rate as a least-squares cubic in PSNR (Bjontegaard); pchip: piecewise-cubic "
                         "Hermite interpolation")
     p.add_argument("--plot", type=Path, help="also draw the curves into this .png (.pdf, .svg)")
-    p.add_argument("--reference", help=f"the published curves (CSV); default: {REFERENCE_RELATIVE} in the repository")
+    p.add_argument("--reference", default=str(REFERENCE_RELATIVE),
+                   help="the published curves (CSV); the default is the repository's copy, from any working folder")
     return p.parse_args(argv)
 
 
@@ -179,7 +180,8 @@ def main(argv):
     specs = (args.anchor, args.test)
     needs_table = args.plot is not None or not all(
         glob.has_magic(s) or os.path.exists(s) or s.lower().endswith((".jsonl", ".csv")) for s in specs)
-    table = read_reference(args.reference or DEFAULT_REFERENCE) if needs_table else None
+    reference = DEFAULT_REFERENCE if args.reference == str(REFERENCE_RELATIVE) else args.reference
+    table = read_reference(reference) if needs_table else None
     anchor = load_curve(args.anchor, args.dataset, table, "--anchor")
     test = load_curve(args.test, args.dataset, table, "--test")
     try:
