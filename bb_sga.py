@@ -274,9 +274,10 @@ def compress(args):
     posterior = rate_posterior(model, rate_iterations, float(np.float32(args.rate_lr)), args.seed)
     results = Path(args.results_dir)
     results.mkdir(parents=True, exist_ok=True)
-    label = images.dataset_label(args.eval_imgs) + (f"-crop={args.crop}" if args.crop else "")
+    fields = inference.dataset_fields(args.eval_imgs, args.crop)
+    label = fields["dataset"]
     record = dict(method=f"mbt2018+bb_{args.method}", inference=f"bb_{args.method}", run=run_dir.name,
-                  checkpoint=str(checkpoint), dataset=label, eval_imgs=str(args.eval_imgs), crop=args.crop,
+                  checkpoint=str(checkpoint), **fields,
                   iterations=args.iterations, rate_iterations=rate_iterations, z_bin_width=args.z_bin_width,
                   seed=args.seed, **{"lambda": args.lmbda_used})
     batches = defaultdict(list)

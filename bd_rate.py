@@ -4,10 +4,11 @@
   python bd_rate.py --anchor "mbt2018 re-implementation (base, amortized)" --test "mbt2018 + SGA"
   python bd_rate.py --test 'checkpoints/kodak/*/results.jsonl' --method pchip --plot rd.png
 
-A curve is a method name of the published curves (`--reference`, the package's image_rd.csv), or results files:
+A curve is a method name of the published curves (`--reference`, data/reference/image_rd.csv), or results files:
 this package's eval JSONL (the records' `bpp` and `psnr`; a run evaluated more than once counts once, with its
 last record), or any CSV with columns `bpp` and `psnr`; a quoted glob gathers several files into one curve.
-Records and rows that name another dataset than --dataset are left out. The method and the overlap are printed;
+Records and rows that name another dataset than --dataset are left out: a subset of a set's images evaluated
+alone (`kodak-subset=<hash>`) is a dataset of its own, selected by that name. The method and the overlap are printed;
 the last line is `BD-rate: <x>%` (negative: the test needs fewer bits than the anchor at equal PSNR).
 See docs/bd_rate.md.
 """
@@ -22,8 +23,12 @@ import numpy as np
 
 from utils import jsonl, rd
 from utils.cli import InputError, run
+from utils.sources import resolve_path
 
-DEFAULT_REFERENCE = Path(__file__).resolve().parent.parent / "shared" / "reference" / "image_rd.csv"
+# Shipped with the package (data/reference/README.md names each curve's source); --help shows the default
+# repository-relative, and it is read from beside this file, so that it works from any working folder.
+REFERENCE_RELATIVE = Path("data") / "reference" / "image_rd.csv"
+DEFAULT_REFERENCE = Path(__file__).resolve().parent / REFERENCE_RELATIVE
 DEFAULT_ANCHOR = "VTM 18.0"
 # Drawn on every --plot for context: the standard anchor, tfc's ms2020 codec, and the paper's upper bound.
 CONTEXT_CURVES = ("VTM 18.0", "ms2020 (channel-wise autoregressive)", "RD-sandwich upper bound (resnet_vae)")
@@ -45,9 +50,9 @@ class Curve:
 
 def read_reference(path):
     """{dataset: {method: [(bpp, psnr), ...]}} from the published-curves CSV."""
-    path = Path(path)
+    path = resolve_path(path, "--reference")  # a data/... path is also looked up under $RDS_DATA_DIR
     if not path.is_file():
-        raise InputError(f"--reference {path}: not found; give the path of the published curves (image_rd.csv)")
+        raise InputError(f"--reference {path}: not a file; give the path of the published curves (image_rd.csv)")
     table = {}
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
@@ -61,6 +66,9 @@ def read_reference(path):
 
 def published(table, dataset, name, flag):
     """The published curve called `name` (exactly, or an unambiguous part of a name; case ignored)."""
+    if "-subset=" in dataset:
+        raise InputError(f"--dataset {dataset}: a subset of {dataset.split('-subset=')[0]}'s images; the published "
+                         f"curves are of whole sets, so give results files on this subset to both --anchor and --test")
     if dataset not in table:
         raise InputError(f"--dataset {dataset}: the published curves cover {', '.join(sorted(table))}; "
                          f"for another dataset give results files to both --anchor and --test")
@@ -149,14 +157,16 @@ def plot(path, anchor, test, table, dataset, method, value):
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--dataset", default="kodak", help="which published curves (kodak, tecnick), and which results")
+    p.add_argument("--dataset", default="kodak", help="which published curves (kodak, tecnick), and which results "
+                                                      "(also a subset's name, e.g. kodak-subset=<hash>)")
     p.add_argument("--anchor", default=DEFAULT_ANCHOR, help="the reference curve: a published method or results files")
     p.add_argument("--test", required=True, help="the curve compared: a published method or results files")
     p.add_argument("--method", default="cubic", choices=rd.BD_METHODS,
                    help="cubic: ln rate as a least-squares cubic in PSNR (Bjontegaard); pchip: piecewise-cubic "
                         "Hermite interpolation")
     p.add_argument("--plot", type=Path, help="also draw the curves into this .png (.pdf, .svg)")
-    p.add_argument("--reference", default=str(DEFAULT_REFERENCE), help="the published curves (CSV)")
+    p.add_argument("--reference", default=str(REFERENCE_RELATIVE),
+                   help="the published curves (CSV); the default is the repository's copy, from any working folder")
     return p.parse_args(argv)
 
 
@@ -170,7 +180,8 @@ def main(argv):
     specs = (args.anchor, args.test)
     needs_table = args.plot is not None or not all(
         glob.has_magic(s) or os.path.exists(s) or s.lower().endswith((".jsonl", ".csv")) for s in specs)
-    table = read_reference(args.reference) if needs_table else None
+    reference = DEFAULT_REFERENCE if args.reference == str(REFERENCE_RELATIVE) else args.reference
+    table = read_reference(reference) if needs_table else None
     anchor = load_curve(args.anchor, args.dataset, table, "--anchor")
     test = load_curve(args.test, args.dataset, table, "--test")
     try:

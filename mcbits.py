@@ -6,7 +6,7 @@ IWAE paper's binary VAE 784-200-200-50 (tanh; Bernoulli pixels; diagonal Gaussia
 trained here (`train`) or loaded from the released McBits checkpoints (`--weights FILE.npz`).
 
     python mcbits.py --dataset mnist train --bound iwae --num_particles 5 --epochs 20
-    python mcbits.py --weights ../shared/data/mcbits/train_bin_emnist_split=mnist_num=50.npz \\
+    python mcbits.py --weights data/mcbits/train_bin_emnist_split=mnist_num=50.npz \\
         compress --coder bb_is --num_particles 50 --num_compress 10000 --output test.mcb
     python mcbits.py --weights W.npz decompress test.mcb --output decoded.npy
 
@@ -49,6 +49,7 @@ import numpy as np  # noqa: E402
 
 from utils import ans, coding, jsonl, mnist, runs, train_flags  # noqa: E402
 from utils.cli import InputError, positive_float, positive_int, run  # noqa: E402
+from utils.sources import resolve_path  # noqa: E402
 
 DIM = mnist.DIM
 BITS = DIM * math.log(2.0)  # nats per image -> bits per dimension
@@ -72,9 +73,7 @@ def layer_shapes(hidden, latent):
 
 def load_weights(path, hidden, latent):
     """The arrays {name_w, name_b} of a weights .npz, checked against the architecture flags."""
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"--weights: {p} not found")
+    p = resolve_path(path, "--weights")  # a data/... path is also looked up under $RDS_DATA_DIR
     try:
         with np.load(p, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files if k.endswith(("_w", "_b"))}

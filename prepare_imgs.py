@@ -4,7 +4,7 @@ keeps the color images at least --min_size x --min_size pixels and downsamples e
 in [--min_factor, --max_factor] (mean 0.8 by default), which smooths away JPEG blocking and other compression
 artifacts that a codec should not learn to reproduce. Output is lossless PNG.
 
-    python prepare_imgs.py '/tmp/train2017/*.jpg' data/my_coco_train2017/
+    python prepare_imgs.py 'train2017/*.jpg' data/my_coco_train2017/
 
 Each image's factor is drawn from a generator seeded by (--seed, its position in the sorted file list), so the
 output does not depend on --workers. On a terminal a progress bar over the images runs on stderr (-V: also in a
@@ -49,7 +49,7 @@ def prepare(job):
 def main(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("src_glob", help="quoted glob of source images, e.g. '/tmp/train2017/*.jpg'")
+    p.add_argument("src_glob", help="quoted glob of source images, e.g. 'train2017/*.jpg'")
     p.add_argument("dst_dir", help="output folder (created)")
     p.add_argument("--min_size", type=positive_int, default=512, help="skip images with a shorter side")
     p.add_argument("--min_factor", type=positive_float, default=0.6)

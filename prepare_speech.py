@@ -29,7 +29,7 @@ import numpy as np
 from scipy.io import wavfile
 
 from utils import Progress, cli, runs
-from utils.sources import data_dir
+from utils.sources import data_dir, resolve_path
 
 FRAME_LENGTH, HOP, FFT_LENGTH = 63, 32, 64
 TEST_TAKES = range(5)  # takes 0-4 of every speaker and digit are the test set
@@ -82,7 +82,7 @@ def main(argv):
     p.add_argument("-V", "--verbose", action="store_true",
                    help="the progress bar even when stderr is not a terminal; TensorFlow's start-up log lines")
     args = p.parse_args(argv)
-    recordings = Path(args.fsdd_dir) if args.fsdd_dir else data_dir() / "fsdd" / "recordings"
+    recordings = resolve_path(args.fsdd_dir, "--fsdd_dir") if args.fsdd_dir else data_dir() / "fsdd" / "recordings"
     if not recordings.is_dir():
         raise cli.InputError(f"--fsdd_dir: {recordings} is not a folder of FSDD recordings")
     parts = collect(recordings, args.verbose)

@@ -339,7 +339,8 @@ def evaluate(args, coder, run_dir, checkpoint, source):
                     encode_seconds=mid - start, decode_seconds=end - mid,
                     **{f"kl_bpp_level{i}": v / pixels_ln2 for i, v in per_level.items()})
 
-    record = dict(method=SCRIPT, model=MODEL_SCRIPT, rate_type=RATE_TYPE, dataset=str(args.dataset),
+    record = dict(method=SCRIPT, model=MODEL_SCRIPT, rate_type=RATE_TYPE,
+                  **image_data.record_fields(args.dataset, source),
                   **{"lambda": args.lmbda}, run=run_dir.name, checkpoint=str(checkpoint), cast_xhat=cast,
                   seed=args.seed, block_size=args.block_size, kl_per_partition=args.kl_per_partition,
                   extra_samples=args.extra_samples, n_beams=args.n_beams, fit_split=args.fit_split)
@@ -376,7 +377,8 @@ def evaluate_lossless(args, coder, run_dir, checkpoint):
                     decode_seconds=end - mid)
 
     record = dict(method=SCRIPT, model=MODEL_SCRIPT, likelihood="dlogistic", rate_type=LOSSLESS_RATE_TYPE,
-                  dataset=str(args.dataset), run=run_dir.name, checkpoint=str(checkpoint), seed=args.seed,
+                  **image_data.record_fields(args.dataset, None), run=run_dir.name, checkpoint=str(checkpoint),
+                  seed=args.seed,
                   block_size=args.block_size, kl_per_partition=args.kl_per_partition,
                   extra_samples=args.extra_samples, n_beams=args.n_beams, fit_split=args.fit_split,
                   elbo_samples=args.elbo_samples)

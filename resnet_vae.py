@@ -103,7 +103,9 @@ def evaluate(args, model, run_dir, source):
     if model.lmb_range is not None:
         curve = codec.results_npz(args, run_dir, source).with_suffix(".csv")
         keys = ("lambda", "bpp", "mse", "psnr", "msssim", "rate_stderr", "mse_stderr")
-        lines = [",".join(keys)] + [",".join(f"{r[k]:.8g}" for k in keys) for r in records]
+        # The dataset column lets bd_rate.py keep a subset's curve apart from the whole set's.
+        lines = [",".join(keys + ("dataset",))] + [",".join([*(f"{r[k]:.8g}" for k in keys), r["dataset"]])
+                                                  for r in records]
         atomic_write_bytes(curve, ("\n".join(lines) + "\n").encode())
         if args.verbose:
             print(f"curve: {curve}", file=sys.stderr)
@@ -147,8 +149,9 @@ def evaluate_at(args, model, run_dir, source, checkpoint, lmbda, cast):
         return dict(x_hat=x_hat, bpp=float(bits.sum()) / (h * w),
                     **{f"bpp_level{i}": float(b) / (h * w) for i, b in enumerate(bits)})
 
-    record = dict(method=SCRIPT, bound="upper", rate_type=RATE_TYPE, dataset=str(args.dataset),
-                  **{"lambda": lmbda}, run=run_dir.name, checkpoint=str(checkpoint), cast_xhat=cast)
+    record = dict(method=SCRIPT, bound="upper", rate_type=RATE_TYPE,
+                  **image_data.record_fields(args.dataset, source), **{"lambda": lmbda}, run=run_dir.name,
+                  checkpoint=str(checkpoint), cast_xhat=cast)
     npz = codec.results_npz(args, run_dir, source)
     if model.lmb_range is not None:
         record.update(lmb_range=list(model.lmb_range))
@@ -166,7 +169,8 @@ def evaluate_lossless(args, model, run_dir, checkpoint):
         return dict(x_hat=images.to_channels(x_hat, channels), nelbo_bpd=kl + nll, kl_bpd=kl, nll_bpd=nll)
 
     record = dict(method=SCRIPT, likelihood="dlogistic", rate_type="negative ELBO in bits per dimension (the "
-                  "lossless code length a bits-back or REC coder approaches)", dataset=str(args.dataset),
+                  "lossless code length a bits-back or REC coder approaches)",
+                  **image_data.record_fields(args.dataset, None),
                   run=run_dir.name, checkpoint=str(checkpoint), elbo_samples=args.elbo_samples)
     items = image_data.eval_items(args.dataset, None, args.batchsize, args.seed)
     return codec.evaluate_images(items, measure, codec.results_npz(args, run_dir, None),

@@ -103,9 +103,10 @@ def compress(args):
     results = Path(args.results_dir)
     results.mkdir(parents=True, exist_ok=True)
     script = args.model
-    label = images.dataset_label(args.eval_imgs) + (f"-crop={args.crop}" if args.crop else "")
+    fields = inference.dataset_fields(args.eval_imgs, args.crop)
+    label = fields["dataset"]
     record = dict(method=f"{script}+{args.method}", inference=args.method, run=run_dir.name,
-                  checkpoint=str(checkpoint), dataset=label, eval_imgs=str(args.eval_imgs), crop=args.crop,
+                  checkpoint=str(checkpoint), **fields,
                   iterations=args.iterations, lr=args.lr, seed=args.seed, **{"lambda": lmbda})
     batches = defaultdict(list)
     for k, item in enumerate(items):

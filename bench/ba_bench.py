@@ -1,6 +1,6 @@
 """Speed of Blahut-Arimoto: the separable fast form against the dense |X| x |Y| form.
 
-    RDS_DATA_DIR=../shared/data python bench/ba_bench.py
+    RDS_DATA_DIR=/path/to/data python bench/ba_bench.py
 
 1. Physics 2-d marginal, 60 bins per dimension, lamb = 1000: iterations/s of both forms over the same
    iterations, their ratio, and the largest relative |dR| and |dD| between them along the trajectory.

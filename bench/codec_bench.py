@@ -1,6 +1,6 @@
 """Speed of the image codecs: training steps/s, and encode/decode seconds per Kodak image.
 
-    RDS_DATA_DIR=/work/shared/data python bench/codec_bench.py [--steps 5] [--images 2] [--quick]
+    RDS_DATA_DIR=/path/to/data python bench/codec_bench.py [--steps 5] [--images 2] [--quick]
 
 For mbt2018 and ms2020, at the paper's width and at the CPU recipe's width, it prints
 - the number of trainable parameters;

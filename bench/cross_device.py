@@ -1,7 +1,7 @@
 """Cross-device decoding: a file compressed on one device must decode on another to the very reconstruction that
 the first device's eval scored.
 
-    RDS_DATA_DIR=/work/shared/data python bench/cross_device.py --codec mbt2018 [--encode_device gpu]
+    RDS_DATA_DIR=/path/to/data python bench/cross_device.py --codec mbt2018 [--encode_device gpu]
         [--decode_device cpu] [--model_flags "--num_filters 192"] [--image PATH] [--work DIR]
 
 Two processes, each through the codec's own command line (its `main`, in-process):

@@ -3,7 +3,7 @@
 # width on the GPU and on the CPU, rdlb's seconds per step at the paper's physics recipe, and cross-device
 # decoding (compressed on the GPU, decompressed on the CPU) for mbt2018 and ms2020. See docs/gpu.md.
 #
-#   RDS_DATA_DIR=/work/shared/data bench/gpu_check.sh [--smoke] [LOG_DIR]
+#   RDS_DATA_DIR=/path/to/data bench/gpu_check.sh [--smoke] [LOG_DIR]
 #
 # --smoke: tiny sizes (the CPU recipe's width, few steps, small rdlb batch, 8-filter codecs on a Kodak crop), and
 # without a GPU the "GPU" side runs on the CPU and says so; it exercises every part of this script on a CPU machine.
@@ -12,7 +12,7 @@
 # a part that fails, times out or finds the budget spent shows as FAILED/TIMEOUT/SKIPPED in the summary table.
 # Cross-device decoding runs first (it decides the exit status), then rdlb, then the training speeds.
 # Exit status: 1 if cross-device decoding failed (or its part did not finish), 2 on bad usage or no GPU without
-# --smoke, else 0. Every part's full output is kept in LOG_DIR (default: a new folder under /tmp).
+# --smoke, else 0. Every part's full output is kept in LOG_DIR (default: a new folder under results/).
 set -u
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -29,7 +29,7 @@ done
 case "${GPU_CHECK_BUDGET:-1}" in
   ''|*[!0-9]*) echo "error: GPU_CHECK_BUDGET=$GPU_CHECK_BUDGET: expected a whole number of seconds" >&2; exit 2 ;;
 esac
-LOG=${LOG:-$(mktemp -d /tmp/gpu_check.XXXXXX)}
+LOG=${LOG:-$(mkdir -p results && mktemp -d results/gpu_check.XXXXXX)}
 mkdir -p "$LOG" || { echo "error: log folder $LOG: cannot create it" >&2; exit 2; }
 [ -x "$PY" ] || { echo "error: $PY: no Python there (make venv, or set PYTHON)" >&2; exit 2; }
 export RDS_DATA_DIR=${RDS_DATA_DIR:-}

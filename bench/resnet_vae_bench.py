@@ -1,6 +1,6 @@
 """Speed of resnet_vae.py: training steps/s and eval seconds per Kodak image, at the paper's width and the CPU recipe's.
 
-    RDS_DATA_DIR=/work/shared/data python bench/resnet_vae_bench.py [--steps 2] [--images 2] [--quick]
+    RDS_DATA_DIR=/path/to/data python bench/resnet_vae_bench.py [--steps 2] [--images 2] [--quick]
 
 - train: one optimizer step (forward, KL, backward, Adam) on random crops, batch 8, timed over --steps steps after a
   compiling step: the paper's model (num_filters 256, latent_channels 4,8,16,32,64,128, AR prior on 4 levels with

@@ -1,6 +1,6 @@
 """Speed of encoder-side inference (sga.py): seconds per SGA iteration per megapixel.
 
-    RDS_DATA_DIR=/work/shared/data python bench/sga_bench.py [--steps 5] [--quick]
+    RDS_DATA_DIR=/path/to/data python bench/sga_bench.py [--steps 5] [--quick]
 
 For mbt2018 at the CPU recipe's width (64 filters) and the paper's (192; not with --quick), on the first Kodak
 image (768x512, one image) and on six 256x256 center crops of it optimized as one batch (as sga.py batches

@@ -208,7 +208,7 @@ def main():
     for name, dims in (("gaussian", "2,4,8,16"), ("sphere", "2,5,10")):
         s = sub.add_parser(name)
         s.add_argument("--dims", type=int_list, default=int_list(dims))
-        s.add_argument("--work", type=Path, default=Path("/tmp/wgd_bench"))
+        s.add_argument("--work", type=Path, default=Path("results/wgd_bench"))
         s.add_argument("--seed", type=int, default=0)
         s.add_argument("--wgd_flags", default="", help="extra wgd.py flags, e.g. '--steps 4000'")
     sub.choices["gaussian"].add_argument("--no_rdub", dest="rdub", action="store_false")

@@ -2,6 +2,8 @@
 computation, results files read as the published curves, refusals, the plot."""
 import csv
 import json
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,14 +21,37 @@ VTM = "VTM 18.0"
 
 @pytest.fixture(scope="module")
 def kodak():
-    if not bd_rate.DEFAULT_REFERENCE.is_file():
-        pytest.skip(f"the published curves are absent: {bd_rate.DEFAULT_REFERENCE}")
     curves = {}
     with open(bd_rate.DEFAULT_REFERENCE, newline="") as f:
         for row in csv.DictReader(f):
             if row["dataset"] == "kodak":
                 curves.setdefault(row["method"], []).append((float(row["bpp"]), float(row["psnr_rgb_db"])))
     return {m: np.array(sorted(v)) for m, v in curves.items()}
+
+
+def test_reference_ships_with_the_repository():
+    # The default reference is a tracked file of the repository, not something beside it.
+    root = Path(bd_rate.__file__).resolve().parent
+    assert bd_rate.DEFAULT_REFERENCE == root / "data" / "reference" / "image_rd.csv"
+    assert bd_rate.DEFAULT_REFERENCE.is_file() and (root / "data" / "reference" / "README.md").is_file()
+    ignored = subprocess.run(["git", "check-ignore", "-q", "data/reference/image_rd.csv"], cwd=root)
+    assert ignored.returncode != 0  # 0 would mean .gitignore drops it from the repository
+    with open(bd_rate.DEFAULT_REFERENCE, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["dataset"] for r in rows} == {"kodak", "tecnick"}
+    assert len(rows) == 530
+
+
+def test_reference_path_follows_the_data_rule(tmp_path, monkeypatch, capsys):
+    # --reference data/... absent where the command runs is looked up under $RDS_DATA_DIR; a missing file is named.
+    (tmp_path / "store" / "ref").mkdir(parents=True)
+    (tmp_path / "store" / "ref" / "curves.csv").write_bytes(bd_rate.DEFAULT_REFERENCE.read_bytes())
+    monkeypatch.setenv("RDS_DATA_DIR", str(tmp_path / "store"))
+    monkeypatch.chdir(tmp_path)
+    bd_rate.main(["--test", BOUND, "--reference", "data/ref/curves.csv"])
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "BD-rate: -19.31%"
+    with pytest.raises(InputError, match="--reference not found: data/ref/none.csv"):
+        bd_rate.main(["--test", BOUND, "--reference", "data/ref/none.csv"])
 
 
 def independent_bd_rate(anchor, test):
@@ -93,6 +118,7 @@ def test_bad_input(kodak, tmp_path):
         (["--test", str(tmp_path / "missing.jsonl")], "no such results file"),
         (["--test", str(tmp_path / "*.jsonl")], "no such results file"),
         (["--dataset", "clic", "--test", BOUND], "the published curves cover kodak, tecnick"),
+        (["--dataset", "kodak-subset=0123abcd", "--test", BOUND], "a subset of kodak.s images"),
         (["--test", BOUND, "--plot", str(tmp_path / "x.txt")], "--plot"),
         (["--test", BOUND, "--plot", str(tmp_path / "no" / "x.png")], "does not exist"),
     ]:

@@ -13,7 +13,7 @@ from PIL import Image
 
 import mbt2018
 import ms2020
-from conftest import run_script
+from conftest import data_path, run_script
 from utils import codec, coding, gan_sources, image_models, images
 from utils.cli import InputError, run
 
@@ -128,6 +128,26 @@ def test_eval_is_what_decompress_gives(trained, restored, folders, tmp_path):
         assert images.mse(source, decoded) == npz["mse"][i]
         assert 8 * tfci.stat().st_size == npz["file_bits"][i]
         assert coding.bpp(tfci.stat().st_size, *decoded.shape[:2]) == npz["bpp"][i]
+
+
+def test_a_glob_of_some_kodak_images_is_named_apart_from_kodak(trained, tmp_path, capsys):
+    """Evaluating two Kodak images writes results named for those two, never the whole set's `dataset=kodak`
+    files, and records what was evaluated; bd_rate.py keeps such points out of the Kodak curve."""
+    import bd_rate
+    data_path("kodak/kodim02.png")
+    script, ckpt, run_dir = trained
+    SCRIPTS[script].main(model_argv(script, ckpt) + ["eval", "--dataset", "data/kodak/kodim0[12].png",
+                                                     "--results_dir", str(tmp_path), "--no_sub_dir"])
+    record = json.loads((run_dir / codec.RESULTS_NAME).read_text().splitlines()[-1])
+    label = record["dataset"]
+    assert label.startswith("kodak-subset=") and label == images.dataset_label("data/kodak/kodim0[12].png")
+    assert record["subset_of"] == "kodak" and record["images"] == ["kodim01.png", "kodim02.png"]
+    assert record["num_images"] == 2
+    assert [p.name for p in tmp_path.glob("*.npz")] == [f"{run_dir.name}-dataset={label}.npz"]
+    results = str(run_dir / codec.RESULTS_NAME)
+    assert len(bd_rate.results(results, label, "--test").bpp) == 1  # selected by the subset's name
+    with pytest.raises(InputError, match="no points"):
+        bd_rate.results(results, "kodak", "--test")  # and never part of the whole set's curve
 
 
 def test_gan_source_is_coded_as_continuous_images(trained, restored, tmp_path, capsys):

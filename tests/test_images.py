@@ -87,6 +87,30 @@ def test_npy_batches(tmp_path):
         images.load_npy_images(tmp_path / "float.npy")
 
 
+def test_a_subset_of_a_folder_is_named_apart_from_the_whole(tmp_path, monkeypatch):
+    # Results files and records are named by dataset_label: a glob of some of a folder's images must not take the
+    # folder's name (its results would overwrite the whole set's), while the whole folder, however given, keeps it.
+    folder = tmp_path / "kodak"
+    folder.mkdir()
+    for i in range(1, 5):
+        Image.fromarray(coordinate_image(8, 8)).save(folder / f"kodim0{i}.png")
+    assert images.dataset_label(str(folder)) == "kodak"
+    assert images.dataset_label(str(folder / "*.png")) == "kodak"
+    assert images.dataset_record(str(folder)) == {"dataset": "kodak"}
+    two = images.dataset_label(str(folder / "kodim0[12].png"))
+    assert two.startswith("kodak-subset=") and len(two.split("=")[1]) == 8
+    assert images.dataset_label(str(folder / "kodim0[1-2].png")) == two  # the files, not the pattern, name it
+    assert images.dataset_label(str(folder / "kodim0[34].png")) != two
+    assert images.dataset_record(str(folder / "kodim0[12].png")) == {
+        "dataset": two, "subset_of": "kodak", "images": ["kodim01.png", "kodim02.png"]}
+    # The same subset through a data/ path resolved under $RDS_DATA_DIR, from another folder: the same name.
+    monkeypatch.setenv("RDS_DATA_DIR", str(tmp_path))
+    monkeypatch.chdir(tmp_path / "kodak")
+    assert images.dataset_label("data/kodak/kodim0[12].png") == two
+    assert images.dataset_label("data/kodak/*.png") == "kodak"
+    assert images.dataset_label("kodak") == "kodak"  # the named set
+
+
 def test_named_sets():
     data_path("kodak")
     data_path("bsds500/val")

@@ -190,3 +190,21 @@ def test_train_starts_at_the_pixel_marginals(tmp_path):
     marginal = float(np.mean(-p * np.log2(p) - (1 - p) * np.log2(1 - p)))
     assert log[-1]["val_bpd"] < marginal + 0.02
     mcbits.load_weights(f"{run_dir}/weights.npz", 200, 50)
+
+
+def test_data_paths_fall_back_to_rds_data_dir(tmp_path, monkeypatch):
+    # --weights and --dataset data/mcbits/... follow the package's rule for data/ paths: when absent where the
+    # command runs, they are looked up under $RDS_DATA_DIR (the README's mcbits command runs as written).
+    store, work = tmp_path / "store", tmp_path / "work"
+    (store / "mcbits").mkdir(parents=True)
+    work.mkdir()
+    np.savez(store / "mcbits" / "w.npz", **random_arrays(4))
+    np.save(store / "mcbits" / "x.npy", random_images(3).reshape(3, 28, 28))
+    monkeypatch.setenv("RDS_DATA_DIR", str(store))
+    out = run_script("mcbits.py", *ARCH, "--dataset", "data/mcbits/x.npy", "--weights", "data/mcbits/w.npz",
+                     "compress", "--coder", "bb_elbo", "--num_compress", 3, "--results_dir", work / "res",
+                     "--ideal_samples", 5, cwd=work, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1])["num_images"] == 3
+    proc = run_script("mcbits.py", *ARCH, "--weights", "data/mcbits/none.npz", "decompress", work / "m.mcb",
+                      "--output", work / "d.npy", cwd=work, check=False)
+    assert proc.returncode == 2 and "--weights" in proc.stderr and str(store / "mcbits" / "none.npz") in proc.stderr

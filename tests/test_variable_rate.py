@@ -72,6 +72,7 @@ def test_eval_covers_the_range_and_writes_the_curve(trained, capsys):
     rows = np.genfromtxt(csv, delimiter=",", names=True)
     np.testing.assert_allclose(rows["bpp"], [r["bpp"] for r in records], rtol=1e-6)
     np.testing.assert_allclose(rows["psnr"], [r["psnr"] for r in records], rtol=1e-6)
+    assert [line.split(",")[-1] for line in csv.read_text().splitlines()] == ["dataset"] + ["imgs"] * 3
 
 
 def test_bad_input(trained, tmp_path):

@@ -517,8 +517,8 @@ def evaluate_codec(args, script, model, identity, run_dir, checkpoint, source=No
         return dict(x_hat=images.to_channels(x_hat, channels) if cast or channels == 3 else x_hat.mean(axis=2),
                     bpp=coding.bpp(len(data), h, w), bpp_est=float(bits) / (h * w), file_bits=8.0 * len(data))
 
-    record = dict(method=script, dataset=str(args.dataset), **{"lambda": args.lmbda}, run=run_dir.name,
-                  checkpoint=str(checkpoint), cast_xhat=cast)
+    record = dict(method=script, **image_data.record_fields(args.dataset, source), **{"lambda": args.lmbda},
+                  run=run_dir.name, checkpoint=str(checkpoint), cast_xhat=cast)
     items = image_data.eval_items(args.dataset, source, args.batchsize, args.seed)
     return evaluate_images(items, measure, results_npz(args, run_dir, source), run_dir / RESULTS_NAME, record,
                            args.verbose, source, rate_key="bpp" if source is None else "bpp_est")

@@ -87,6 +87,14 @@ def label(dataset, source):
     return dataset if dataset in mnist.NAMED else images.dataset_label(dataset)
 
 
+def record_fields(dataset, source):
+    """What an eval record says was evaluated: images.dataset_record for an image set (a subset named apart from
+    the whole set), else the dataset's name (an MNIST set, a GAN source)."""
+    if source is not None or dataset in mnist.NAMED:
+        return dict(dataset=str(dataset))
+    return images.dataset_record(dataset)
+
+
 def rdlb_lamb(lmbda, source):
     """rdlb.py's lamb (nats per image + lamb * MSE on [0, 1]) equivalent to an image model's lambda on `source`."""
     h, w = source.shape[:2]

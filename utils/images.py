@@ -4,13 +4,14 @@ Pixels are uint8 on disk and float32 in [0, 255] inside models; distortion is me
 
 An image set is named by `--dataset` or `--train_glob`:
 - a folder name under $RDS_DATA_DIR (see NAMED): `kodak`, `tecnick`, `bsds500`, `clic`, `cocotrain`;
-- a glob of image files (`'/tmp/train2017/*.jpg'`) or a folder of images (`data/...` is looked up under
+- a glob of image files (`'train2017/*.jpg'`) or a folder of images (`data/...` is looked up under
   $RDS_DATA_DIR when it does not exist as given, as utils.sources.resolve_path does for files);
 - an `.npy` batch of uint8 images [N, H, W, 3] (or [N, H, W] for grayscale).
 
 TensorFlow is imported inside the functions that use it, so that prepare_imgs.py starts without it.
 """
 import glob
+import hashlib
 import io
 import os
 import warnings
@@ -201,15 +202,40 @@ def eval_images(spec, what="--dataset"):
         yield path.name, img, channels
 
 
+def _selection(spec):
+    """(label, image names, whether they are a subset) of a folder or glob: see dataset_label."""
+    files = list_images(spec)
+    folder = Path(spec) if os.path.isdir(spec) else Path(os.path.commonpath([str(f.parent) for f in files]))
+    name = folder.resolve().name or "images"
+    names = [f.relative_to(folder).as_posix() for f in files]
+    if len(files) == len(_files_in(folder)):  # the files of a glob lie under `folder`: equal counts, equal sets
+        return name, names, False
+    # The hash of the selected names (not their paths) is the same on every machine and differs between subsets.
+    digest = hashlib.sha256("\n".join(names).encode()).hexdigest()[:8]
+    return f"{name}-subset={digest}", names, True
+
+
 def dataset_label(spec):
-    """A short name for an image set, for file names: `kodak`, `my_images` (folder or glob), `batch` (.npy)."""
+    """The name of an evaluated image set, in result file names and records: `kodak` for the named set and for
+    a folder or glob that selects all the images of its folder; `kodak-subset=<8 hex digits>` for a glob that
+    selects only some of them (a hash of their names, so a subset never takes the whole set's name and different
+    subsets differ); the file's stem for an .npy batch."""
     if spec in NAMED:
         return spec
     s = str(spec)
     if s.endswith(".npy"):
         return Path(s).stem
-    head = s.split("*")[0].rstrip("/")
-    return Path(head).name if os.path.isdir(head) else (Path(head).parent.name or "images")
+    return _selection(s)[0]
+
+
+def dataset_record(spec):
+    """The fields of an eval record that say what was evaluated: `dataset` (dataset_label) and, for a subset,
+    `subset_of` (the whole set's label) and `images` (the names of the images, relative to their folder)."""
+    s = str(spec)
+    if spec in NAMED or s.endswith(".npy"):
+        return dict(dataset=dataset_label(spec))
+    label, names, subset = _selection(s)
+    return dict(dataset=label, subset_of=label.split("-subset=")[0], images=names) if subset else dict(dataset=label)
 
 
 def _big_enough(files, patchsize):

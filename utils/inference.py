@@ -68,6 +68,15 @@ def read_images(spec, crop):
     return items
 
 
+def dataset_fields(spec, crop):
+    """The record fields naming what EVAL_IMGS evaluated (images.dataset_record; cropped images are a dataset of
+    their own, `-crop=N`), with the argument as given."""
+    fields = images.dataset_record(spec)
+    if crop:
+        fields["dataset"] += f"-crop={crop}"
+    return dict(fields, eval_imgs=str(spec), crop=crop)
+
+
 def softening(method, generator):
     """method -> soften(v, tau): the relaxed quantizer on the integer grid."""
     return dict(sga=lambda v, tau: rounding.sga_round(v, tau, generator),

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from utils.cli import InputError
-from utils.sources import data_dir
+from utils.sources import data_dir, resolve_path
 
 DIM = 784
 NAMED = ("mnist", "emnist-mnist", "emnist-letters")
@@ -72,9 +72,7 @@ def binarize(g, seed):
 
 def load_binary_npy(path, what="--dataset"):
     """An .npy of binary images, uint8 [N, 28, 28] or [N, 784], as uint8 [N, 784]; refuses anything else."""
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"{what}: {p} not found")
+    p = resolve_path(path, what)  # a data/... path is also looked up under $RDS_DATA_DIR
     try:
         a = np.load(p, allow_pickle=False)
     except Exception as e:
