@@ -321,7 +321,7 @@ def code_image(model, identity, grid, posterior, y_hat, image, channels, args, p
     expected = model.net_bits(y_rep, model.sample_z(z_mean, z_logvar, noise), z_mean, z_logvar).numpy().mean()
     total = coding.bpp(len(data), h, w)
     return data, dict(x_hat=x_uint8, bpp=total, total_bpp=total, net_bpp=net_bits / (h * w),
-                net_bpp_est=float(expected) / (h * w), initial_bpp=32.0 * len(initial) / (h * w))
+                      net_bpp_est=float(expected) / (h * w), initial_bpp=32.0 * len(initial) / (h * w))
 
 
 def decompress(args):

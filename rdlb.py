@@ -552,8 +552,8 @@ def parse_args(argv):
     inner.add_argument("--y_quick_topn", type=positive_int, default=10)
     inner.add_argument("--y_steps", type=positive_int, default=1000,
                        help="most ascent steps per start (the paper's: 1000)")
-    inner.add_argument("--y_lr", type=finite_float, default=1.0, help="ascent step as a fraction of the mean-shift step, "
-                                                               "in (0, 2)")
+    inner.add_argument("--y_lr", type=finite_float, default=1.0,
+                       help="ascent step as a fraction of the mean-shift step, in (0, 2)")
     inner.add_argument("--y_tol", type=nonnegative_float, default=1e-6,
                        help="a start stops when its relative improvement of f falls below this")
 
@@ -566,7 +566,8 @@ def parse_args(argv):
     t.add_argument("--lr", type=positive_float, default=5e-4)
     t.add_argument("--lr_schedule", action="store_true",
                    help="the paper's step decay: --lr x0.2 after 1/2, 3/4 and 7/8 of --last_step")
-    t.add_argument("--global_clipnorm", type=positive_float, default=100.0, help="gradient norm clip (the paper's: 100)")
+    t.add_argument("--global_clipnorm", type=positive_float, default=100.0,
+                   help="gradient norm clip (the paper's: 100)")
     t.add_argument("--beta", type=finite_float, default=0.2,
                    help="share of the old alpha kept in its lagging average, in [0, 1) (the paper's: 0.2)")
     t.add_argument("--log_E_Ck_max_delta", type=positive_float, default=1.0,

@@ -63,7 +63,8 @@ ROWS = [
     ("plot_rd", ["--checkpoint_dir", "{listline}"], "results.jsonl:1: a JSON list, not an object"),
     ("plot_rd", ["--checkpoint_dir", "{utf16run}"], "not UTF-8"),
     ("bd_rate", ["--anchor", "{utf16}", "--test", "{utf16}"], "not UTF-8"),
-    ("bd_rate", ["--anchor", "{listline}/" + MBT_RUN + "/results.jsonl", "--test", "{utf16}"], "a JSON list, not an object"),
+    ("bd_rate", ["--anchor", "{listline}/" + MBT_RUN + "/results.jsonl", "--test", "{utf16}"],
+     "a JSON list, not an object"),
     ("sga", ["--checkpoint_dir", "{listflags}", "compress", MBT_RUN, "{png}", "--results_dir", "{tmp}/r"],
      "flags.json: holds a JSON list"),
     # floats: NaN and infinity, lists included
