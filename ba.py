@@ -54,6 +54,7 @@ def main(argv):
     args = parse_args(argv)
     if args.bins < 2:
         raise cli.InputError(f"--bins must be at least 2, got {args.bins}")
+    cli.output_dir(args.save_dir, "--save_dir")
     samples = load(args)
     check_memory(args.method, args.bins, samples.shape[1])
     hist = Histogram(samples, args.bins)

@@ -34,7 +34,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_compression as tfc
 
-from utils import ans, codec, coding, images, inference
+from utils import ans, cli, codec, coding, images, inference
 from utils.cli import InputError, positive_float, positive_int, run
 from utils.runs import atomic_write_bytes
 
@@ -42,6 +42,7 @@ METHODS = ("sga", "no_sga", "plain")
 Y_RANGE = 1023  # y_hat is coded on [-Y_RANGE, Y_RANGE]; each of its 2047 integers keeps >= 2^-24 of the mass
 TAIL_MASS = 1e-6  # the z grid spans the prior's central 1 - TAIL_MASS, padded by one unit
 MC_DRAWS = 16  # draws of z for the expected net rate
+OTHER_CODEC_HINT = "(bb_sga.py codes mbt2018.py --hyper_posterior gaussian runs)"
 MAX_SIGMAS, MAX_ATTEMPTS = 8.0, 32  # a popped z beyond 8 standard deviations of q: other initial bits (encode)
 
 
@@ -78,6 +79,7 @@ def build_parser():
     d.add_argument("input")
     d.add_argument("output")
     d.add_argument("--run_name", required=True, help="the run folder of the model that coded it")
+    codec.add_force_flag(d)
     return p
 
 
@@ -87,8 +89,6 @@ class ZGrid:
     """z's coding grid: n buckets of width `width` from `lo`; p(z) as one count table per channel."""
 
     def __init__(self, model, width):
-        if not np.log2(width).is_integer():
-            raise InputError(f"--z_bin_width {width}: must be a power of 2 (grid points are then exact floats)")
         prior = model.hyperprior
         self.lo = float(np.floor(tfc.lower_tail(prior, TAIL_MASS).numpy().min())) - 1.0
         hi = float(np.ceil(tfc.upper_tail(prior, TAIL_MASS).numpy().max())) + 1.0
@@ -203,7 +203,7 @@ def pack(identity, image_shape, channels, args, words):
 
 
 def unpack(data, identity, what):
-    shape, channels, (params, words) = coding.unpack(data, "bb_sga", identity, what)
+    shape, channels, (params, words) = coding.unpack(data, "bb_sga", identity, what, "--checkpoint_dir and --run_name")
     reader = coding.HeaderReader(params, what)
     method, log_width = reader.take(2)
     rate_iterations = reader.varint()
@@ -263,8 +263,10 @@ def first_stage(model, x, names, args, results, record):
 def compress(args):
     tf.config.experimental.enable_op_determinism()
     items = inference.read_images(args.eval_imgs, args.crop)
+    results = inference.check_results_dir(args.results_dir, items, ".bbi",
+                                          (inference.TRAJECTORY_NAME, codec.RESULTS_NAME))
     args.model = "mbt2018"
-    model, identity, run_dir, checkpoint, args.lmbda_used = inference.load_run(args)
+    model, identity, run_dir, checkpoint, args.lmbda_used = inference.load_run(args, OTHER_CODEC_HINT)
     if model.range_coded:
         raise InputError(f"RUN_NAME {args.run_name}: not a bits-back model; train one with mbt2018.py "
                          f"--hyper_posterior gaussian (sga.py refines this one)")
@@ -272,7 +274,6 @@ def compress(args):
     rate_iterations = 0 if args.method == "plain" else args.rate_iterations
     # The lr as the file stores it (float32), so that the encoder's q is exactly the decoder's.
     posterior = rate_posterior(model, rate_iterations, float(np.float32(args.rate_lr)), args.seed)
-    results = Path(args.results_dir)
     results.mkdir(parents=True, exist_ok=True)
     fields = inference.dataset_fields(args.eval_imgs, args.crop)
     label = fields["dataset"]
@@ -283,7 +284,7 @@ def compress(args):
     batches = defaultdict(list)
     for k, item in enumerate(items):
         batches[item[1].shape].append(k)
-    outputs = [None] * len(items)
+    outputs, files = [None] * len(items), {}
     for b, (shape, members) in enumerate(batches.items()):
         if args.verbose:
             print(f"batch {b + 1}/{len(batches)}: {len(members)} image(s) of {shape[0]}x{shape[1]}", file=sys.stderr)
@@ -291,8 +292,11 @@ def compress(args):
         y_hats = first_stage(model, x, [items[k][0] for k in members], args, results, record)
         for j, k in enumerate(members):
             name, image, channels = items[k]
-            outputs[k] = code_image(model, identity, grid, posterior, y_hats[j:j + 1], image, channels, args,
-                                    results / f"{Path(name).stem}.bbi")
+            path = results / f"{Path(name).stem}.bbi"
+            files[path], outputs[k] = code_image(model, identity, grid, posterior, y_hats[j:j + 1], image,
+                                                 channels, args, path)
+    for path, data in files.items():  # once every image is coded: a failure leaves none of them
+        atomic_write_bytes(path, data)
     remaining = iter(outputs)
     npz = results / (f"bb_{args.method}-lmbda={args.lmbda_used!r}-iterations={args.iterations}+{run_dir.name}"
                      f"-dataset={label}.npz")
@@ -301,8 +305,8 @@ def compress(args):
 
 
 def code_image(model, identity, grid, posterior, y_hat, image, channels, args, path):
-    """Codes one image (q from y_hat alone), writes its file, decodes it as `decompress` would and checks both
-    the reconstruction and the restored initial bits; returns its per-image figures."""
+    """Codes one image (q from y_hat alone) for the file `path`, decodes it as `decompress` would and checks both
+    the reconstruction and the restored initial bits; returns the file's bytes and its per-image figures."""
     h, w = image.shape[:2]
     q = posterior(y_hat)
     words, initial, net_bits = encode(model, grid, y_hat, q, args.seed)
@@ -311,21 +315,20 @@ def code_image(model, identity, grid, posterior, y_hat, image, channels, args, p
     if not (np.array_equal(y_dec, y_hat) and np.array_equal(restored, initial)):
         raise SystemExit(f"error: bb_sga: {path.name} does not decode to what was coded (latents equal: "
                          f"{np.array_equal(y_dec, y_hat)}, initial bits restored: {np.array_equal(restored, initial)})")
-    atomic_write_bytes(path, data)
     z_mean = tf.constant(np.repeat(q[0], MC_DRAWS, 0))
     z_logvar = tf.constant(np.repeat(q[1], MC_DRAWS, 0))
     y_rep = tf.constant(np.repeat(y_hat, MC_DRAWS, 0))
     noise = tf.random.stateless_normal(tf.shape(z_mean), seed=[args.seed, -1])
     expected = model.net_bits(y_rep, model.sample_z(z_mean, z_logvar, noise), z_mean, z_logvar).numpy().mean()
     total = coding.bpp(len(data), h, w)
-    return dict(x_hat=x_uint8, bpp=total, total_bpp=total, net_bpp=net_bits / (h * w),
-                net_bpp_est=float(expected) / (h * w), initial_bpp=32.0 * len(initial) / (h * w))
+    return data, dict(x_hat=x_uint8, bpp=total, total_bpp=total, net_bpp=net_bits / (h * w),
+                      net_bpp_est=float(expected) / (h * w), initial_bpp=32.0 * len(initial) / (h * w))
 
 
 def decompress(args):
     tf.config.experimental.enable_op_determinism()
     args.model, args.lmbda_used = "mbt2018", None
-    model, identity, *_ = inference.load_run(args)
+    model, identity, *_ = inference.load_run(args, OTHER_CODEC_HINT)
     try:
         data = Path(args.input).read_bytes()
     except OSError as e:
@@ -338,8 +341,17 @@ def decompress(args):
 
 def main(argv):
     args = build_parser().parse_args(argv)
-    if args.seed < 0:
-        raise InputError(f"--seed {args.seed}: must be >= 0 (the decoder reads it from the file)")
+    # The file stores the seed (a non-negative int64), the lr as a float32 and -log2 of the width in one byte.
+    if not 0 <= args.seed < 2 ** 63:
+        raise InputError(f"--seed {args.seed}: must be >= 0 and below 2^63 (the decoder reads it from the file)")
+    if not 0 < np.float32(args.rate_lr) < np.inf:
+        raise InputError(f"--rate_lr {args.rate_lr}: must be a positive float32 (the file stores it as one)")
+    if not (np.log2(args.z_bin_width).is_integer() and 0 <= -np.log2(args.z_bin_width) <= 255):
+        raise InputError(f"--z_bin_width {args.z_bin_width}: must be a power of 2 from 2^-255 to 1 (grid points "
+                         f"are then exact floats)")
+    if args.command == "decompress":
+        cli.input_file(args.input, "input")
+        cli.output_file(args.output, "output", force=args.force)
     tf.keras.utils.set_random_seed(args.seed)
     return compress(args) if args.command == "compress" else decompress(args)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from utils import jsonl, rd
-from utils.cli import InputError, run
+from utils.cli import InputError, output_file, read_text, run
 from utils.sources import resolve_path
 
 # Shipped with the package (data/reference/README.md names each curve's source); --help shows the default
@@ -54,13 +54,12 @@ def read_reference(path):
     if not path.is_file():
         raise InputError(f"--reference {path}: not a file; give the path of the published curves (image_rd.csv)")
     table = {}
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            try:
-                point = (float(row["bpp"]), float(row["psnr_rgb_db"]))
-                table.setdefault(row["dataset"], {}).setdefault(row["method"], []).append(point)
-            except (KeyError, TypeError, ValueError):
-                raise InputError(f"--reference {path}: expected columns dataset, method, bpp, psnr_rgb_db")
+    for row in csv.DictReader(read_text(path, "--reference").splitlines()):
+        try:
+            point = (float(row["bpp"]), float(row["psnr_rgb_db"]))
+            table.setdefault(row["dataset"], {}).setdefault(row["method"], []).append(point)
+        except (KeyError, TypeError, ValueError):
+            raise InputError(f"--reference {path}: expected columns dataset, method, bpp, psnr_rgb_db")
     return table
 
 
@@ -94,15 +93,14 @@ def _from_jsonl(path, dataset):
 
 
 def _from_csv(path, dataset):
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        columns = {c.strip().lower(): c for c in reader.fieldnames or []}
-        if "bpp" not in columns or "psnr" not in columns:
-            raise InputError(f"{path}: a results CSV needs columns 'bpp' and 'psnr' (it has: "
-                             f"{', '.join(reader.fieldnames or []) or 'no header'})")
-        ds = columns.get("dataset")
-        return [(row[columns["bpp"]], row[columns["psnr"]]) for row in reader
-                if ds is None or row[ds] == dataset]
+    reader = csv.DictReader(read_text(path, "results file").splitlines())
+    columns = {c.strip().lower(): c for c in reader.fieldnames or []}
+    if "bpp" not in columns or "psnr" not in columns:
+        raise InputError(f"{path}: a results CSV needs columns 'bpp' and 'psnr' (it has: "
+                         f"{', '.join(reader.fieldnames or []) or 'no header'})")
+    ds = columns.get("dataset")
+    return [(row[columns["bpp"]], row[columns["psnr"]]) for row in reader
+            if ds is None or row[ds] == dataset]
 
 
 def results(pattern, dataset, flag):
@@ -175,8 +173,7 @@ def main(argv):
     if args.plot is not None:
         if args.plot.suffix.lower() not in PLOT_FORMATS:
             raise InputError(f"--plot {args.plot}: give a file ending in {', '.join(PLOT_FORMATS)}")
-        if not args.plot.parent.is_dir():
-            raise InputError(f"--plot {args.plot}: folder {args.plot.parent} does not exist")
+        output_file(args.plot, "--plot")
     specs = (args.anchor, args.test)
     needs_table = args.plot is not None or not all(
         glob.has_magic(s) or os.path.exists(s) or s.lower().endswith((".jsonl", ".csv")) for s in specs)

@@ -18,6 +18,7 @@ def main(argv):
     p.add_argument("--dim", type=cli.positive_int, required=True)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    cli.output_dir(args.save_dir, "--save_dir")
     rng = np.random.default_rng(args.seed)
     loc = rng.uniform(-0.5, 0.5, args.dim).astype(np.float32)
     var = rng.uniform(0.0, 2.0, args.dim).astype(np.float32)

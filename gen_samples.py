@@ -23,6 +23,7 @@ def main(argv):
     p.add_argument("--save_dir", default="data")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    cli.output_dir(args.save_dir, "--save_dir")
     source = make_source(args.dataset, args.data_dim, args.gparams_path)
     x = source.sample(args.num_samples, seed=args.seed).astype(np.float64)
     path = Path(args.save_dir) / f"{args.dataset}-dim={source.dim}-samples={args.num_samples}.npy"

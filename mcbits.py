@@ -47,7 +47,7 @@ from pathlib import Path
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
-from utils import ans, coding, jsonl, mnist, runs, train_flags  # noqa: E402
+from utils import ans, cli, coding, jsonl, mnist, runs, train_flags  # noqa: E402
 from utils.cli import InputError, positive_float, positive_int, run  # noqa: E402
 from utils.sources import resolve_path  # noqa: E402
 
@@ -386,7 +386,29 @@ def parse_args(argv):
         else:
             c.add_argument("message", help="a file written by compress --output")
             c.add_argument("--output", required=True, help="decoded images, .npy uint8 [N, 28, 28]")
-    return p.parse_args(argv)
+        c.add_argument("--force", action="store_true", help="overwrite an existing --output file")
+    args = p.parse_args(argv)
+    check_files(args)
+    if args.command == "compress":
+        check_coding_flags(args)
+    return args
+
+
+def check_files(args):
+    """Refuses, before any work, the paths a command cannot read or write."""
+    if args.command == "train":
+        cli.output_dir(args.checkpoint_dir, "--checkpoint_dir")
+        return
+    if args.weights:
+        cli.input_file(args.weights, "--weights")
+    if args.command == "compress":
+        results = cli.output_dir(args.results_dir, "--results_dir")
+        if (results / RESULTS_NAME).is_dir():
+            raise InputError(f"--results_dir {results}: {results / RESULTS_NAME} is a folder, where a file is written")
+    else:
+        cli.input_file(args.message, "message")
+    if args.output:
+        cli.output_file(args.output, "--output", force=args.force)
 
 
 def check_coding_flags(args):
@@ -472,7 +494,6 @@ def train(args):
 # ---- compress / decompress ----------------------------------------------------------------------
 
 def compress(args):
-    check_coding_flags(args)
     arrays = need_weights(args)
     x = mnist.test_images(args.dataset, args.num_compress)
     if len(x) < args.num_compress:
@@ -550,10 +571,8 @@ def compress(args):
 def decompress(args):
     arrays = need_weights(args)
     path = Path(args.message)
-    if not path.exists():
-        raise InputError(f"message: {path} not found")
     (n, dim), _, strings = coding.unpack(path.read_bytes(), "mcbits", model_identity(args, arrays),
-                                         what=f"message {path}")
+                                         f"message {path}", "--weights, --hidden_units and --latent_dim")
     if dim != DIM or len(strings) != 2 or len(strings[1]) % 4:
         raise InputError(f"message {path}: corrupt (not a message of {DIM}-pixel images)")
     try:

@@ -15,7 +15,7 @@ Writes <out>.csv and <out>.png.
 """
 import argparse
 import csv
-import json
+import io
 import math
 import re
 from pathlib import Path
@@ -57,8 +57,7 @@ def collect(root):
     """
     groups = {}
     for path in sorted(Path(root).rglob("results.jsonl")):
-        flags_path = path.parent / runs.FLAGS_NAME
-        flags = json.loads(flags_path.read_text()) if flags_path.exists() else {}
+        flags = runs.load_flags(path.parent)
         config = LAMBDA_KEY.sub("", path.parent.name)
         for record in jsonl.read(path):
             key = (record.get("method", "?"), config)
@@ -185,6 +184,9 @@ def main(argv):
 
     if not Path(args.checkpoint_dir).is_dir():
         raise cli.InputError(f"--checkpoint_dir {args.checkpoint_dir} is not a folder")
+    out = Path(args.out) if args.out else Path(args.checkpoint_dir) / "rd"
+    csv_path = cli.output_file(out.with_suffix(".csv"), "--out")
+    png_path = cli.output_file(out.with_suffix(".png"), "--out")
     groups = collect(args.checkpoint_dir)
     if not groups:
         raise cli.InputError(f"no results.jsonl under {args.checkpoint_dir}: run the scripts' eval (or ba.py) first")
@@ -208,16 +210,18 @@ def main(argv):
         d_grid = np.geomspace(d_values[d_values > 0].min(), d_values.max(), 300)
         curves += lower_curves(lower, d_grid, scale)
 
-    out = Path(args.out) if args.out else Path(args.checkpoint_dir) / "rd"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.with_suffix(".csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["label", "method", "lamb", "D", "R", "R_lo", "R_hi"])
-        writer.writeheader()
-        writer.writerows(rows)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=["label", "method", "lamb", "D", "R", "R_lo", "R_hi"])
+    writer.writeheader()
+    writer.writerows(rows)
     unit = ("bits" if args.bits else "nats") + (" per dimension" if args.rpd else " per sample")
-    plot_rd(curves, out.with_suffix(".png"), xlabel="D (MSE per dimension)", ylabel=f"R ({unit})",
-            title=args.title, logx=args.logx, logy=args.logy)
-    print(f"wrote {out.with_suffix('.csv')} and {out.with_suffix('.png')} ({len(rows)} points, {len(curves)} curves)")
+    png = io.BytesIO()
+    plot_rd(curves, png, xlabel="D (MSE per dimension)", ylabel=f"R ({unit})", title=args.title, logx=args.logx,
+            logy=args.logy, fmt="png")
+    # Both drawn before either is written: a failure leaves neither.
+    runs.atomic_write_text(csv_path, table.getvalue())
+    runs.atomic_write_bytes(png_path, png.getvalue())
+    print(f"wrote {csv_path} and {png_path} ({len(rows)} points, {len(curves)} curves)")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from utils import Progress
-from utils.cli import InputError, positive_float, positive_int, run
+from utils.cli import InputError, output_dir, positive_float, positive_int, run
 from utils.images import encode_png
 from utils.runs import atomic_write_bytes
 
@@ -61,6 +61,7 @@ def main(argv):
     args = p.parse_args(argv)
     if not args.min_factor < args.max_factor <= 1:
         raise InputError(f"need --min_factor < --max_factor <= 1, got {args.min_factor} and {args.max_factor}")
+    output_dir(args.dst_dir, "dst_dir")
     files = sorted(glob.glob(args.src_glob, recursive=True))
     if not files:
         raise InputError(f"src_glob {args.src_glob!r} matches no files")

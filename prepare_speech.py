@@ -82,6 +82,7 @@ def main(argv):
     p.add_argument("-V", "--verbose", action="store_true",
                    help="the progress bar even when stderr is not a terminal; TensorFlow's start-up log lines")
     args = p.parse_args(argv)
+    cli.output_dir(args.save_dir, "--save_dir")
     recordings = resolve_path(args.fsdd_dir, "--fsdd_dir") if args.fsdd_dir else data_dir() / "fsdd" / "recordings"
     if not recordings.is_dir():
         raise cli.InputError(f"--fsdd_dir: {recordings} is not a folder of FSDD recordings")
@@ -98,12 +99,15 @@ def main(argv):
     if ("theo", "train") in parts and ("theo", "test") in parts:
         theo = f"frame_length={FRAME_LENGTH}/n=2-dig=all-speaker=theo-split={{}}-stft.npy"
         files[theo] = lambda split: pooled(split, "theo")[:, :2]
+    arrays = {}  # every file computed before the first is written
     for pattern, make in files.items():
         train, test = make("train"), make("test")
         mean, std = train.mean(axis=0), train.std(axis=0)
         std[std == 0] = 1.0
-        save(out / pattern.format("train"), (train - mean) / std)
-        save(out / pattern.format("test"), (test - mean) / std)
+        arrays[out / pattern.format("train")] = (train - mean) / std
+        arrays[out / pattern.format("test")] = (test - mean) / std
+    for path, array in arrays.items():
+        save(path, array)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,8 @@ from pathlib import Path
 import numpy as np
 
 from utils import Progress, jsonl, rd, runs, train_flags  # TensorFlow is imported where needed, so that bad input fails in a second
-from utils.cli import InputError, float_list, int_list, nonnegative_float, positive_int, run
+from utils.cli import (InputError, finite_float, float_list, int_list, nonnegative_float, output_dir, positive_float,
+                       positive_int, run)
 from utils.sources import make_source
 
 MODELS = ("mlp", "cnn")
@@ -538,7 +539,7 @@ def parse_args(argv):
                    help="hidden sizes; for cnn the first len(--kernel_dims) are conv channels")
     p.add_argument("--kernel_dims", type=int_list, default=[9, 5, 3], help="cnn kernel sizes")
     p.add_argument("--activation", default="selu", help="hidden activation (the paper's: selu)")
-    p.add_argument("--lamb", type=float, help="lambda, the slope of the bounding line (per-dimension MSE)")
+    p.add_argument("--lamb", type=finite_float, help="lambda, the slope of the bounding line (per-dimension MSE)")
     p.add_argument("--chunksize", type=positive_int, help="starting points per pairwise-distance chunk (memory)")
     p.add_argument("--checkpoint_dir", default="checkpoints")
     p.add_argument("--seed", type=int, default=0)
@@ -551,8 +552,8 @@ def parse_args(argv):
     inner.add_argument("--y_quick_topn", type=positive_int, default=10)
     inner.add_argument("--y_steps", type=positive_int, default=1000,
                        help="most ascent steps per start (the paper's: 1000)")
-    inner.add_argument("--y_lr", type=float, default=1.0, help="ascent step as a fraction of the mean-shift step, "
-                                                               "in (0, 2)")
+    inner.add_argument("--y_lr", type=finite_float, default=1.0,
+                       help="ascent step as a fraction of the mean-shift step, in (0, 2)")
     inner.add_argument("--y_tol", type=nonnegative_float, default=1e-6,
                        help="a start stops when its relative improvement of f falls below this")
 
@@ -562,13 +563,14 @@ def parse_args(argv):
     t.add_argument("--last_step", type=positive_int, default=1000)
     t.add_argument("--checkpoint_interval", type=positive_int, default=1000)
     t.add_argument("--log_interval", type=positive_int, default=50)
-    t.add_argument("--lr", type=float, default=5e-4)
+    t.add_argument("--lr", type=positive_float, default=5e-4)
     t.add_argument("--lr_schedule", action="store_true",
                    help="the paper's step decay: --lr x0.2 after 1/2, 3/4 and 7/8 of --last_step")
-    t.add_argument("--global_clipnorm", type=float, default=100.0, help="gradient norm clip (the paper's: 100)")
-    t.add_argument("--beta", type=float, default=0.2,
+    t.add_argument("--global_clipnorm", type=positive_float, default=100.0,
+                   help="gradient norm clip (the paper's: 100)")
+    t.add_argument("--beta", type=finite_float, default=0.2,
                    help="share of the old alpha kept in its lagging average, in [0, 1) (the paper's: 0.2)")
-    t.add_argument("--log_E_Ck_max_delta", type=float, default=1.0,
+    t.add_argument("--log_E_Ck_max_delta", type=positive_float, default=1.0,
                    help="most nats the batch's log mean C_k may move from the previous step's in the loss")
     t.add_argument("--anneal_lamb", action="store_true",
                    help="sweep lambda up through --target_lambs to --lamb, checkpointing at each target")
@@ -585,13 +587,14 @@ def parse_args(argv):
     args = p.parse_args(argv)
     if args.y_init is None:
         args.y_init = "quick" if args.command == "train" else "exhaustive"
+    output_dir(args.checkpoint_dir, "--checkpoint_dir")
     return args
 
 
 def check_args(args):
     if args.model not in MODELS:
         raise InputError(f"--model {args.model!r} is unknown; choose one of {', '.join(MODELS)}")
-    if args.lamb is not None and not (args.lamb > 0 and math.isfinite(args.lamb)):
+    if args.lamb is not None and not args.lamb > 0:
         raise InputError(f"--lamb must be a positive finite number, got {args.lamb}")
     if args.command == "train" and args.lamb is None:
         raise InputError("train needs --lamb")
@@ -600,14 +603,8 @@ def check_args(args):
     if not 0 < args.y_lr < 2:
         raise InputError(f"--y_lr {args.y_lr}: must lie in (0, 2), where an ascent step cannot overshoot")
     if args.command == "train":
-        if not args.lr > 0:
-            raise InputError(f"--lr must be positive, got {args.lr}")
-        if args.global_clipnorm is not None and not args.global_clipnorm > 0:
-            raise InputError(f"--global_clipnorm must be positive, got {args.global_clipnorm}")
         if not 0 <= args.beta < 1:
             raise InputError(f"--beta {args.beta}: must lie in [0, 1)")
-        if not args.log_E_Ck_max_delta > 0:
-            raise InputError(f"--log_E_Ck_max_delta must be positive, got {args.log_E_Ck_max_delta}")
     else:
         if args.num_Ck_samples < 2:
             raise InputError("--num_Ck_samples must be >= 2 for eval (alpha and the interval need several draws)")

@@ -25,7 +25,7 @@ import tensorflow_compression as tfc
 import tensorflow_probability as tfp
 
 from utils import flows, jsonl, rd, runs, train_flags, training
-from utils.cli import InputError, int_list, positive_float, positive_int, run
+from utils.cli import InputError, int_list, output_dir, positive_float, positive_int, run
 from utils.nn import ACTIVATIONS, get_activation, make_mlp
 from utils.priors import PRIOR_TYPES, make_prior
 from utils.sources import ImageFile, SampleFile, make_source, test_twin
@@ -141,7 +141,9 @@ def parse_args(argv):
     e.add_argument("--num_samples", type=positive_int, default=100000,
                    help="fresh samples for samplers (files: at most this many of the test twin)")
     e.add_argument("--batchsize", type=positive_int, default=10000)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    output_dir(args.checkpoint_dir, "--checkpoint_dir")
+    return args
 
 
 def build(args):
@@ -185,10 +187,7 @@ def units_of(args):
 
 def check_same_model(args, run_dir):
     """--cont must not silently continue a run with different model flags."""
-    path = run_dir / runs.FLAGS_NAME
-    if not path.exists():
-        return
-    saved = json.loads(path.read_text())
+    saved = runs.load_flags(run_dir)
     current = json.loads(json.dumps({k: getattr(args, k) for k in MODEL_FLAGS}, default=str))
     diff = [k for k in MODEL_FLAGS if k in saved and saved[k] != current[k]]
     if diff:

@@ -195,8 +195,7 @@ class Codec:
     def __init__(self, args, model, identity):
         self.model, self.identity, self.seed = model, identity, args.seed
         self.lossless = isinstance(model, hvae.DLogisticResNetVAE)
-        self.config = rec.Config(block_size=args.block_size, omega=args.kl_per_partition,
-                                 extra_samples=args.extra_samples, n_beams=args.n_beams, fit_split=args.fit_split)
+        self.config = args.rec_config
         self.top = TopMap(model.top_prior)
 
     def encode(self, image, channels):
@@ -409,9 +408,11 @@ def parse_args(argv):
     c = sub.add_parser("compress", help="code an image file (PNG, JPEG, ...) into a file", formatter_class=fmt)
     c.add_argument("input")
     c.add_argument("output")
+    codec.add_force_flag(c)
     d = sub.add_parser("decompress", help="decode a file to a PNG", formatter_class=fmt)
     d.add_argument("input")
     d.add_argument("output")
+    codec.add_force_flag(d)
     e = sub.add_parser("eval", help="per image: file bpp, KL bpp, overhead, MSE, PSNR, MS-SSIM", formatter_class=fmt)
     codec.add_image_eval_flags(e)
     e.add_argument("--top_samples", type=positive_int, default=64,
@@ -433,6 +434,9 @@ def parse_args(argv):
                          "deep factorized top prior has a map to N(0, 1) here)")
     if not 0 <= args.seed < 2 ** 63:
         raise InputError(f"--seed {args.seed}: the coder's shared randomness needs a non-negative seed")
+    args.rec_config = rec.Config(block_size=args.block_size, omega=args.kl_per_partition,
+                                 extra_samples=args.extra_samples, n_beams=args.n_beams, fit_split=args.fit_split)
+    codec.check_files(args)
     return args
 
 
@@ -443,6 +447,8 @@ def main(argv):
     source = image_data.gan_source(args.dataset, args.data_dim) if args.command == "eval" else None
     flags = hvae.model_flags(args)
     run_dir = Path(args.checkpoint_dir) / run_name(MODEL_SCRIPT, **hvae.run_flags(args))
+    if args.command == "eval":
+        codec.check_results_file(run_dir)
     model = hvae.build(args)
     model.build_weights()
     checkpoint = restore(model, run_dir, args.verbose)

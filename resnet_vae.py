@@ -50,7 +50,7 @@ import numpy as np
 import utils  # noqa: F401  (before TensorFlow: sets its C++ log level)
 import tensorflow as tf
 
-from utils import codec, hvae, image_data, images, mnist, training
+from utils import codec, gan_sources, hvae, image_data, images, mnist, training
 from utils.cli import InputError, float_list, positive_int, run
 from utils.runs import atomic_write_bytes, load_flags, run_name
 
@@ -70,10 +70,6 @@ def train(args, model, run_dir, source):
     hvae.check_channels(model, args.dataset)
     if source is not None:
         check_size(model, *source.shape[:2], f"the {source.name} image size")
-    elif args.dataset not in mnist.NAMED:  # MNIST trains on whole 28x28 images, padded inside the model
-        check_size(model, args.patchsize, args.patchsize, "--patchsize")
-        if args.patchsize % model.pad_multiple:
-            raise InputError(f"--patchsize {args.patchsize} must be a multiple of 2^levels = {model.pad_multiple}")
     return codec.train(args, model, run_dir, args.dataset, source)
 
 
@@ -201,6 +197,13 @@ def parse_args(argv):
                    help="allow --lambdas outside the model's trained range (with a warning)")
     args = p.parse_args(argv)
     hvae.check_model_flags(args)
+    codec.check_files(args)
+    if args.command == "train":
+        codec.check_patchsize(args, args.dataset, hvae.pad_multiple(args))
+        crops = not (gan_sources.is_gan_source(args.dataset) or args.dataset in mnist.NAMED)
+        if crops and args.flat_z0 and args.patchsize != args.img_dim:
+            raise InputError(f"--patchsize {args.patchsize}: --flat_z0 fixes the image size to --img_dim "
+                             f"{args.img_dim}")
     return args
 
 
@@ -210,6 +213,8 @@ def main(argv):
     tf.keras.utils.set_random_seed(args.seed)
     source = image_data.gan_source(args.dataset, args.data_dim)
     run_dir = Path(args.checkpoint_dir) / run_name(SCRIPT, **hvae.run_flags(args))
+    if args.command == "eval":
+        codec.check_results_file(run_dir)
     with training.strategy_scope(args):
         model = hvae.build(args)
         model.build_weights()

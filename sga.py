@@ -97,10 +97,11 @@ def compress(args):
     if args.lr is None:
         args.lr = DEFAULT_LR[args.method]
     items = inference.read_images(args.eval_imgs, args.crop)
+    results = inference.check_results_dir(args.results_dir, items, ".tfci", (
+        inference.TRAJECTORY_NAME, codec.RESULTS_NAME, BASELINE_NAME))
     model, identity, run_dir, checkpoint, lmbda = inference.load_run(args)
     if not model.range_coded:
         raise InputError(f"RUN_NAME {args.run_name}: a bits-back model (--hyper_posterior gaussian): use bb_sga.py")
-    results = Path(args.results_dir)
     results.mkdir(parents=True, exist_ok=True)
     script = args.model
     fields = inference.dataset_fields(args.eval_imgs, args.crop)
@@ -111,7 +112,7 @@ def compress(args):
     batches = defaultdict(list)
     for k, item in enumerate(items):
         batches[item[1].shape].append(k)
-    outputs = [None] * len(items)
+    outputs, files = [None] * len(items), {}
     for b, (shape, members) in enumerate(batches.items()):
         names = [items[k][0] for k in members]
         x = np.stack([items[k][1] for k in members]).astype(np.float32)
@@ -123,11 +124,13 @@ def compress(args):
         for j, k in enumerate(members):
             name, image, channels = items[k]
             data, decoded, bpp_est = code_image(model, identity, script, [t[j] for t in latents], image, channels)
-            atomic_write_bytes(results / f"{Path(name).stem}.tfci", data)
+            files[results / f"{Path(name).stem}.tfci"] = data
             outputs[k] = dict(x_hat=images.to_channels(codec.to_uint8(decoded), channels),
                               bpp=coding.bpp(len(data), *image.shape[:2]), bpp_est=bpp_est,
                               iterations_run=int(iterations_run[j]),
                               **baseline(model, identity, script, image, channels))
+    for path, data in files.items():  # once every image is coded: a failure leaves none of them
+        atomic_write_bytes(path, data)
     remaining = iter(outputs)
     npz = results / f"{args.method}-lmbda={lmbda!r}-iterations={args.iterations}+{run_dir.name}-dataset={label}.npz"
     out = codec.evaluate_images(items, lambda image, channels: next(remaining), npz, results / codec.RESULTS_NAME,

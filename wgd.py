@@ -97,6 +97,7 @@ def load(args):
 
 def main(argv):
     args = parse_args(argv)
+    cli.output_dir(args.save_dir, "--save_dir")
     if args.gparams_path and args.samples != "gaussian":
         raise cli.InputError("--gparams_path applies only to --samples gaussian")
     if args.decay_factor > 1:

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import utils  # noqa: E402,F401  (before TensorFlow: filters its start-up noise)
-from utils.cli import InputError, run  # noqa: E402
+from utils.cli import InputError, positive_float, run  # noqa: E402
 
 CODECS = ("mbt2018", "ms2020")
 
@@ -157,7 +157,7 @@ def main(argv):
     p.add_argument("--batchsize", type=int, default=8, help="batch of the few training steps")
     p.add_argument("--train_steps", type=int, default=1, help="training steps before coding")
     p.add_argument("--work", type=Path, help="working folder (default: a temporary one, removed afterwards)")
-    p.add_argument("--timeout", type=float, default=600, help="seconds allowed to each of the two processes")
+    p.add_argument("--timeout", type=positive_float, default=600, help="seconds allowed to each of the two processes")
     p.add_argument("--role", choices=("encode", "decode"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.role:

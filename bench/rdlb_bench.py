@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import rdlb  # noqa: E402
+from utils.cli import positive_float  # noqa: E402
 
 
 def loop_log_sup(x, a, beta, topn, y_lr, y_tol, y_steps):
@@ -55,7 +56,7 @@ def loop_log_sup(x, a, beta, topn, y_lr, y_tol, y_steps):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--lamb", type=float, default=10.0)
+    p.add_argument("--lamb", type=positive_float, default=10.0)
     p.add_argument("--reps", type=int, default=7)
     p.add_argument("--seed", type=int, default=0)
     b = p.parse_args()

@@ -25,6 +25,7 @@ import numpy as np
 from harness import load_script
 
 from utils import rd  # noqa: E402
+from utils.cli import positive_float  # noqa: E402
 
 
 def draw_from_model(ckpt, num_draws, batchsize, lamb, units, activation, seed):
@@ -88,7 +89,7 @@ def main():
     p.add_argument("--ckpt", help="an rdlb run folder or checkpoint of the 2-d Gaussian (default: train one)")
     p.add_argument("--draws", help="an .npz saved by --save (log_Ck, neg_log_u): skip drawing")
     p.add_argument("--save", help="write the draws to this .npz")
-    p.add_argument("--lamb", type=float, default=10.0)
+    p.add_argument("--lamb", type=positive_float, default=10.0)
     p.add_argument("--units", default="200,200,200")
     p.add_argument("--activation", default="selu", help="the --ckpt model's")
     p.add_argument("--last_step", type=int, default=3000, help="training steps when no --ckpt is given")

@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from utils import rec
+from utils.cli import positive_float
 
 SETTINGS = {"lossy": dict(n_beams=10, extra_samples=1.0), "lossless": dict(n_beams=20, extra_samples=1.2)}
 SETTINGS.update({f"{k}-fit": dict(v, fit_split=True) for k, v in list(SETTINGS.items())})
@@ -65,7 +66,7 @@ class CandidateTimer:
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dims", type=int, default=10000)
-    p.add_argument("--kl", type=float, default=2000.0, help="the layer's KL, nats")
+    p.add_argument("--kl", type=positive_float, default=2000.0, help="the layer's KL, nats")
     p.add_argument("--block_size", type=int, default=1000)
     p.add_argument("--settings", default="lossy,lossless", help=f"comma-separated, of {', '.join(SETTINGS)}")
     p.add_argument("--repeats", type=int, default=1, help="timed encodes and decodes per setting")

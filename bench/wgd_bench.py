@@ -23,7 +23,7 @@ from scipy.special import gammaln, ive
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from utils import jsonl  # noqa: E402
-from utils.cli import int_list  # noqa: E402
+from utils.cli import int_list, positive_float  # noqa: E402
 
 # The paper's lambda grid for the Gaussian source: lambda = n/2 * c, water level 1/c, c = 1, 3, 10, 30, 100.
 PAPER_LAMBS = {n: [n / 2 * c for c in (1, 3, 10, 30, 100)] for n in (2, 4, 8, 16)}
@@ -212,7 +212,7 @@ def main():
         s.add_argument("--seed", type=int, default=0)
         s.add_argument("--wgd_flags", default="", help="extra wgd.py flags, e.g. '--steps 4000'")
     sub.choices["gaussian"].add_argument("--no_rdub", dest="rdub", action="store_false")
-    sub.choices["sphere"].add_argument("--sigma2", type=float, default=0.1)
+    sub.choices["sphere"].add_argument("--sigma2", type=positive_float, default=0.1)
     sub.choices["sphere"].add_argument("--mc_samples", type=int, default=1000000)
     s = sub.add_parser("compare")
     s.add_argument("dir")

@@ -342,6 +342,7 @@ def test_damaged_foreign_and_wrong_model_files_are_refused(restored, folders, tm
 def test_cli_errors_are_one_line_and_exit_2(folders, tmp_path, capsys):
     """Through the scripts' entry point: one line on stderr, exit status 2, nothing written."""
     argv = ["--checkpoint_dir", str(tmp_path / "ck"), *TINY["mbt2018"]]
+    (tmp_path / "x.tfci").write_bytes(b"")
     for args, message in [(["decompress", str(tmp_path / "x.tfci"), str(tmp_path / "x.png")], "no checkpoint"),
                           (["train", "--patchsize", "64"], "exactly one of --train_glob and --dataset"),
                           (["train", "--train_glob", str(folders / "eval" / "*.jpg")], "no image files")]:

@@ -46,7 +46,7 @@ def main(tmp, *argv, ckpt="ckpt", lmbda="0.01", seed="0"):
 
 def test_decoding_in_another_process_gives_eval_reconstruction(setup, capsys):
     tmp, run_dir, image = setup
-    main(tmp, "compress", str(tmp / "img.png"), str(tmp / "img.rec"))
+    main(tmp, "compress", str(tmp / "img.png"), str(tmp / "img.rec"), "--force")  # another test may have made it
     data = (tmp / "img.rec").read_bytes()
     main(tmp, "compress", str(tmp / "img.png"), str(tmp / "again.rec"))
     assert (tmp / "again.rec").read_bytes() == data  # the encoder is deterministic given --seed

@@ -1,6 +1,10 @@
 """Command-line plumbing: the one error type for bad input, argument types, and the entry point."""
 import argparse
+import json
+import math
+import os
 import sys
+from pathlib import Path
 
 
 class InputError(Exception):
@@ -19,9 +23,12 @@ def run(main, argv=None):
 def _number_list(cast, name):
     def parse(text):
         try:
-            return [cast(v) for v in text.split(",") if v.strip() != ""]
+            values = [cast(v) for v in text.split(",") if v.strip() != ""]
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a comma-separated list of {name}, got {text!r}")
+        if not all(math.isfinite(v) for v in values):
+            raise argparse.ArgumentTypeError(f"expected finite numbers, got {text!r}")
+        return values
     return parse
 
 
@@ -30,13 +37,13 @@ float_list = _number_list(float, "numbers")
 
 
 def _checked_number(cast, kind, ok, requirement):
-    """An argparse type: `cast` the text, then require `ok(value)` (finite, for floats)."""
+    """An argparse type: `cast` the text, then require a finite value with `ok(value)` (NaN and inf are refused)."""
     def parse(text):
         try:
             v = cast(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}")
-        if not ok(v) or v in (float("inf"), float("-inf")):
+        if not (math.isfinite(v) and ok(v)):
             raise argparse.ArgumentTypeError(f"must be {requirement}, got {text!r}")
         return v
     return parse
@@ -45,3 +52,78 @@ def _checked_number(cast, kind, ok, requirement):
 positive_float = _checked_number(float, "a number", lambda v: v > 0, "a positive finite number")
 nonnegative_float = _checked_number(float, "a number", lambda v: v >= 0, "a non-negative finite number")
 positive_int = _checked_number(int, "an integer", lambda v: v >= 1, ">= 1")
+finite_float = _checked_number(float, "a number", lambda v: True, "a finite number")
+
+
+def int_in(lo, hi):
+    """An argparse type for an integer in lo..hi (a field of a file header, for instance)."""
+    return _checked_number(int, "an integer", lambda v: lo <= v <= hi, f"an integer in {lo}..{hi}")
+
+
+# ---- files: checked before any work, so that a bad path costs nothing and leaves nothing behind ----------
+
+def _nearest_existing(path):
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def output_file(path, flag, force=True):
+    """Refuses an output file that cannot be written: a folder, one in a missing folder or under a file, or
+    (with `force` False) one that exists. Returns it as a Path."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{flag} {path}: is a folder; give a file name")
+    parent = path.parent
+    if not parent.is_dir():
+        raise InputError(f"{flag} {path}: {parent} " + ("is not a folder" if parent.exists() else "does not exist"))
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{flag} {path}: cannot write into {parent}")
+    if path.exists() and not force:
+        raise InputError(f"{flag} {path}: exists; pass --force to overwrite it")
+    return path
+
+
+def output_dir(path, flag):
+    """Refuses a folder that cannot be created (with its parents) or written into: an existing file, or a path
+    under a file. Returns it as a Path."""
+    path = Path(path)
+    existing = _nearest_existing(path)
+    if not existing.is_dir():
+        where = "is a file" if existing == Path(os.path.abspath(path)) else f"{existing} is a file"
+        raise InputError(f"{flag} {path}: {where}, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"{flag} {path}: cannot write into {existing}")
+    return path
+
+
+def input_file(path, flag):
+    """Refuses an input file that is missing or a folder. Returns it as a Path."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{flag} {path}: is a folder; give a file")
+    if not path.exists():
+        raise InputError(f"{flag} {path}: no such file")
+    return path
+
+
+def read_text(path, what):
+    """The UTF-8 text of a file; a folder, an unreadable file or another encoding is one InputError."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"{what} {path}: not UTF-8 text")
+    except OSError as e:
+        raise InputError(f"{what} {path}: {e.strerror}")
+
+
+def read_json(path, what):
+    """A file's JSON object (a dict); anything else is one InputError naming the file."""
+    try:
+        value = json.loads(read_text(path, what))
+    except ValueError as e:
+        raise InputError(f"{what} {path}: not valid JSON ({e})")
+    if not isinstance(value, dict):
+        raise InputError(f"{what} {path}: holds a JSON {type(value).__name__}, not an object")
+    return value

@@ -17,7 +17,7 @@ import tensorflow as tf
 import tensorflow_compression as tfc
 from tensorflow_compression.python.distributions import helpers as tfc_helpers
 
-from utils import Progress, coding, gan_sources, image_data, images, jsonl, train_flags, training
+from utils import Progress, cli, coding, gan_sources, image_data, images, jsonl, mnist, train_flags, training
 from utils.cli import InputError, positive_float, positive_int
 from utils.runs import atomic_save_npz, atomic_write_bytes, run_name
 from utils.sources import resolve_path
@@ -32,6 +32,10 @@ tfc_helpers.estimate_tails = tf.function(tfc_helpers.estimate_tails)
 # Largest difference (on [0, 255]) eval accepts between the decoded reconstruction and the model's quantized one:
 # float noise between two traced graphs, far below what a single wrongly decoded latent moves.
 DECODE_TOLERANCE = 1e-3
+
+# The side of a training crop must be a multiple of this: the transforms downsample by 2^4 and the hyper
+# transforms by 2^2 more, and training does not pad (the hyper-synthesis must give back y's shape exactly).
+TRAIN_MULTIPLE = 64
 
 # Scale indexes of the Gaussian conditional: NUM_SCALES log-spaced scales in [SCALES_MIN, SCALES_MAX].
 SCALES_MIN, SCALES_MAX, NUM_SCALES = 0.11, 256.0, 64
@@ -307,21 +311,60 @@ def build_parser(script, description, add_model_flags):
     c = sub.add_parser("compress", help="compress an image file (PNG, JPEG, ...) to a .tfci file")
     c.add_argument("input")
     c.add_argument("output")
+    add_force_flag(c)
     d = sub.add_parser("decompress", help="decompress a .tfci file to a PNG")
     d.add_argument("input")
     d.add_argument("output")
+    add_force_flag(d)
     return p
+
+
+def add_force_flag(p):
+    p.add_argument("--force", action="store_true", help="overwrite an existing output file")
+
+
+def check_files(args):
+    """Refuses, before any model is built, the paths every image script's commands cannot read or write
+    (InputError): the run folders' parent, eval's results folder, compress/decompress's files."""
+    if args.command in ("train", "eval"):
+        cli.output_dir(args.checkpoint_dir, "--checkpoint_dir")
+    if args.command == "eval" and args.results_dir:
+        cli.output_dir(args.results_dir, "--results_dir")
+    if args.command in ("compress", "decompress"):
+        cli.input_file(resolve_path(args.input, "input") if args.command == "compress" else args.input, "input")
+        cli.output_file(args.output, "output", force=args.force)
+
+
+def check_results_file(run_dir):
+    """eval appends to the run folder's results file: refused first if that name is taken by a folder."""
+    if run_dir.is_dir():
+        cli.output_file(run_dir / RESULTS_NAME, "--checkpoint_dir")
+
+
+def check_patchsize(args, dataset, multiple):
+    """Refuses a training crop the model cannot take when the flags are parsed, not in its first step. GAN
+    images are used whole, and MNIST's 28x28 images are padded inside the model (resnet_vae.py)."""
+    if gan_sources.is_gan_source(dataset) or dataset in mnist.NAMED:
+        return
+    if args.patchsize % multiple:
+        raise InputError(f"--patchsize {args.patchsize}: must be a multiple of {multiple} (the model's "
+                         f"downsampling)")
 
 
 def main(argv, script, model_class, add_model_flags, arch_flags, description):
     """Parses `argv` and runs a subcommand for the codec `model_class`, whose constructor takes `lmbda` and
     the flags named in `arch_flags` (these, with lambda, also name the run folder, and identify the model)."""
     args = build_parser(script, description, add_model_flags).parse_args(argv)
+    check_files(args)
+    if args.command == "train":
+        check_patchsize(args, args.train_glob or args.dataset, TRAIN_MULTIPLE)
     training.strategy_from_flags(args)  # before any other TensorFlow work (docs/distributed.md)
     tf.keras.utils.set_random_seed(args.seed)
     arch = {k: getattr(args, k) for k in arch_flags}
     named = {k: v for k, v in arch.items() if v is not None}  # an unset flag takes its default from another
     run_dir = Path(args.checkpoint_dir) / run_name(script, **named, lmbda=args.lmbda)
+    if args.command == "eval":
+        check_results_file(run_dir)
     source = None
     if args.command == "train":
         if bool(args.train_glob) == bool(args.dataset):

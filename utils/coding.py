@@ -91,10 +91,12 @@ def pack(script, identity, shape, channels, strings):
     return bytes(head) + struct.pack(">I", crc) + payload
 
 
-def unpack(data, script, identity, what="input file"):
+def unpack(data, script, identity, what="input file",
+           model_flags="--checkpoint_dir, --lambda and the architecture flags"):
     """Parses and checks a file made by `pack`; returns ((height, width), channels, strings).
 
-    Raises InputError for a foreign, newer, truncated or damaged file, or one made by another model.
+    Raises InputError for a foreign, newer, truncated or damaged file, or one made by another model (the hint
+    names `model_flags`, the calling script's flags that choose the model).
     """
     r = HeaderReader(data, what)
     if len(data) < len(MAGIC) or r.take(len(MAGIC)) != MAGIC:
@@ -119,7 +121,7 @@ def unpack(data, script, identity, what="input file"):
                          f"not {script}.py")
     if file_id != identity:
         raise InputError(f"{what} was made by a different {script} model (id {file_id.hex()}; this run's model "
-                         f"is {identity.hex()}): check --checkpoint_dir, --lambda and the architecture flags")
+                         f"is {identity.hex()}): check {model_flags}")
     if channels not in (1, 3) or height < 1 or width < 1:
         raise InputError(f"{what}: corrupt header (image {height}x{width}x{channels})")
     strings, pos = [], 0

@@ -638,6 +638,13 @@ def check_convnext_flags(args):
         raise InputError(f"--latent_blocks {args.latent_blocks}: the model needs at least one latent block")
 
 
+def pad_multiple(args):
+    """The total downsampling of the model of these (checked) flags: image sides are padded to multiples of it."""
+    if args.arch == "convnext":
+        return 4 * 2 ** (len(args.widths) - 1)
+    return 2 ** len(args.latent_channels)
+
+
 def model_flags(args):
     """The flags that define the model: they build it and name its run folder."""
     if args.arch == "convnext":

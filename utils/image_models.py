@@ -14,7 +14,7 @@ import tensorflow as tf
 import tensorflow_compression as tfc
 
 from utils import codec
-from utils.cli import InputError, positive_int
+from utils.cli import InputError, int_in, positive_int
 
 
 # ---- mbt2018: mean-scale hyperprior (Minnen, Ballé & Toderici, NeurIPS 2018) --------------------
@@ -292,7 +292,8 @@ def add_ms2020_flags(parser):
     parser.add_argument("--num_filters", type=positive_int, default=192, help="channels of the transforms")
     parser.add_argument("--latent_depth", type=positive_int, default=320, help="channels of the latents y")
     parser.add_argument("--hyperprior_depth", type=positive_int, default=192, help="channels of the hyper-latents z")
-    parser.add_argument("--num_slices", type=positive_int, default=10, help="slices of y coded in sequence")
+    # A file holds one string per slice and one for z, at most 255 (utils/coding.py).
+    parser.add_argument("--num_slices", type=int_in(1, 254), default=10, help="slices of y coded in sequence")
     parser.add_argument("--max_support_slices", type=int, default=5,
                         help="decoded slices each slice is conditioned on (-1: all before it)")
 

@@ -5,13 +5,13 @@ output, and minimizes each image's bpp + lambda * MSE through `model.relaxed` (t
 utils/codec.py) with the quantizer replaced by one of utils/rounding.py's relaxations; `optimize` runs it,
 logs the trajectory and applies the early stop of MAP and STE.
 """
-import json
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
 from utils import Progress, codec, images, jsonl, rounding
+from utils import cli
 from utils.cli import InputError
 from utils.image_models import MODELS
 from utils.runs import FLAGS_NAME
@@ -23,21 +23,21 @@ LOG_EVERY = 10
 TRAJECTORY_NAME = "trajectory.jsonl"  # in --results_dir: every LOG_EVERY iterations, one record per image
 
 
-def load_run(args):
+def load_run(args, model_hint=None):
     """(model, identity, run folder, checkpoint, lambda) of the trained run `args.run_name` under
     `args.checkpoint_dir`, its architecture from its flags.json (`args.model`, `args.num_filters` and
-    `args.lmbda` as the scripts' flags; `args.lmbda` None is the run's own)."""
+    `args.lmbda` as the scripts' flags; `args.lmbda` None is the run's own). `model_hint`: what a run of
+    another codec is told, for a script without --model."""
     run_dir = Path(args.checkpoint_dir) / args.run_name
     if not run_dir.is_dir():
         raise InputError(f"RUN_NAME {args.run_name}: no run folder {run_dir} (check --checkpoint_dir)")
     script = Path(args.run_name).name.split("-")[0]
     if script != args.model:
-        raise InputError(f"RUN_NAME {args.run_name} is not a {args.model} run (--model {args.model}); "
-                         f"give --model for the codec it holds ({', '.join(MODELS)})")
-    try:
-        flags = json.loads((run_dir / FLAGS_NAME).read_text())
-    except (OSError, ValueError) as e:
-        raise InputError(f"RUN_NAME {args.run_name}: cannot read its {FLAGS_NAME} ({e}); is it a trained run?")
+        raise InputError(f"RUN_NAME {args.run_name} is not a {args.model} run " + (model_hint or (
+            f"(--model {args.model}); give --model for the codec it holds ({', '.join(MODELS)})")))
+    if not (run_dir / FLAGS_NAME).exists():
+        raise InputError(f"RUN_NAME {args.run_name}: no {FLAGS_NAME}; is it a trained run?")
+    flags = cli.read_json(run_dir / FLAGS_NAME, f"RUN_NAME {args.run_name}:")
     spec = MODELS[args.model]
     if "num_filters" not in flags:
         raise InputError(f"RUN_NAME {args.run_name}: its {FLAGS_NAME} has no num_filters: not a {args.model} run")
@@ -75,6 +75,16 @@ def dataset_fields(spec, crop):
     if crop:
         fields["dataset"] += f"-crop={crop}"
     return dict(fields, eval_imgs=str(spec), crop=crop)
+
+
+def check_results_dir(results_dir, items, suffix, names):
+    """Refuses, before any model loads, a --results_dir that cannot be written, or in which a file to be
+    written (an image's <name><suffix>, or one of `names`) is taken by a folder."""
+    results = cli.output_dir(results_dir, "--results_dir")
+    for name in [Path(n).stem + suffix for n, _, _ in items] + list(names):
+        if (results / name).is_dir():
+            raise InputError(f"--results_dir {results_dir}: {results / name} is a folder, where a file is written")
+    return results
 
 
 def softening(method, generator):

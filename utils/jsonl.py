@@ -6,6 +6,8 @@ import warnings
 
 import numpy as np
 
+from utils.cli import InputError, read_text
+
 
 def _plain(value):
     """Makes numpy scalars/arrays JSON-serializable; non-finite floats become null (strict JSON)."""
@@ -36,16 +38,20 @@ def append(path, record):
 
 
 def read(path):
-    """All complete records of a log; a damaged line (from a crash) is skipped with a warning."""
+    """All complete records of a log; a damaged line (from a crash) is skipped with a warning. A log that is not
+    UTF-8 text, or a line that is JSON but not an object, is an InputError naming the file."""
     records = []
     if not os.path.exists(path):
         return records
-    with open(path) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                warnings.warn(f"{path}:{number}: skipping a damaged line")
+    for number, line in enumerate(read_text(path, "log").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            warnings.warn(f"{path}:{number}: skipping a damaged line")
+            continue
+        if not isinstance(record, dict):
+            raise InputError(f"log {path}:{number}: a JSON {type(record).__name__}, not an object (a record)")
+        records.append(record)
     return records

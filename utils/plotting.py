@@ -5,8 +5,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def plot_rd(curves, path, xlabel="distortion D (MSE)", ylabel="rate R", title=None, logx=False, logy=False):
-    """Draws R-D curves into `path` (PNG/PDF by extension).
+def plot_rd(curves, path, xlabel="distortion D (MSE)", ylabel="rate R", title=None, logx=False, logy=False,
+            fmt=None):
+    """Draws R-D curves into `path` (a file: PNG/PDF by extension, or `fmt`; or a binary file object with `fmt`).
 
     Each curve is a dict: `label`, `D`, `R`, optional `style` ('line' | 'points'), `marker` for a line's points,
     `band` = (R_lo, R_hi) for an interval drawn as a shaded band, and `yerr` for error bars on points.
@@ -30,5 +31,5 @@ def plot_rd(curves, path, xlabel="distortion D (MSE)", ylabel="rate R", title=No
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, format=fmt)
     plt.close(fig)

@@ -85,10 +85,10 @@ class Config:
                 and self.extra_samples > 0):
             raise InputError(f"kl_per_partition ({self.omega!r}) and extra_samples ({self.extra_samples!r}) must be "
                              "positive finite numbers")
-        if not 2 <= self.n_candidates <= MAX_CANDIDATES:
-            raise InputError(f"kl_per_partition * extra_samples = {self.omega * self.extra_samples:.4g} nats gives "
-                             f"{self.n_candidates} candidates per step; it must lie in [ln 2, ln {MAX_CANDIDATES}] "
-                             "(2 to 2^24 - 1 candidates)")
+        # The product is checked before n_candidates exponentiates it (math.exp overflows above ~709).
+        if not (self.omega * self.extra_samples < math.log(MAX_CANDIDATES + 1) and self.n_candidates >= 2):
+            raise InputError(f"--kl_per_partition * --extra_samples = {self.omega * self.extra_samples:.4g} nats: "
+                             f"must lie in [ln 2, ln {MAX_CANDIDATES}] (2 to 2^24 - 1 candidates per step)")
         if not isinstance(self.n_beams, (int, np.integer)) or self.n_beams < 1:
             raise InputError(f"n_beams must be a positive integer, got {self.n_beams!r}")
         if not isinstance(self.max_aux, (int, np.integer)) or not 1 <= self.max_aux <= MAX_AUX_LIMIT:

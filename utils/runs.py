@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from utils.cli import read_json
+
 LOG_NAME = "log.jsonl"
 FLAGS_NAME = "flags.json"
 
@@ -65,11 +67,10 @@ def atomic_save_npz(path, **arrays):
 
 
 def load_flags(run_dir):
-    """The flags a run saved with save_flags, or {} when it has none readable (a run saved by other code)."""
-    try:
-        return json.loads((Path(run_dir) / FLAGS_NAME).read_text())
-    except (OSError, ValueError):
-        return {}
+    """The flags a run saved with save_flags, or {} when it has none; a flags file that is not a JSON object is
+    an InputError naming it."""
+    path = Path(run_dir) / FLAGS_NAME
+    return read_json(path, "flags file") if path.exists() else {}
 
 
 def save_flags(run_dir, args):

@@ -1,7 +1,7 @@
 """The `train` flags of the shared training loop (utils/training.py): schedules, early stopping, distribution,
 TensorBoard. Apart from utils/training.py so that a script can define them without importing TensorFlow (a
 subcommand that never trains, such as mcbits.py decompress, then starts in a fraction of a second)."""
-from utils.cli import positive_float, positive_int
+from utils.cli import finite_float, positive_float, positive_int
 
 SCHEDULES = ("step", "cosine", "constant", "half_cosine")
 STRATEGIES = ("default", "mirrored", "multiworker")
@@ -21,13 +21,13 @@ def add_schedule_flags(t, lr_schedule, warmup, patience):
     t.add_argument("--patience", type=int, default=patience,
                    help="reduce-on-plateau: lower the rate after this many epochs without an improvement of 1e-4 "
                         "in val_loss (loss without validation data); 0: off")
-    t.add_argument("--lr_decay_factor", type=float, default=0.5,
+    t.add_argument("--lr_decay_factor", type=positive_float, default=0.5,
                    help="reduce-on-plateau's multiplier of the rate (floor 1e-6)")
     t.add_argument("--early_stop", type=positive_int,
                    help="stop after this many epochs without an improvement of 1e-4 (default: never)")
     t.add_argument("--clip_norm", type=positive_float,
                    help="clip the gradient to this global norm (not in the paper; the variable-rate seed's 2.0)")
-    t.add_argument("--ema", type=float,
+    t.add_argument("--ema", type=finite_float,
                    help="keep an exponential moving average of the weights with this decay, used by eval, "
                         "compress and decompress (not in the paper; the variable-rate seed's 0.9999)")
     t.add_argument("--ema_warmup", type=positive_int, default=10000,
