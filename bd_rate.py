@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from utils import jsonl, rd
-from utils.cli import InputError, run
+from utils.cli import HelpFormatter, InputError, run
 
 DEFAULT_REFERENCE = Path(__file__).resolve().parent.parent / "shared" / "reference" / "image_rd.csv"
 DEFAULT_ANCHOR = "VTM 18.0"
@@ -147,8 +147,7 @@ def plot(path, anchor, test, table, dataset, method, value):
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--dataset", default="kodak", help="which published curves (kodak, tecnick), and which results")
     p.add_argument("--anchor", default=DEFAULT_ANCHOR, help="the reference curve: a published method or results files")
     p.add_argument("--test", required=True, help="the curve compared: a published method or results files")
@@ -156,7 +155,8 @@ def parse_args(argv):
                    help="cubic: ln rate as a least-squares cubic in PSNR (Bjontegaard); pchip: piecewise-cubic "
                         "Hermite interpolation")
     p.add_argument("--plot", type=Path, help="also draw the curves into this .png (.pdf, .svg)")
-    p.add_argument("--reference", default=str(DEFAULT_REFERENCE), help="the published curves (CSV)")
+    p.add_argument("--reference", default=str(DEFAULT_REFERENCE),
+                   help="the published curves (CSV; default: the package's image_rd.csv)")
     return p.parse_args(argv)
 
 

@@ -4,7 +4,7 @@ keeps the color images at least --min_size x --min_size pixels and downsamples e
 in [--min_factor, --max_factor] (mean 0.8 by default), which smooths away JPEG blocking and other compression
 artifacts that a codec should not learn to reproduce. Output is lossless PNG.
 
-    python prepare_imgs.py '/tmp/train2017/*.jpg' data/my_coco_train2017/
+    python prepare_imgs.py 'coco/train2017/*.jpg' data/my_coco_train2017/
 
 Each image's factor is drawn from a generator seeded by (--seed, its position in the sorted file list), so the
 output does not depend on --workers. On a terminal a progress bar over the images runs on stderr (-V: also in a
@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from utils import Progress
-from utils.cli import InputError, positive_float, positive_int, run
+from utils.cli import HelpFormatter, InputError, positive_float, positive_int, run
 from utils.images import encode_png
 from utils.runs import atomic_write_bytes
 
@@ -47,15 +47,16 @@ def prepare(job):
 
 
 def main(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("src_glob", help="quoted glob of source images, e.g. '/tmp/train2017/*.jpg'")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("src_glob", help="quoted glob of source images, e.g. 'coco/train2017/*.jpg'")
     p.add_argument("dst_dir", help="output folder (created)")
     p.add_argument("--min_size", type=positive_int, default=512, help="skip images with a shorter side")
-    p.add_argument("--min_factor", type=positive_float, default=0.6)
-    p.add_argument("--max_factor", type=positive_float, default=1.0, help="exclusive")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1)
+    p.add_argument("--min_factor", type=positive_float, default=0.6, help="smallest downsampling factor")
+    p.add_argument("--max_factor", type=positive_float, default=1.0,
+                   help="largest downsampling factor (exclusive)")
+    p.add_argument("--seed", type=int, default=0, help="seeds each image's factor, with its position")
+    p.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1,
+                   help="processes resizing images in parallel (default: one per CPU core)")
     p.add_argument("-V", "--verbose", action="store_true",
                    help="the progress bar even when stderr is not a terminal; TensorFlow's start-up log lines")
     args = p.parse_args(argv)
