@@ -40,24 +40,24 @@ def test_quiet_stderr_replays_what_is_not_noise(capfd):
     assert capfd.readouterr().err == REAL.decode()
 
 
-def _quick_command(*flags, **env_vars):
+def _failing_command(*flags, **env_vars):
+    """rdub_mlp.py with a missing data file: it parses its flags, imports TensorFlow, then stops with exit 2."""
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # as a user starts it
     env.update(env_vars)
-    proc = subprocess.run([sys.executable, str(ROOT / "rdub_mlp.py"), *flags, "--help"], env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0 and proc.stdout.startswith("usage:"), proc.stderr
+    proc = subprocess.run([sys.executable, str(ROOT / "rdub_mlp.py"), *flags, "--lambda", "1", "--dataset",
+                           "missing.npy", "eval"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and "error: --dataset not found" in proc.stderr, proc.stderr
     return proc.stderr
 
 
 def test_a_script_starts_quietly_and_speaks_with_V():
-    # rdub_mlp.py imports tensorflow, tensorflow_compression and tensorflow_probability before parsing flags.
     # With Python's warnings on, TF's own import warns (ml_dtypes' float8_e4m3b11 is deprecated): a real warning,
     # printed while fd 2 is captured, that must come through.
-    quiet = _quick_command(PYTHONWARNINGS="default")
+    quiet = _failing_command(PYTHONWARNINGS="default")
     assert not [line for line in quiet.splitlines() if CHATTER_WORDS.search(line)], quiet
     assert not TF_LOG_LINE.search(quiet), quiet
     assert "DeprecationWarning: ml_dtypes.float8_e4m3b11 is deprecated" in quiet, quiet
     # -V: TF's own level (0) and no filtering; every TF import logs at least one line at level 0 (the cuDNN/cuFFT/
     # cuBLAS double registration of the 2.14 wheel, and the CPU or GPU notices).
-    loud = _quick_command("-V")
+    loud = _failing_command("-V")
     assert TF_LOG_LINE.search(loud), loud
