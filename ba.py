@@ -1,6 +1,6 @@
 """Blahut-Arimoto R-D of a low-dimensional source, from samples (histogram discretization).
 
-    python ba.py -V --samples data/physics/n=2-ppzee-split=test.npy --save_dir checkpoints/physics \
+    python ba.py -V --samples data/physics/n=2-ppzee-split=test.npy --save_dir checkpoints/physics \\
         --bins 60 --steps 2000 --tol 1e-5 --lamb 100
 
 Several --lamb values sweep the curve, each warm-started from the previous solution. Per lambda, a run
@@ -22,7 +22,7 @@ BUILTIN = ("gaussian", "banana")
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter)
     p.add_argument("--samples", required=True,
                    help="an .npy of samples [N, n], or a built-in source name (gaussian, banana) with --num_samples")
     p.add_argument("--num_samples", type=cli.positive_int, default=100000,

@@ -22,7 +22,6 @@ the initial bits (what a chain of images would pay each); `net_bpp_est` is the m
 expectation over q (16 draws, continuous densities), which `net_bpp` should match; `initial_bpp` is the
 initial bits' cost.
 """
-import utils  # noqa: F401  (before TensorFlow: sets its C++ log level)
 import argparse
 import functools
 import struct
@@ -31,11 +30,11 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
-import tensorflow_compression as tfc
 
-from utils import ans, cli, codec, coding, images, inference
-from utils.cli import InputError, positive_float, positive_int, run
+# TensorFlow (and the modules that import it: codec, inference) is imported in the functions that use it, so that
+# --help and a bad flag answer at once.
+from utils import ans, cli, codec_flags, coding, images
+from utils.cli import HelpFormatter, InputError, positive_float, positive_int, run
 from utils.runs import atomic_write_bytes
 
 METHODS = ("sga", "no_sga", "plain")
@@ -47,8 +46,7 @@ MAX_SIGMAS, MAX_ATTEMPTS = 8.0, 32  # a popped z beyond 8 standard deviations of
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="bb_sga.py", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(prog="bb_sga.py", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("-V", "--verbose", action="store_true", help="report progress and per-image figures")
     p.add_argument("--checkpoint_dir", default="checkpoints", help="parent folder of the trained run folders")
     p.add_argument("--num_filters", type=positive_int,
@@ -67,7 +65,10 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0, help="seeds SGA, q's draws and the initial bits")
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("compress", help="optimize, code every image of EVAL_IMGS to <name>.bbi, decode and check "
-                                        "each, and evaluate", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                        "each, and evaluate",
+                       description="Optimize and code every image of EVAL_IMGS to <image name>.bbi in "
+                                   "--results_dir, decode and check each file, and evaluate them.",
+                       formatter_class=HelpFormatter)
     c.add_argument("run_name", metavar="RUN_NAME",
                    help="a --hyper_posterior gaussian run folder, e.g. mbt2018-num_filters=192-hyper_posterior="
                         "gaussian-lmbda=0.01")
@@ -75,11 +76,12 @@ def build_parser():
                    help="an image, a glob or folder, a named set (kodak), or an .npy of uint8 images [N, H, W, 3]")
     c.add_argument("--results_dir", default="results", help="where the files <image name>.bbi and the records go")
     c.add_argument("--crop", type=positive_int, help="center-crop every image to CROP x CROP pixels first")
-    d = sub.add_parser("decompress", help="decode a .bbi file to a PNG")
-    d.add_argument("input")
-    d.add_argument("output")
+    d = sub.add_parser("decompress", help="decode a .bbi file to a PNG", description="Decode a .bbi file to a PNG.",
+                       formatter_class=HelpFormatter)
+    d.add_argument("input", help="the .bbi file")
+    d.add_argument("output", help="the PNG file to write")
     d.add_argument("--run_name", required=True, help="the run folder of the model that coded it")
-    codec.add_force_flag(d)
+    codec_flags.add_force_flag(d)
     return p
 
 
@@ -89,6 +91,8 @@ class ZGrid:
     """z's coding grid: n buckets of width `width` from `lo`; p(z) as one count table per channel."""
 
     def __init__(self, model, width):
+        import tensorflow as tf
+        import tensorflow_compression as tfc
         prior = model.hyperprior
         self.lo = float(np.floor(tfc.lower_tail(prior, TAIL_MASS).numpy().min())) - 1.0
         hi = float(np.ceil(tfc.upper_tail(prior, TAIL_MASS).numpy().max())) + 1.0
@@ -117,14 +121,18 @@ class RatePosterior:
     traced graph, run identically by encoder and decoder on a batch of one image."""
 
     def __init__(self, model, iterations, lr, seed):
+        import tensorflow as tf
         self.model, self.iterations, self.lr, self.seed = model, iterations, lr, seed
+        # Traced here, not by a decorator: TensorFlow is not imported when the class is defined.
+        self._optimize = tf.function(self._optimize_steps, reduce_retracing=True)
 
     def __call__(self, y_hat):
+        import tensorflow as tf
         z_mean, z_logvar = self._optimize(tf.constant(y_hat, tf.float32))
         return z_mean.numpy(), z_logvar.numpy()
 
-    @tf.function(reduce_retracing=True)
-    def _optimize(self, y_hat):
+    def _optimize_steps(self, y_hat):
+        import tensorflow as tf
         z_mean, z_logvar = self.model.posterior(y_hat)
         if self.iterations == 0:
             return z_mean, z_logvar
@@ -150,6 +158,7 @@ class RatePosterior:
 # ---- the bits-back coder ------------------------------------------------------------------------
 
 def conditional(model, z):
+    import tensorflow as tf
     mean, scale = model.conditional(tf.constant(z, tf.float32))
     return mean.numpy().ravel(), scale.numpy().ravel()
 
@@ -235,6 +244,8 @@ def rate_posterior(model, iterations, lr, seed):
 
 def decode_file(model, identity, data, what):
     """(uint8 image in the source's channels, float reconstruction, y_hat, restored words) of a .bbi file."""
+    import tensorflow as tf
+    from utils import codec
     (h, w), channels, params, words = unpack(data, identity, what)
     grid = zgrid(model, params["z_bin_width"])
     z_shape, y_shape = latent_shapes(model, h, w)
@@ -251,6 +262,8 @@ def decode_file(model, identity, data, what):
 
 def first_stage(model, x, names, args, results, record):
     """y_hat [N, h, w, c] of a batch of same-shape images: SGA's (with q optimized alongside), or rounded."""
+    import tensorflow as tf
+    from utils import inference
     padded = images.pad_to_multiple(tf.constant(x), model.pad_multiple)
     if args.method != "sga":
         return np.round(model.analysis(padded / 255).numpy())
@@ -261,6 +274,8 @@ def first_stage(model, x, names, args, results, record):
 
 
 def compress(args):
+    import tensorflow as tf
+    from utils import codec, inference
     tf.config.experimental.enable_op_determinism()
     items = inference.read_images(args.eval_imgs, args.crop)
     results = inference.check_results_dir(args.results_dir, items, ".bbi",
@@ -307,6 +322,7 @@ def compress(args):
 def code_image(model, identity, grid, posterior, y_hat, image, channels, args, path):
     """Codes one image (q from y_hat alone) for the file `path`, decodes it as `decompress` would and checks both
     the reconstruction and the restored initial bits; returns the file's bytes and its per-image figures."""
+    import tensorflow as tf
     h, w = image.shape[:2]
     q = posterior(y_hat)
     words, initial, net_bits = encode(model, grid, y_hat, q, args.seed)
@@ -326,6 +342,8 @@ def code_image(model, identity, grid, posterior, y_hat, image, channels, args, p
 
 
 def decompress(args):
+    import tensorflow as tf
+    from utils import inference
     tf.config.experimental.enable_op_determinism()
     args.model, args.lmbda_used = "mbt2018", None
     model, identity, *_ = inference.load_run(args, OTHER_CODEC_HINT)
@@ -352,6 +370,7 @@ def main(argv):
     if args.command == "decompress":
         cli.input_file(args.input, "input")
         cli.output_file(args.output, "output", force=args.force)
+    import tensorflow as tf
     tf.keras.utils.set_random_seed(args.seed)
     return compress(args) if args.command == "compress" else decompress(args)
 

@@ -13,10 +13,10 @@ from utils import cli, runs
 
 
 def main(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--save_dir", default="data")
-    p.add_argument("--dim", type=cli.positive_int, required=True)
-    p.add_argument("--seed", type=int, default=0)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter)
+    p.add_argument("--save_dir", default="data", help="folder of the .npz")
+    p.add_argument("--dim", type=cli.positive_int, required=True, help="dimension of the source")
+    p.add_argument("--seed", type=int, default=0, help="seeds the draws of loc and var")
     args = p.parse_args(argv)
     cli.output_dir(args.save_dir, "--save_dir")
     rng = np.random.default_rng(args.seed)

@@ -15,13 +15,13 @@ from utils.sources import make_source
 
 
 def main(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", choices=["banana", "gaussian"], default="banana")
-    p.add_argument("--data_dim", type=cli.positive_int, default=2)
-    p.add_argument("--gparams_path", default=None, help="loc/scale .npz of a gaussian source")
-    p.add_argument("--num_samples", type=cli.positive_int, default=100000)
-    p.add_argument("--save_dir", default="data")
-    p.add_argument("--seed", type=int, default=0)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter)
+    p.add_argument("--dataset", choices=["banana", "gaussian"], default="banana", help="the built-in source")
+    p.add_argument("--data_dim", type=cli.positive_int, default=2, help="dimension of the source")
+    p.add_argument("--gparams_path", help="loc/scale .npz of a gaussian source (gen_gaussian_params.py)")
+    p.add_argument("--num_samples", type=cli.positive_int, default=100000, help="samples to draw")
+    p.add_argument("--save_dir", default="data", help="folder of the .npy")
+    p.add_argument("--seed", type=int, default=0, help="seeds the draws")
     args = p.parse_args(argv)
     cli.output_dir(args.save_dir, "--save_dir")
     source = make_source(args.dataset, args.data_dim, args.gparams_path)

@@ -16,15 +16,15 @@ noise.
     python mbt2018.py --checkpoint_dir ckpt --lambda 0.01 compress kodim01.png kodim01.tfci
     python mbt2018.py --checkpoint_dir ckpt --lambda 0.01 decompress kodim01.tfci kodim01-decoded.png
 """
-import utils  # noqa: F401  (before TensorFlow: sets its C++ log level)
-from utils import codec
+from utils import codec_flags
 from utils.cli import run
-from utils.image_models import MODELS
 
 
 def main(argv):
-    spec = MODELS["mbt2018"]
-    codec.main(argv, "mbt2018", spec.model_class, spec.add_flags, spec.arch_flags, __doc__.split("\n")[0])
+    args = codec_flags.parse_args("mbt2018", __doc__, argv)
+    from utils import codec  # TensorFlow: only once the command line is good (--help answers at once)
+    from utils.image_models import MODELS
+    codec.main(args, "mbt2018", MODELS["mbt2018"].model_class)
 
 
 if __name__ == "__main__":

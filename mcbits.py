@@ -48,7 +48,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 from utils import ans, cli, coding, jsonl, mnist, runs, train_flags  # noqa: E402
-from utils.cli import InputError, positive_float, positive_int, run  # noqa: E402
+from utils.cli import HelpFormatter, InputError, positive_float, positive_int, run  # noqa: E402
 from utils.sources import resolve_path  # noqa: E402
 
 DIM = mnist.DIM
@@ -340,48 +340,62 @@ def continuous_bounds(model, x, mu, log_sig, k, samples, seed, batch=100):
 # ---- flags --------------------------------------------------------------------------------------
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("-V", "--verbose", action="store_true", help="progress and messages on stderr")
     p.add_argument("--dataset", default="mnist", help=f"{', '.join(mnist.NAMED)} (IDX files under $RDS_DATA_DIR), "
                    "or an .npy of binary images uint8 [N, 28, 28] or [N, 784] (compress only)")
     p.add_argument("--hidden_units", type=positive_int, default=200, help="units of each of the two hidden layers")
-    p.add_argument("--latent_dim", type=positive_int, default=50)
+    p.add_argument("--latent_dim", type=positive_int, default=50, help="latent dimensions")
     p.add_argument("--weights", help="an .npz of weights in the McBits layout (compress, decompress)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds training, the initial bits and the Monte Carlo draws")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train the VAE; writes <run folder>/weights.npz")
-    t.add_argument("--bound", choices=("elbo", "iwae"), default="elbo")
+    t = sub.add_parser("train", help="train the VAE; writes <run folder>/weights.npz",
+                       description="Train the VAE; writes <run folder>/weights.npz.", formatter_class=HelpFormatter)
+    t.add_argument("--bound", choices=("elbo", "iwae"), default="elbo", help="the training objective")
     t.add_argument("--num_particles", type=positive_int, default=1, help="K of the bound")
     t.add_argument("--checkpoint_dir", default="checkpoints", help="run folders go under here")
-    t.add_argument("--epochs", type=positive_int, default=100)
-    t.add_argument("--steps_per_epoch", type=positive_int, default=3000, help="default: 60,000 / 20")
-    t.add_argument("--batchsize", type=positive_int, default=20)
-    t.add_argument("--lr", type=positive_float, default=1e-3)
-    t.add_argument("--lr_schedule", default="constant", help="step, cosine or constant (utils/training.py)")
+    t.add_argument("--epochs", type=positive_int, default=100, help="training epochs")
+    t.add_argument("--steps_per_epoch", type=positive_int, default=3000,
+                   help="optimizer steps per epoch (the default, 60,000 / 20, is one pass over MNIST)")
+    t.add_argument("--batchsize", type=positive_int, default=20, help="images per optimizer step")
+    t.add_argument("--lr", type=positive_float, default=1e-3, help="learning rate (Adam)")
+    t.add_argument("--lr_schedule", default="constant",
+                   help=f"learning-rate schedule: {', '.join(train_flags.SCHEDULES)}")
     t.add_argument("--max_validation_steps", type=positive_int, default=2, help="batches of 500 test images")
     t.add_argument("--cont", action="store_true", help="resume the run's latest checkpoint")
     train_flags.add_run_flags(t)
 
     for name, help_ in (("compress", "code test images into one message; report net, total and ideal rates"),
                         ("decompress", "decode a message file into images")):
-        c = sub.add_parser(name, help=help_)
+        c = sub.add_parser(name, help=help_, description=f"{help_[0].upper()}{help_[1:]}.",
+                           formatter_class=HelpFormatter)
         if name == "compress":
-            c.add_argument("--coder", choices=CODERS, default="bb_elbo")
+            c.add_argument("--coder", choices=CODERS, default="bb_elbo",
+                           help="bb_elbo: bits-back with one posterior draw; bb_is: importance sampling over "
+                                "--num_particles; bb_cis: coupled importance sampling (each is described in "
+                                "mcbits.py --help)")
             c.add_argument("--num_particles", type=positive_int, default=1, help="K of bb_is and bb_cis")
             c.add_argument("--num_compress", type=positive_int, default=500, help="test images coded")
-            c.add_argument("--log_num_bucket", type=positive_int, default=8)
+            c.add_argument("--log_num_bucket", type=positive_int, default=8,
+                           help="bits per latent dimension: the prior's 2^log_num_bucket equal-mass buckets")
             c.add_argument("--prop_mprec", type=positive_int, default=20,
                            help="bits of the posterior's counts (McBits: 16, which costs ~3%%, see docs/mcbits.md)")
             c.add_argument("--cond_mprec", type=positive_int, default=16, help="bits of the likelihood's counts")
             c.add_argument("--index_mprec", type=positive_int, default=16, help="bits of the index j's counts")
-            c.add_argument("--iterative_post_improvement", action="store_true")
-            c.add_argument("--iterative_improvement_steps", type=positive_int, default=50)
-            c.add_argument("--iterative_improvement_lr", type=positive_float, default=1e-3)
+            c.add_argument("--iterative_post_improvement", action="store_true",
+                           help="refine each image's posterior by Adam on its negative ELBO before coding (the "
+                                "decoder repeats it)")
+            c.add_argument("--iterative_improvement_steps", type=positive_int, default=50,
+                           help="Adam steps of --iterative_post_improvement")
+            c.add_argument("--iterative_improvement_lr", type=positive_float, default=1e-3,
+                           help="their learning rate")
             c.add_argument("--ideal_samples", type=positive_int, default=100,
                            help="posterior draws per image for the ideal bound (at least K)")
-            c.add_argument("--decode_check", default=True, action=argparse.BooleanOptionalAction)
-            c.add_argument("--results_dir", default="results")
+            c.add_argument("--decode_check", default=True, action=argparse.BooleanOptionalAction,
+                           help="decode the message again and check it against the images")
+            c.add_argument("--results_dir", default="results", help="where the records and the per-image .npz go")
             c.add_argument("--output", help="also write the message to this file")
         else:
             c.add_argument("message", help="a file written by compress --output")

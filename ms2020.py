@@ -20,15 +20,15 @@ as the paper does. The model is in utils/image_models.py, which sga.py shares.
     python ms2020.py --checkpoint_dir ckpt --lambda 0.01 compress kodim01.png kodim01.tfci
     python ms2020.py --checkpoint_dir ckpt --lambda 0.01 decompress kodim01.tfci kodim01-decoded.png
 """
-import utils  # noqa: F401  (before TensorFlow: sets its C++ log level)
-from utils import codec
+from utils import codec_flags
 from utils.cli import run
-from utils.image_models import MODELS
 
 
 def main(argv):
-    spec = MODELS["ms2020"]
-    codec.main(argv, "ms2020", spec.model_class, spec.add_flags, spec.arch_flags, __doc__.split("\n")[0])
+    args = codec_flags.parse_args("ms2020", __doc__, argv)
+    from utils import codec  # TensorFlow: only once the command line is good (--help answers at once)
+    from utils.image_models import MODELS
+    codec.main(args, "ms2020", MODELS["ms2020"].model_class)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@
 Reads every `results.jsonl` below --checkpoint_dir (BA, upper bounds, NTC, lower bounds). Runs that differ only in
 lambda form one curve, labelled by method and the rest of the run name. Lower-bound intercepts R_lb(lambda)
 become the curve R_L(D) = max_lambda (R_lb - lambda D), with a band from their 95% intervals; evaluations of one
-estimator at one lambda (seeds) pool their draws first (see pool_lower_bounds). Where the runs'
+estimator at one lambda (seeds) pool their draws first. Where the runs'
 source is a Gaussian (read from their flags.json), the analytic R(D) is drawn too.
 
 Rates are converted to nats per sample (or --bits, --rpd per dimension); D is the MSE per dimension. The image
@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 
 from utils import cli, jsonl, runs
-from utils.plotting import plot_rd
 from utils.rd import gaussian_rd_curve, lb_interval, lb_xi, lower_bound_curve
 from utils.sources import load_gaussian_params
 
@@ -172,14 +171,14 @@ def lower_curves(lower, d_grid, scale):
 
 
 def main(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter)
     p.add_argument("--checkpoint_dir", required=True, help="folder searched (recursively) for results.jsonl")
-    p.add_argument("--out", default=None, help="output prefix (default: <checkpoint_dir>/rd)")
+    p.add_argument("--out", help="output prefix (default: <checkpoint_dir>/rd)")
     p.add_argument("--bits", action="store_true", help="plot rates in bits instead of nats")
     p.add_argument("--rpd", action="store_true", help="plot rates per data dimension")
-    p.add_argument("--logx", action="store_true")
-    p.add_argument("--logy", action="store_true")
-    p.add_argument("--title", default=None)
+    p.add_argument("--logx", action="store_true", help="logarithmic distortion axis")
+    p.add_argument("--logy", action="store_true", help="logarithmic rate axis")
+    p.add_argument("--title", help="the plot's title (default: none)")
     args = p.parse_args(argv)
 
     if not Path(args.checkpoint_dir).is_dir():
@@ -215,6 +214,7 @@ def main(argv):
     writer.writeheader()
     writer.writerows(rows)
     unit = ("bits" if args.bits else "nats") + (" per dimension" if args.rpd else " per sample")
+    from utils.plotting import plot_rd  # matplotlib: imported only to draw (--help answers at once)
     png = io.BytesIO()
     plot_rd(curves, png, xlabel="D (MSE per dimension)", ylabel=f"R ({unit})", title=args.title, logx=args.logx,
             logy=args.logy, fmt="png")

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from utils import Progress
-from utils.cli import InputError, output_dir, positive_float, positive_int, run
+from utils.cli import HelpFormatter, InputError, output_dir, positive_float, positive_int, run
 from utils.images import encode_png
 from utils.runs import atomic_write_bytes
 
@@ -47,15 +47,16 @@ def prepare(job):
 
 
 def main(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("src_glob", help="quoted glob of source images, e.g. 'train2017/*.jpg'")
     p.add_argument("dst_dir", help="output folder (created)")
     p.add_argument("--min_size", type=positive_int, default=512, help="skip images with a shorter side")
-    p.add_argument("--min_factor", type=positive_float, default=0.6)
-    p.add_argument("--max_factor", type=positive_float, default=1.0, help="exclusive")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1)
+    p.add_argument("--min_factor", type=positive_float, default=0.6, help="smallest downsampling factor")
+    p.add_argument("--max_factor", type=positive_float, default=1.0,
+                   help="largest downsampling factor (exclusive)")
+    p.add_argument("--seed", type=int, default=0, help="seeds each image's factor, with its position")
+    p.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1,
+                   help="processes resizing images in parallel (default: one per CPU core)")
     p.add_argument("-V", "--verbose", action="store_true",
                    help="the progress bar even when stderr is not a terminal; TensorFlow's start-up log lines")
     args = p.parse_args(argv)

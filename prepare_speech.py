@@ -76,9 +76,9 @@ def save(path, array):
 
 
 def main(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--fsdd_dir", default=None, help="folder of FSDD .wav files (default $RDS_DATA_DIR/fsdd/recordings)")
-    p.add_argument("--save_dir", default="data/speech")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter)
+    p.add_argument("--fsdd_dir", help="folder of FSDD .wav files (default: $RDS_DATA_DIR/fsdd/recordings)")
+    p.add_argument("--save_dir", default="data/speech", help="folder of the .npy files")
     p.add_argument("-V", "--verbose", action="store_true",
                    help="the progress bar even when stderr is not a terminal; TensorFlow's start-up log lines")
     args = p.parse_args(argv)

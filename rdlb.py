@@ -36,8 +36,8 @@ from pathlib import Path
 import numpy as np
 
 from utils import Progress, jsonl, rd, runs, train_flags  # TensorFlow is imported where needed, so that bad input fails in a second
-from utils.cli import (InputError, finite_float, float_list, int_list, nonnegative_float, output_dir, positive_float,
-                       positive_int, run)
+from utils.cli import (HelpFormatter, InputError, finite_float, float_list, int_list, nonnegative_float, output_dir,
+                       positive_float, positive_int, run)
 from utils.sources import make_source
 
 MODELS = ("mlp", "cnn")
@@ -528,8 +528,8 @@ def evaluate_ckpt(args, source, prefix, lamb):
 # ---- flags ---------------------------------------------------------------------------------------
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description="R-D lower bound from Csiszar's dual (a trained log u network).")
-    p.add_argument("-V", "--verbose", action="store_true")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("-V", "--verbose", action="store_true", help="progress and messages on stderr")
     p.add_argument("--dataset", required=True, help="'gaussian', 'banana', or an .npy of samples [N, n] or "
                                                     "images [N, H, W, C]")
     p.add_argument("--data_dim", type=positive_int, help="source dimension n (checked against files)")
@@ -541,15 +541,16 @@ def parse_args(argv):
     p.add_argument("--activation", default="selu", help="hidden activation (the paper's: selu)")
     p.add_argument("--lamb", type=finite_float, help="lambda, the slope of the bounding line (per-dimension MSE)")
     p.add_argument("--chunksize", type=positive_int, help="starting points per pairwise-distance chunk (memory)")
-    p.add_argument("--checkpoint_dir", default="checkpoints")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint_dir", default="checkpoints", help="run folders go under here")
+    p.add_argument("--seed", type=int, default=0, help="seeds numpy and TensorFlow")
     sub = p.add_subparsers(dest="command", required=True)
 
     inner = argparse.ArgumentParser(add_help=False)
     inner.add_argument("--batchsize", type=positive_int, default=1024, help="k, samples per draw of C_k")
-    inner.add_argument("--y_init", choices=("quick", "exhaustive"), default=None,
-                       help="starts: the top --y_quick_topn batch points, or every batch point")
-    inner.add_argument("--y_quick_topn", type=positive_int, default=10)
+    inner.add_argument("--y_init", choices=("quick", "exhaustive"),
+                       help="starts: the top --y_quick_topn batch points, or every batch point (default: quick "
+                            "for train, exhaustive for eval)")
+    inner.add_argument("--y_quick_topn", type=positive_int, default=10, help="starts of --y_init quick")
     inner.add_argument("--y_steps", type=positive_int, default=1000,
                        help="most ascent steps per start (the paper's: 1000)")
     inner.add_argument("--y_lr", type=finite_float, default=1.0,
@@ -557,13 +558,14 @@ def parse_args(argv):
     inner.add_argument("--y_tol", type=nonnegative_float, default=1e-6,
                        help="a start stops when its relative improvement of f falls below this")
 
-    t = sub.add_parser("train", parents=[inner], help="train log u at --lamb")
+    t = sub.add_parser("train", parents=[inner], help="train log u at --lamb",
+                       description="Train log u at --lamb.", formatter_class=HelpFormatter)
     t.add_argument("--num_Ck_samples", type=positive_int, default=2,
                    help="M, draws of C_k per step (shared out among the replicas of --strategy)")
-    t.add_argument("--last_step", type=positive_int, default=1000)
-    t.add_argument("--checkpoint_interval", type=positive_int, default=1000)
-    t.add_argument("--log_interval", type=positive_int, default=50)
-    t.add_argument("--lr", type=positive_float, default=5e-4)
+    t.add_argument("--last_step", type=positive_int, default=1000, help="training steps")
+    t.add_argument("--checkpoint_interval", type=positive_int, default=1000, help="steps between checkpoints")
+    t.add_argument("--log_interval", type=positive_int, default=50, help="steps between log records")
+    t.add_argument("--lr", type=positive_float, default=5e-4, help="learning rate")
     t.add_argument("--lr_schedule", action="store_true",
                    help="the paper's step decay: --lr x0.2 after 1/2, 3/4 and 7/8 of --last_step")
     t.add_argument("--global_clipnorm", type=positive_float, default=100.0,
@@ -574,12 +576,14 @@ def parse_args(argv):
                    help="most nats the batch's log mean C_k may move from the previous step's in the loss")
     t.add_argument("--anneal_lamb", action="store_true",
                    help="sweep lambda up through --target_lambs to --lamb, checkpointing at each target")
-    t.add_argument("--target_lambs", type=float_list, default=None)
+    t.add_argument("--target_lambs", type=float_list,
+                   help="with --anneal_lamb: the lambdas passed on the way to --lamb, comma-separated")
     t.add_argument("--cont", action="store_true", help="resume the run's latest checkpoint")
 
     train_flags.add_run_flags(t)  # --strategy, --cpu_devices, --tensorboard
 
-    e = sub.add_parser("eval", parents=[inner], help="estimate the intercept R_lb with a 95%% interval")
+    e = sub.add_parser("eval", parents=[inner], help="estimate the intercept R_lb with a 95%% interval",
+                       description="Estimate the intercept R_lb with a 95%% interval.", formatter_class=HelpFormatter)
     e.add_argument("--num_Ck_samples", type=positive_int, default=10, help="M, draws of C_k (and of xi)")
     e.add_argument("--ckpt", help="a checkpoint, a run folder or a glob; lambda comes from the name unless --lamb")
     e.add_argument("--allow_quick", action="store_true",

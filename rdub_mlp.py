@@ -7,7 +7,7 @@ ICLR 2022). With a uniform posterior (y = encoder(x) + U(-1/2, 1/2)) and a facto
 transform coding (Balle et al. 2021): `eval` then also quantizes the test set, range-codes it with tfc's
 entropy model, decodes and checks it, and reports the rate from the bytes written.
 
-  python rdub_mlp.py -V --dataset gaussian --data_dim 16 --latent_dim 16 --decoder_units 0 --prior_type gmm_1 \
+  python rdub_mlp.py -V --dataset gaussian --data_dim 16 --latent_dim 16 --decoder_units 0 --prior_type gmm_1 \\
       --encoder_activation none --lambda 10 --rpd train --epochs 20 --steps_per_epoch 1000 --lr 5e-4
   python rdub_mlp.py ...same model flags... eval
 """
@@ -19,18 +19,13 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import utils  # noqa: F401  (before TensorFlow: sets its C++ log level)
-import tensorflow as tf
-import tensorflow_compression as tfc
-import tensorflow_probability as tfp
 
-from utils import flows, jsonl, rd, runs, train_flags, training
-from utils.cli import InputError, int_list, output_dir, positive_float, positive_int, run
-from utils.nn import ACTIVATIONS, get_activation, make_mlp
-from utils.priors import PRIOR_TYPES, make_prior
+# TensorFlow (and the modules that import it: flows, priors, rdvae, training) is imported in the functions that
+# use it, so that --help and a bad flag answer at once.
+from utils import jsonl, rd, runs, train_flags
+from utils.cli import HelpFormatter, InputError, int_list, output_dir, positive_float, positive_int, run
+from utils.nn import ACTIVATIONS, PRIOR_TYPES
 from utils.sources import ImageFile, SampleFile, make_source, test_twin
-
-tfd = tfp.distributions
 
 RESULTS_NAME = "results.jsonl"
 POSTERIORS = ("gaussian", "uniform", "iaf")
@@ -40,95 +35,47 @@ MODEL_FLAGS = ("dataset", "gparams_path", "data_dim", "latent_dim", "encoder_uni
                "iaf_stacks", "ar_hidden_units", "ar_activation", "lmbda", "nats", "rpd")
 
 
-class RDVAE(training.LossModel):
-    """Encoder -> posterior q(y|x) -> sample y -> decoder (or none: x_hat = y), with a learned prior p(y)."""
-    METRICS = ("loss", "rate", "mse")
-
-    def __init__(self, data_dim, latent_dim, encoder_units, decoder_units, encoder_activation,
-                 decoder_activation, posterior_type, prior, iaf_mades, lmbda, rate_scale):
-        super().__init__()
-        self.data_dim, self.latent_dim, self.posterior_type = data_dim, latent_dim, posterior_type
-        self.lmbda, self.rate_scale = float(lmbda), float(rate_scale)
-        stochastic_scale = posterior_type in ("gaussian", "iaf")
-        self.encoder = make_mlp(encoder_units, get_activation(encoder_activation, "--encoder_activation"),
-                                output_units=latent_dim * (2 if stochastic_scale else 1), name="encoder")
-        self.decoder = None if decoder_units is None else make_mlp(
-            decoder_units, get_activation(decoder_activation, "--decoder_activation"), output_units=data_dim,
-            name="decoder")
-        self.prior = prior
-        self.iaf_mades = iaf_mades
-        self.encoder.build([None, data_dim])
-        if self.decoder is not None:
-            self.decoder.build([None, latent_dim])
-        self.per_sample(tf.zeros([1, data_dim]))  # creates the prior's and flows' variables
-
-    def posterior(self, x):
-        """q(y|x) for the gaussian/iaf posteriors; the center of the unit box for the uniform one."""
-        out = self.encoder(x)
-        if self.posterior_type == "uniform":
-            return out
-        loc, raw_scale = tf.split(out, 2, axis=-1)
-        # Shifted so that a fresh encoder (output ~ 0) starts at unit scale.
-        q = tfd.MultivariateNormalDiag(loc, tf.nn.softplus(raw_scale + math.log(math.e - 1)) + 1e-6)
-        if self.posterior_type == "iaf":
-            q = flows.flow(q, self.iaf_mades, inverse_autoregressive=True)
-        return q
-
-    def reconstruct(self, y):
-        return y if self.decoder is None else self.decoder(y)
-
-    def per_sample(self, x):
-        """Per-sample KL estimate in nats, log q(y|x) - log p(y) at one y ~ q(y|x), and per-sample MSE."""
-        if self.posterior_type == "uniform":
-            center = self.posterior(x)
-            y = center + tf.random.uniform(tf.shape(center), -0.5, 0.5)
-            kl = -self.prior.log_prob(y, noisy=True)  # log q = 0: the unit box has density 1
-        else:
-            q = self.posterior(x)
-            y = q.sample()
-            kl = q.log_prob(y) - self.prior.log_prob(y)
-        mse = tf.reduce_mean(tf.math.squared_difference(x, self.reconstruct(y)), axis=-1)
-        return kl, mse
-
-    def losses_of(self, x, training=False):
-        kl, mse = self.per_sample(x)
-        rate = tf.reduce_mean(kl) * self.rate_scale
-        mse = tf.reduce_mean(mse)
-        return {"loss": rate + self.lmbda * mse, "rate": rate, "mse": mse}
-
-
 # ---- flags and set-up ---------------------------------------------------------------------------
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("-V", "--verbose", action="store_true", help="progress and messages on stderr")
     p.add_argument("--dataset", default="gaussian", help="'gaussian', 'banana', or a path to an .npy of samples "
                    "[N, dim] (a `split=train` file finds its `split=test` twin for validation and eval)")
     p.add_argument("--gparams_path", help="an .npz with the Gaussian's 'loc' and 'scale' (or 'var')")
     p.add_argument("--data_dim", type=positive_int, help="source dimension (checked against files)")
-    p.add_argument("--latent_dim", type=positive_int, help="latent dimension (default: data_dim)")
-    p.add_argument("--encoder_units", type=int_list, default=[], help="hidden sizes, e.g. 500,500 (default: none)")
+    p.add_argument("--latent_dim", type=positive_int, help="latent dimension (default: --data_dim)")
+    p.add_argument("--encoder_units", type=int_list, default=[],
+                   help="hidden sizes, e.g. 500,500 (default: no hidden layer, an affine encoder)")
     p.add_argument("--decoder_units", type=int_list, default=[],
-                   help="hidden sizes; '0' means no decoder at all (x_hat = y; needs latent_dim = data_dim)")
-    p.add_argument("--encoder_activation", default="softplus", help=", ".join(ACTIVATIONS))
-    p.add_argument("--decoder_activation", default="softplus", help=", ".join(ACTIVATIONS))
-    p.add_argument("--posterior_type", default="gaussian", choices=POSTERIORS)
-    p.add_argument("--prior_type", default="deep", help=PRIOR_TYPES)
+                   help="hidden sizes (default: no hidden layer, an affine decoder); '0' means no decoder at all "
+                        "(x_hat = y; needs --latent_dim = --data_dim)")
+    p.add_argument("--encoder_activation", default="softplus",
+                   help=f"activation of the encoder's hidden layers: {', '.join(ACTIVATIONS)}")
+    p.add_argument("--decoder_activation", default="softplus",
+                   help=f"activation of the decoder's hidden layers: {', '.join(ACTIVATIONS)}")
+    p.add_argument("--posterior_type", default="gaussian", choices=POSTERIORS,
+                   help="q(y|x): a diagonal Gaussian; uniform, y = encoder(x) + U(-1/2, 1/2) (NTC); or a Gaussian "
+                        "through an IAF")
+    p.add_argument("--prior_type", default="deep", help=f"the learned prior p(y): {PRIOR_TYPES}")
     p.add_argument("--maf_stacks", type=positive_int, default=3, help="MAF layers of --prior_type maf")
     p.add_argument("--iaf_stacks", type=positive_int, default=3, help="IAF layers of --posterior_type iaf")
     p.add_argument("--ar_hidden_units", type=int_list, default=[10, 10], help="hidden sizes of each MADE")
-    p.add_argument("--ar_activation", default="relu", help="activation of the MADEs")
-    p.add_argument("--lambda", dest="lmbda", type=positive_float, required=True, help="weight of the MSE")
+    p.add_argument("--ar_activation", default="relu",
+                   help="activation of the MADEs (one of the --encoder_activation names)")
+    p.add_argument("--lambda", dest="lmbda", type=positive_float, required=True,
+                   help="weight of the MSE in the loss rate + lambda * MSE")
     p.add_argument("--nats", action="store_true", help="rate in nats (default: bits)")
     p.add_argument("--rpd", action="store_true", help="rate per data dimension")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds numpy and TensorFlow")
     p.add_argument("--checkpoint_dir", default="checkpoints", help="run folders go under here")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train (or with --cont resume) the model")
-    t.add_argument("--epochs", type=positive_int, default=100)
-    t.add_argument("--steps_per_epoch", type=positive_int, default=1000)
-    t.add_argument("--lr", type=positive_float, default=5e-4)
+    t = sub.add_parser("train", help="train (or with --cont resume) the model",
+                       description="Train (or with --cont resume) the model.", formatter_class=HelpFormatter)
+    t.add_argument("--epochs", type=positive_int, default=100, help="training epochs")
+    t.add_argument("--steps_per_epoch", type=positive_int, default=1000, help="optimizer steps per epoch")
+    t.add_argument("--lr", type=positive_float, default=5e-4, help="learning rate (Adam)")
     t.add_argument("--batchsize", type=positive_int, default=512,
                    help="samples per optimizer step: the global batch, split over the replicas of --strategy")
     t.add_argument("--max_validation_steps", type=positive_int,
@@ -137,10 +84,12 @@ def parse_args(argv):
     train_flags.add_schedule_flags(t, lr_schedule="step", warmup=0, patience=0)
     t.add_argument("--cont", action="store_true", help="resume the run's latest checkpoint")
 
-    e = sub.add_parser("eval", help="estimate the bound on held-out data, with standard errors")
+    e = sub.add_parser("eval", help="estimate the bound on held-out data, with standard errors",
+                       description="Estimate the bound on held-out data, with standard errors.",
+                       formatter_class=HelpFormatter)
     e.add_argument("--num_samples", type=positive_int, default=100000,
                    help="fresh samples for samplers (files: at most this many of the test twin)")
-    e.add_argument("--batchsize", type=positive_int, default=10000)
+    e.add_argument("--batchsize", type=positive_int, default=10000, help="samples per evaluation batch")
     args = p.parse_args(argv)
     output_dir(args.checkpoint_dir, "--checkpoint_dir")
     return args
@@ -148,6 +97,9 @@ def parse_args(argv):
 
 def build(args):
     """The source, the model and the run folder from the flags; raises InputError on any bad combination."""
+    from utils import flows
+    from utils.priors import make_prior
+    from utils.rdvae import RDVAE
     source = make_source(args.dataset, args.data_dim, args.gparams_path)
     if isinstance(source, ImageFile):
         raise InputError(f"--dataset {args.dataset} holds images {source.shape}; rdub_mlp.py takes vectors [N, dim]")
@@ -198,6 +150,8 @@ def check_same_model(args, run_dir):
 # ---- train --------------------------------------------------------------------------------------
 
 def train(args, source, model, run_dir):
+    import tensorflow as tf
+    from utils import training
     resuming = training.check_run_dir(run_dir, args.cont)
     if resuming:
         check_same_model(args, run_dir)
@@ -239,6 +193,8 @@ def ntc_bitstream(model, x):
 
     The whole set is one bitstream (coding rank 2), so the coder's few bytes of flush overhead are shared.
     """
+    import tensorflow as tf
+    import tensorflow_compression as tfc
     @tf.function
     def code(x):
         # Stateless: the range-coding tables are built in this graph, much faster than eagerly.
@@ -260,6 +216,8 @@ def ntc_bitstream(model, x):
 
 
 def evaluate(args, source, model, run_dir):
+    import tensorflow as tf
+    from utils import training
     ckpt = training.restore_latest(model, run_dir)
     split = eval_split(source)
     if split == "train":
@@ -304,6 +262,8 @@ def evaluate(args, source, model, run_dir):
 
 def main(argv):
     args = parse_args(argv)
+    import tensorflow as tf
+    from utils import training
     np.random.seed(args.seed)
     tf.random.set_seed(args.seed)
     with training.strategy_scope(args):  # first: the strategy is set up before any other TensorFlow work

@@ -21,7 +21,7 @@ same shapes, so it rebuilds bitwise the encoder's latents and reconstruction (ch
 File: utils/coding.py's container (kind resnet_vae, the model's identity: architecture flags and weights) holding
 one utils/rec.py stream (which stores --seed, checked on decoding).
 
-    python rec.py --latent_channels 8,16,32 --num_filters 32 --lambda 0.01 --checkpoint_dir ckpt \
+    python rec.py --latent_channels 8,16,32 --num_filters 32 --lambda 0.01 --checkpoint_dir ckpt \\
         compress kodim01.png kodim01.rec
     python rec.py ... decompress kodim01.rec kodim01.png
     python rec.py ... eval --dataset kodak
@@ -37,11 +37,11 @@ from pathlib import Path
 
 import numpy as np
 import scipy.special
-import utils  # noqa: F401  (before TensorFlow: sets its C++ log level)
-import tensorflow as tf
 
-from utils import ans, codec, coding, hvae, image_data, images, rec, training
-from utils.cli import InputError, positive_float, positive_int, run
+# TensorFlow (and the modules that import it: codec, hvae, rec, training) is imported in the functions that use it,
+# so that --help and a bad flag answer at once.
+from utils import ans, codec_flags, coding, hvae_flags, image_data, images
+from utils.cli import HelpFormatter, InputError, positive_float, positive_int, run
 from utils.runs import atomic_write_bytes, run_name
 from utils.sources import resolve_path
 
@@ -84,6 +84,7 @@ class TopMap:
     h^-1."""
 
     def __init__(self, prior):
+        import tensorflow as tf
         channels = prior.batch_shape[0]
 
         def cdf(x):
@@ -127,6 +128,8 @@ class TopMap:
 
 def level_prior(level, t):
     """(features, prior mean, prior scale) of a level from the top-down features t (as LatentLevel computes them)."""
+    import tensorflow as tf
+    from utils import hvae
     feats, p_loc, p_raw = tf.split(level.prior(t), 3, axis=-1)
     return feats, p_loc, hvae.positive_scale(p_raw)
 
@@ -136,6 +139,8 @@ def walk(model, top, shape, code, features=None):
     each coded unit (float64 numpy in and out: the latent) in coding order; `top` is the top level's TopMap.
     `features` are the encoder's bottom-up features (None when decoding). Returns the decoder's output on the
     padded image [1, H, W, C'] (model.reconstruction makes x_hat of it) and the coded units' names."""
+    import tensorflow as tf
+    from utils import hvae
     ids, names = itertools.count(), []
     m = model.pad_multiple
     top_shape = (1, shape[0] // m, shape[1] // m, top.z.shape[1])
@@ -166,6 +171,8 @@ def walk(model, top, shape, code, features=None):
 
 def code_ar_level(level, i, q, p_loc, p_scale, unit):
     """Codes an autoregressive level slice by slice: slice s against its Gaussian conditional given slices < s."""
+    import tensorflow as tf
+    from utils import hvae
     slices = level.ar_shift.slices
     depth = p_loc.shape[-1] // slices
     z = np.zeros(p_loc.shape)
@@ -183,6 +190,7 @@ def code_ar_level(level, i, q, p_loc, p_scale, unit):
 
 def residual_table(model, out):
     """The lossless model's count tables, one row per sub-pixel in C order, from its decoder output [H, W, 2C]."""
+    from utils import hvae
     loc, scale = model.logistic_params(out)
     return ans.cdf_table(hvae.logistic_cdf_edges(loc.numpy(), scale.numpy()), RESIDUAL_PRECISION)
 
@@ -193,6 +201,7 @@ class Codec:
     the model's discretized logistics."""
 
     def __init__(self, args, model, identity):
+        from utils import hvae
         self.model, self.identity, self.seed = model, identity, args.seed
         self.lossless = isinstance(model, hvae.DLogisticResNetVAE)
         self.config = args.rec_config
@@ -201,6 +210,8 @@ class Codec:
     def encode(self, image, channels):
         """(file bytes, x_hat float32 [H, W, C], {unit name: LayerCode}, the bottom-up features) of one image
         [H, W, C] on [0, 255] (uint8 values for a lossless model)."""
+        import tensorflow as tf
+        from utils import rec
         h, w = image.shape[:2]
         padded = images.pad_to_multiple(tf.constant(image, tf.float32)[None], self.model.pad_multiple)
         t = padded / 255.0 - 0.5
@@ -228,6 +239,7 @@ class Codec:
     def decode(self, data, what):
         """(the image, channels) from a file's bytes: x_hat float32 [H, W, C] unclipped, or for a lossless model
         the uint8 image itself."""
+        from utils import rec
         (height, width), channels, strings = coding.unpack(data, MODEL_SCRIPT, self.identity, what)
         if len(strings) != 1 + self.lossless:
             raise InputError(f"{what}: corrupt file ({len(strings)} streams; this model's files hold "
@@ -253,6 +265,8 @@ class Codec:
     def top_kl(self, features, samples):
         """The model's KL of the top level (nats): a seeded Monte Carlo estimate of E_q log q(z) / p(z) under the
         deep factorized prior (not Gaussian: no closed form)."""
+        import tensorflow as tf
+        from utils import hvae
         loc, raw = tf.split(features[-1], 2, axis=-1)
         scale = hvae.positive_scale(raw)
         z = loc + scale * tf.random.stateless_normal((samples,) + tuple(loc.shape[1:]), [self.seed, 1])
@@ -263,6 +277,7 @@ class Codec:
 # ---- commands -----------------------------------------------------------------------------------
 
 def restore(model, run_dir, verbose):
+    from utils import training
     try:
         latest = training.restore_latest(model, run_dir, strict=True)
     except (AssertionError, ValueError) as e:  # fresh weights would code garbage: every weight must be restored
@@ -292,6 +307,7 @@ def compress(args, coder):
 
 
 def decompress(args, coder):
+    from utils import codec
     what = f"input file {args.input}"
     try:
         data = Path(args.input).read_bytes()
@@ -303,6 +319,7 @@ def decompress(args, coder):
 
 
 def evaluate(args, coder, run_dir, checkpoint, source):
+    from utils import codec, hvae
     hvae.check_channels(coder.model, args.dataset)
     if coder.lossless:
         if source is not None:
@@ -353,6 +370,7 @@ def evaluate(args, coder, run_dir, checkpoint, source):
 def evaluate_lossless(args, coder, run_dir, checkpoint):
     """Per image: every byte of the file in bits per dimension, split into the latents' REC stream and the
     residual's, beside PNG, lossless WebP and the model's negative ELBO."""
+    from utils import codec
     model = coder.model
 
     def measure(image, channels):
@@ -390,37 +408,40 @@ def evaluate_lossless(args, coder, run_dir, checkpoint):
 # ---- flags ----------------------------------------------------------------------------------------
 
 def parse_args(argv):
-    fmt = argparse.ArgumentDefaultsHelpFormatter
-    p = argparse.ArgumentParser(prog=f"{SCRIPT}.py", description=__doc__.split("\n")[0], formatter_class=fmt)
-    codec.add_run_flags(p)
-    hvae.add_model_flags(p)
+    p = argparse.ArgumentParser(prog=f"{SCRIPT}.py", description=__doc__, formatter_class=HelpFormatter)
+    codec_flags.add_run_flags(p)
+    hvae_flags.add_model_flags(p)
     g = p.add_argument_group("relative entropy coding (the defaults are the seed's: lossy B = 10, 1 + eps = 1; "
                              "lossless B = 20, 1 + eps = 1.2; omega = 3)")
     g.add_argument("--block_size", type=positive_int, default=1000, help="latent dimensions per REC block")
     g.add_argument("--kl_per_partition", type=positive_float, default=3.0,
                    help="omega: KL per auxiliary variable, nats")
     g.add_argument("--extra_samples", type=positive_float,
-                   help="1 + eps: exp(omega (1 + eps)) candidates per auxiliary variable (default 1, lossless 1.2)")
-    g.add_argument("--n_beams", type=positive_int, help="beams B of the search (default 10, lossless 20)")
+                   help="1 + eps: exp(omega (1 + eps)) candidates per auxiliary variable (default: 1, lossless 1.2)")
+    g.add_argument("--n_beams", type=positive_int, help="beams B of the search (default: 10, lossless 20)")
     g.add_argument("--fit_split", action="store_true",
                    help="choose the auxiliary variance split per block (5 bits a block) instead of the paper's")
     sub = p.add_subparsers(dest="command", required=True)
-    c = sub.add_parser("compress", help="code an image file (PNG, JPEG, ...) into a file", formatter_class=fmt)
-    c.add_argument("input")
-    c.add_argument("output")
-    codec.add_force_flag(c)
-    d = sub.add_parser("decompress", help="decode a file to a PNG", formatter_class=fmt)
-    d.add_argument("input")
-    d.add_argument("output")
-    codec.add_force_flag(d)
-    e = sub.add_parser("eval", help="per image: file bpp, KL bpp, overhead, MSE, PSNR, MS-SSIM", formatter_class=fmt)
-    codec.add_image_eval_flags(e)
+    c = sub.add_parser("compress", help="code an image file (PNG, JPEG, ...) into a file",
+                       description="Code an image file (PNG, JPEG, ...) into a file.", formatter_class=HelpFormatter)
+    c.add_argument("input", help="the image file")
+    c.add_argument("output", help="the file to write")
+    codec_flags.add_force_flag(c)
+    d = sub.add_parser("decompress", help="decode a file to a PNG", description="Decode a file to a PNG.",
+                       formatter_class=HelpFormatter)
+    d.add_argument("input", help="the file that compress wrote")
+    d.add_argument("output", help="the PNG file to write")
+    codec_flags.add_force_flag(d)
+    e = sub.add_parser("eval", help="per image: file bpp, KL bpp, overhead, MSE, PSNR, MS-SSIM",
+                       description="Per image: the file's bpp, the KL in bpp, the overhead, MSE, PSNR and MS-SSIM.",
+                       formatter_class=HelpFormatter)
+    codec_flags.add_image_eval_flags(e)
     e.add_argument("--top_samples", type=positive_int, default=64,
                    help="samples of the Monte Carlo estimate of the top level's KL under its deep factorized prior")
     e.add_argument("--elbo_samples", type=positive_int, default=16,
                    help="posterior draws averaged into each image's negative ELBO (lossless models)")
     args = p.parse_args(argv)
-    hvae.check_model_flags(args)
+    hvae_flags.check_model_flags(args)
     lossless = args.likelihood == "dlogistic"
     if args.n_beams is None:
         args.n_beams = 20 if lossless else 10
@@ -434,19 +455,22 @@ def parse_args(argv):
                          "deep factorized top prior has a map to N(0, 1) here)")
     if not 0 <= args.seed < 2 ** 63:
         raise InputError(f"--seed {args.seed}: the coder's shared randomness needs a non-negative seed")
+    from utils import rec  # imports TensorFlow; its Config checks the coder's settings
     args.rec_config = rec.Config(block_size=args.block_size, omega=args.kl_per_partition,
                                  extra_samples=args.extra_samples, n_beams=args.n_beams, fit_split=args.fit_split)
-    codec.check_files(args)
+    codec_flags.check_files(args)
     return args
 
 
 def main(argv):
     args = parse_args(argv)
+    import tensorflow as tf
+    from utils import codec, hvae
     tf.keras.utils.set_random_seed(args.seed)
     tf.config.experimental.enable_op_determinism()  # the decoder must recompute the priors bit for bit
     source = image_data.gan_source(args.dataset, args.data_dim) if args.command == "eval" else None
-    flags = hvae.model_flags(args)
-    run_dir = Path(args.checkpoint_dir) / run_name(MODEL_SCRIPT, **hvae.run_flags(args))
+    flags = hvae_flags.model_flags(args)
+    run_dir = Path(args.checkpoint_dir) / run_name(MODEL_SCRIPT, **hvae_flags.run_flags(args))
     if args.command == "eval":
         codec.check_results_file(run_dir)
     model = hvae.build(args)

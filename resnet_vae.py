@@ -26,16 +26,16 @@ Loss = bpp + lambda * MSE (on [0, 255]), bpp = the sum over levels of the KL (an
 per pixel. Evaluation uses the same rates and a sample z ~ q for x_hat, so that the averaged (bpp, MSE) is an
 unbiased estimate of the bound's point.
 
-    python resnet_vae.py -V --latent_channels 8,16,32 --num_filters 32 --lambda 0.01 --checkpoint_dir ckpt \
+    python resnet_vae.py -V --latent_channels 8,16,32 --num_filters 32 --lambda 0.01 --checkpoint_dir ckpt \\
         train --dataset bsds500 --patchsize 64 --epochs 10 --steps_per_epoch 200
-    python resnet_vae.py --latent_channels 8,16,32 --num_filters 32 --lambda 0.01 --checkpoint_dir ckpt \
+    python resnet_vae.py --latent_channels 8,16,32 --num_filters 32 --lambda 0.01 --checkpoint_dir ckpt \\
         eval --dataset kodak
 
 With --likelihood dlogistic (and --image_channels 1 for MNIST's grey levels) the decoder outputs a discretized
 logistic per sub-pixel instead of a reconstruction: a lossless model, trained on the negative ELBO in bits per
 dimension, whose eval reports it (nelbo_bpd = kl_bpd + nll_bpd); rec.py codes it into lossless files.
 
-    python resnet_vae.py -V --likelihood dlogistic --image_channels 1 --latent_channels 8,16 --num_filters 32 \
+    python resnet_vae.py -V --likelihood dlogistic --image_channels 1 --latent_channels 8,16 --num_filters 32 \\
         --checkpoint_dir ckpt train --dataset mnist --epochs 10 --steps_per_epoch 500 --batchsize 32 --lr 1e-3
 
 With --lmb_range LO,HI one model covers a range of lambda (lambda-conditioned blocks); --arch convnext builds the
@@ -47,11 +47,11 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import utils  # noqa: F401  (before TensorFlow: sets its C++ log level)
-import tensorflow as tf
 
-from utils import codec, gan_sources, hvae, image_data, images, mnist, training
-from utils.cli import InputError, float_list, positive_int, run
+# TensorFlow (and the modules that import it: codec, hvae, training) is imported in the functions that use it, so
+# that --help and a bad flag answer at once.
+from utils import codec_flags, gan_sources, hvae_flags, image_data, images, mnist
+from utils.cli import HelpFormatter, InputError, float_list, positive_int, run
 from utils.runs import atomic_write_bytes, load_flags, run_name
 
 SCRIPT = "resnet_vae"
@@ -67,6 +67,7 @@ def check_size(model, height, width, what):
 
 
 def train(args, model, run_dir, source):
+    from utils import codec, hvae
     hvae.check_channels(model, args.dataset)
     if source is not None:
         check_size(model, *source.shape[:2], f"the {source.name} image size")
@@ -84,6 +85,7 @@ def warn_if_untrained_size(run_dir, model):
 
 
 def evaluate(args, model, run_dir, source):
+    from utils import codec, hvae, training
     hvae.check_channels(model, args.dataset)
     lossless = isinstance(model, hvae.DLogisticResNetVAE)
     lambdas = None if lossless else eval_lambdas(args, model)
@@ -132,6 +134,9 @@ def eval_lambdas(args, model):
 
 def evaluate_at(args, model, run_dir, source, checkpoint, lmbda, cast):
     """One eval pass over the dataset at lambda: the .npz and the JSON line of the image scripts."""
+    import tensorflow as tf
+    from utils import codec
+
     def measure(image, channels):
         h, w = image.shape[:2]
         check_size(model, h, w, "the image size")
@@ -158,6 +163,9 @@ def evaluate_at(args, model, run_dir, source, checkpoint, lmbda, cast):
 
 def evaluate_lossless(args, model, run_dir, checkpoint):
     """The lossless model's negative ELBO per image, in bits per dimension, averaged over --elbo_samples draws."""
+    import tensorflow as tf
+    from utils import codec
+
     def measure(image, channels):
         kl, nll = model.elbo_bpd(image, args.elbo_samples)
         x_hat = model.estimate(tf.constant(image, tf.float32), tf.constant(model.lmbda, tf.float32))[0].numpy()
@@ -176,30 +184,33 @@ def evaluate_lossless(args, model, run_dir, checkpoint):
 # ---- flags ----------------------------------------------------------------------------------------
 
 def parse_args(argv):
-    fmt = argparse.ArgumentDefaultsHelpFormatter
-    p = argparse.ArgumentParser(prog=f"{SCRIPT}.py", description=__doc__.split("\n")[0], formatter_class=fmt)
-    codec.add_run_flags(p)
-    hvae.add_model_flags(p)
+    p = argparse.ArgumentParser(prog=f"{SCRIPT}.py", description=__doc__, formatter_class=HelpFormatter)
+    codec_flags.add_run_flags(p)
+    hvae_flags.add_model_flags(p)
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train on random crops of an image set or on GAN samples", formatter_class=fmt)
-    t.add_argument("--dataset", required=True, help=codec.DATASETS_HELP)
-    codec.add_image_train_flags(t)
+    t = sub.add_parser("train", help="train on random crops of an image set or on GAN samples",
+                       description="Train on random crops of an image set or on GAN samples.",
+                       formatter_class=HelpFormatter)
+    t.add_argument("--dataset", required=True, help=codec_flags.DATASETS_HELP)
+    codec_flags.add_image_train_flags(t)
 
-    e = sub.add_parser("eval", help="per-image bpp (information rate), MSE, PSNR, MS-SSIM", formatter_class=fmt)
-    codec.add_image_eval_flags(e)
+    e = sub.add_parser("eval", help="per-image bpp (information rate), MSE, PSNR, MS-SSIM",
+                       description="Per image: bpp (the information rate), MSE, PSNR and MS-SSIM.",
+                       formatter_class=HelpFormatter)
+    codec_flags.add_image_eval_flags(e)
     e.add_argument("--elbo_samples", type=positive_int, default=16,
                    help="posterior draws averaged into each image's negative ELBO (--likelihood dlogistic)")
     e.add_argument("--num_lambdas", type=positive_int,
-                   help="a variable-rate model: evaluate at this many lambdas log-spaced over its range (16)")
+                   help="a variable-rate model: evaluate at this many lambdas log-spaced over its range (default: 16)")
     e.add_argument("--lambdas", type=float_list, help="a variable-rate model: evaluate at these lambdas")
     e.add_argument("--extrapolate", action="store_true",
                    help="allow --lambdas outside the model's trained range (with a warning)")
     args = p.parse_args(argv)
-    hvae.check_model_flags(args)
-    codec.check_files(args)
+    hvae_flags.check_model_flags(args)
+    codec_flags.check_files(args)
     if args.command == "train":
-        codec.check_patchsize(args, args.dataset, hvae.pad_multiple(args))
+        codec_flags.check_patchsize(args, args.dataset, hvae_flags.pad_multiple(args))
         crops = not (gan_sources.is_gan_source(args.dataset) or args.dataset in mnist.NAMED)
         if crops and args.flat_z0 and args.patchsize != args.img_dim:
             raise InputError(f"--patchsize {args.patchsize}: --flat_z0 fixes the image size to --img_dim "
@@ -209,10 +220,12 @@ def parse_args(argv):
 
 def main(argv):
     args = parse_args(argv)
+    import tensorflow as tf
+    from utils import codec, hvae, training
     training.strategy_from_flags(args)  # before any other TensorFlow work (docs/distributed.md)
     tf.keras.utils.set_random_seed(args.seed)
     source = image_data.gan_source(args.dataset, args.data_dim)
-    run_dir = Path(args.checkpoint_dir) / run_name(SCRIPT, **hvae.run_flags(args))
+    run_dir = Path(args.checkpoint_dir) / run_name(SCRIPT, **hvae_flags.run_flags(args))
     if args.command == "eval":
         codec.check_results_file(run_dir)
     with training.strategy_scope(args):

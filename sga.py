@@ -20,42 +20,43 @@ nothing but speed). Per image, the record holds the file's bpp (bytes) and the m
 PSNR and MS-SSIM of the decoded file, and the same for the amortized encoder on the same image (`base_*`);
 the loss trajectory goes to trajectory.jsonl every 10 iterations.
 """
-import utils  # noqa: F401  (before TensorFlow: sets its C++ log level)
 import argparse
 import sys
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
 
-from utils import codec, coding, images, inference, jsonl
-from utils.cli import InputError, positive_float, positive_int, run
-from utils.image_models import MODELS
-from utils.inference import DEFAULT_LR, METHODS
+# TensorFlow (and the modules that import it: codec, inference) is imported in the functions that use it, so that
+# --help and a bad flag answer at once.
+from utils import coding, images, jsonl
+from utils.cli import HelpFormatter, InputError, positive_float, positive_int, run
+from utils.codec_flags import ARCHITECTURES, SGA_DEFAULT_LR, SGA_METHODS
 from utils.runs import atomic_write_bytes
 
 BASELINE_NAME = "baseline.jsonl"  # in --results_dir: the amortized encoder's record of each run
 
 
-
 def build_parser():
-    p = argparse.ArgumentParser(prog="sga.py", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(prog="sga.py", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("-V", "--verbose", action="store_true", help="report progress and per-image figures")
     p.add_argument("--checkpoint_dir", default="checkpoints", help="parent folder of the trained run folders")
-    p.add_argument("--model", choices=MODELS, default="mbt2018", help="the codec the run folder holds")
+    p.add_argument("--model", choices=ARCHITECTURES, default="mbt2018", help="the codec the run folder holds")
     p.add_argument("--num_filters", type=positive_int,
                    help="the model's width (read from the run's flags.json; if given, it must agree)")
     p.add_argument("--lambda", dest="lmbda", type=positive_float,
                    help="weight of the MSE ([0, 255] scale) in the loss bpp + lambda * MSE (default: the run's)")
-    p.add_argument("--method", choices=METHODS, default="sga", help="how the quantizer is relaxed (see above)")
+    p.add_argument("--method", choices=SGA_METHODS, default="sga",
+                   help="how the quantizer is relaxed while optimizing (each method is described at the top)")
     p.add_argument("--iterations", type=positive_int, default=2000, help="Adam steps per image")
     p.add_argument("--lr", type=positive_float, help="Adam's learning rate (default: 0.005; 1e-4 for ste)")
     p.add_argument("--seed", type=int, default=0, help="seeds the Gumbel and uniform noise")
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("compress", help="optimize and code every image of EVAL_IMGS; evaluate against the "
-                                        "amortized encoder", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                        "amortized encoder",
+                       description="Optimize the latents of every image of EVAL_IMGS, code them into <image "
+                                   "name>.tfci in --results_dir, and evaluate the files against the amortized "
+                                   "encoder's.", formatter_class=HelpFormatter)
     c.add_argument("run_name", metavar="RUN_NAME", help="a run folder of --checkpoint_dir, e.g. "
                                                          "mbt2018-num_filters=192-lmbda=0.01")
     c.add_argument("eval_imgs", metavar="EVAL_IMGS",
@@ -69,6 +70,8 @@ def build_parser():
 
 def code_image(model, identity, script, latents, image, channels):
     """The file of one image's latents (batch of 1), its decoded reconstruction, and the model's estimate."""
+    import tensorflow as tf
+    from utils import codec
     strings = model.compress_latents([tf.constant(t[None]) for t in latents]).numpy()[0].tolist()
     data = coding.pack(script, identity, image.shape[:2], channels, strings)
     decoded, _ = codec.decompress_bytes(script, model, identity, data, "sga")
@@ -83,6 +86,8 @@ def code_image(model, identity, script, latents, image, channels):
 
 def baseline(model, identity, script, image, channels):
     """bpp (bytes), bpp_est and MSE of the amortized encoder on the image, as `mbt2018.py eval` measures them."""
+    import tensorflow as tf
+    from utils import codec
     h, w = image.shape[:2]
     data = codec.compress_image(script, model, identity, image, channels)
     decoded, _ = codec.decompress_bytes(script, model, identity, data, "sga baseline")
@@ -94,8 +99,9 @@ def baseline(model, identity, script, image, channels):
 
 
 def compress(args):
+    from utils import codec, inference
     if args.lr is None:
-        args.lr = DEFAULT_LR[args.method]
+        args.lr = SGA_DEFAULT_LR[args.method]
     items = inference.read_images(args.eval_imgs, args.crop)
     results = inference.check_results_dir(args.results_dir, items, ".tfci", (
         inference.TRAJECTORY_NAME, codec.RESULTS_NAME, BASELINE_NAME))
@@ -144,6 +150,7 @@ def compress(args):
 
 def main(argv):
     args = build_parser().parse_args(argv)
+    import tensorflow as tf
     tf.keras.utils.set_random_seed(args.seed)
     return compress(args)
 

@@ -1,6 +1,6 @@
 """Upper bound on R(D) by Wasserstein gradient descent on the reproduction distribution (particles).
 
-    python wgd.py -V --samples data/physics/n=2-ppzee-split=train.npy --save_dir checkpoints/physics \
+    python wgd.py -V --samples data/physics/n=2-ppzee-split=train.npy --save_dir checkpoints/physics \\
         --lamb 100 300 1000 --num_particles 1000 --steps 2000
 
 The reproduction distribution is a cloud of --num_particles particles, started at training samples. Each step
@@ -29,7 +29,7 @@ HOLDOUT = 0.2
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter)
     p.add_argument("--samples", required=True,
                    help="an .npy of samples [N, n] (a split=train file finds its split=test twin), or a built-in "
                         "source name (gaussian, banana)")
@@ -37,17 +37,17 @@ def parse_args(argv):
                    help="training samples drawn from a built-in source")
     p.add_argument("--num_test", type=cli.positive_int, default=100000,
                    help="held-out samples for the bound (fresh draws, or at most this many rows of the test data)")
-    p.add_argument("--data_dim", type=cli.positive_int, default=None,
-                   help="dimension of a built-in source (default 2); checked against a file's samples")
-    p.add_argument("--gparams_path", default=None, help="the Gaussian's .npz (loc, scale) for --samples gaussian")
+    p.add_argument("--data_dim", type=cli.positive_int,
+                   help="dimension of a built-in source (default: 2); checked against a file's samples")
+    p.add_argument("--gparams_path", help="the Gaussian's .npz (loc, scale) for --samples gaussian")
     p.add_argument("--lamb", type=cli.positive_float, nargs="+", required=True,
                    help="one or more lambdas (a sweep runs from the largest down, each warm-started from the "
                         "previous particles)")
     p.add_argument("--num_particles", type=cli.positive_int, default=1000, help="particles k")
     p.add_argument("--batchsize", type=cli.positive_int, default=1000, help="source samples per step m")
     p.add_argument("--steps", type=cli.positive_int, default=2000, help="steps per lambda")
-    p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
-    p.add_argument("--lr", type=cli.positive_float, default=None,
+    p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd", help="how the particles move")
+    p.add_argument("--lr", type=cli.positive_float,
                    help="step size (default: sgd 0.2, in units of d / (2 lamb), i.e. of a mean-shift step; adam 0.01, "
                         "in units of the data's RMS spread)")
     p.add_argument("--lr_decay", choices=("inv_sqrt", "none"), default="inv_sqrt",

@@ -12,7 +12,8 @@ import rec
 import resnet_vae
 from conftest import data_path, run_script
 from test_resnet_vae import smooth_images, train_in_process
-from utils import codec, coding, hvae, images
+from utils import codec, coding, hvae, hvae_flags, images
+from utils import rec as rec_lib
 from utils.cli import InputError
 from utils.runs import run_name
 
@@ -50,7 +51,7 @@ def setup(tmp_path_factory):
     fresh = train_in_process(args, x, 0)
     x = tf.constant(x, tf.float32)
     assert float(model.losses_of(x)["loss"]) < float(fresh.losses_of(x)["loss"]) - 1  # bits per dimension
-    run_dir = tmp / "ckpt" / run_name("resnet_vae", **hvae.run_flags(args))
+    run_dir = tmp / "ckpt" / run_name("resnet_vae", **hvae_flags.run_flags(args))
     tf.train.Checkpoint(model=model).save(str(run_dir / "ckpt"))
     image = grey_images(1, seed=5)[0]
     images.write_png(tmp / "digit.png", image[..., 0])
@@ -81,15 +82,15 @@ def test_file_size_is_the_rec_stream_plus_the_residual_information(setup):
     model = hvae.build(args)
     model.build_weights()
     rec.restore(model, run_dir, False)
-    coder = rec.Codec(args, model, codec.identity_of("resnet_vae", hvae.model_flags(args), model))
+    coder = rec.Codec(args, model, codec.identity_of("resnet_vae", hvae_flags.model_flags(args), model))
     data, _, codes, _ = coder.encode(image, 1)
     _, _, (latents, residual) = coding.unpack(data, "resnet_vae", coder.identity)
     decoded, _ = coder.decode(data, "test")
     np.testing.assert_array_equal(decoded, image)
     units = list(codes.values())
     out, _ = rec.walk(model, coder.top, (28, 28),
-                      lambda layer, q, p_loc, p_scale: rec.rec.decode_layer(p_loc, p_scale, units[layer], seed=0,
-                                                                            layer=layer))
+                      lambda layer, q, p_loc, p_scale: rec_lib.decode_layer(p_loc, p_scale, units[layer], seed=0,
+                                                                         layer=layer))
     info = rec.residual_table(model, out[0]).info(image.ravel()).sum()
     assert info <= 8 * len(residual) <= info + 96
     assert 0 < len(data) - len(latents) - len(residual) < 40  # the container's header

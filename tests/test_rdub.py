@@ -6,7 +6,7 @@ import pytest
 
 import rdub_mlp
 from conftest import run_script
-from utils import jsonl
+from utils import jsonl, training
 from utils.cli import InputError
 
 GAUSS4 = ["--dataset", "gaussian", "--data_dim", "4", "--decoder_units", "0", "--prior_type", "gmm_1",
@@ -55,7 +55,7 @@ def test_ntc_bitstream_is_exact_and_matches_estimate(tmp_path, capsys):
     # And the round trip itself, on fresh data, from the restored model.
     args = rdub_mlp.parse_args([*flags, "--checkpoint_dir", str(tmp_path), "eval"])
     source, model, _ = rdub_mlp.build(args)
-    rdub_mlp.training.restore_latest(model, run_dir)
+    training.restore_latest(model, run_dir)
     x = source.test_set(500, seed=5)
     nbytes, _, mse = rdub_mlp.ntc_bitstream(model, x)
     assert nbytes > 0 and mse.shape == (500,) and np.isfinite(mse).all()

@@ -188,8 +188,8 @@ def test_step_decay_is_the_papers():
 
 
 def test_image_scripts_default_to_the_papers_schedule():
-    from utils import codec
-    p = codec.build_parser("mbt2018", "", lambda p: None)
+    from utils import codec_flags
+    p = codec_flags.build_parser("mbt2018", "")
     a = p.parse_args(["train", "--dataset", "kodak"])
     assert (a.lr_schedule, a.lr_ramp, a.warmup, a.patience, a.lr_decay_factor, a.early_stop) == \
         ("constant", 0, 100, 10, 0.5, None)

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 import resnet_vae
 from test_resnet_vae import smooth_images, train_in_process
-from utils import hvae, images
+from utils import hvae_flags, images
 from utils.cli import InputError
 from utils.runs import run_name
 
@@ -19,10 +19,10 @@ MODEL = ["--num_filters", "8", "--latent_channels", "2,4", *RANGE]
 
 def test_seed_units():
     """KL nats per sub-pixel + lambda_seed MSE on [-1, 1] is (ln 2 / 3)(bpp + lambda_seed 2.662e-4 MSE on [0, 255])."""
-    assert hvae.SEED_LAMBDA_UNITS == pytest.approx(2.662e-4, rel=1e-3)
+    assert hvae_flags.SEED_LAMBDA_UNITS == pytest.approx(2.662e-4, rel=1e-3)
     bpp, mse, lam_seed = 0.7, 40.0, 256.0
     seed_loss = bpp * np.log(2) / 3 + lam_seed * mse * (2 / 255) ** 2
-    assert seed_loss == pytest.approx(np.log(2) / 3 * (bpp + lam_seed * hvae.SEED_LAMBDA_UNITS * mse))
+    assert seed_loss == pytest.approx(np.log(2) / 3 * (bpp + lam_seed * hvae_flags.SEED_LAMBDA_UNITS * mse))
     args = resnet_vae.parse_args(["--lmb_range_seed", "4,2048", "eval"])
     assert args.lmb_range == pytest.approx([4 * 2.6625e-4, 2048 * 2.6625e-4], rel=1e-3)
 
@@ -33,7 +33,7 @@ def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("vr")
     args = resnet_vae.parse_args([*MODEL, "eval"])
     model = train_in_process(args, smooth_images(8, 32, seed=0), 300)
-    run_dir = tmp / "ckpt" / run_name("resnet_vae", **hvae.run_flags(args))
+    run_dir = tmp / "ckpt" / run_name("resnet_vae", **hvae_flags.run_flags(args))
     tf.train.Checkpoint(model=model).save(str(run_dir / "ckpt"))
     np.save(tmp / "imgs.npy", smooth_images(3, 32, seed=9))
     return tmp, model, run_dir

@@ -1,4 +1,7 @@
-"""Command-line plumbing: the one error type for bad input, argument types, and the entry point."""
+"""Command-line plumbing: the one error type for bad input, argument types, the help layout, and the entry point.
+
+Nothing here imports TensorFlow: a script parses its command line, and answers --help, before its heavy imports.
+"""
 import argparse
 import json
 import math
@@ -18,6 +21,20 @@ def run(main, argv=None):
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The --help of every script: the description as written (its paragraphs and examples kept), and after each
+    option's help its default, unless the help states it itself ("default:" or %(default)s) or there is none
+    (None, a switch's False, an empty list); a list shows as it is typed (1,2,3)."""
+
+    def _get_help_string(self, action):
+        text, default = action.help or "", action.default
+        unset = any(default is v for v in (None, False, argparse.SUPPRESS)) or default == []
+        if unset or "%(default)" in text or "default:" in text or not action.option_strings:
+            return text
+        shown = ",".join(map(str, default)) if isinstance(default, list) else "%(default)s"
+        return f"{text} (default: {shown})"
 
 
 def _number_list(cast, name):

@@ -1,12 +1,11 @@
-"""What the image codec scripts share: the model base class, the eval loop, compress/decompress, and the CLI.
+"""What the image codec scripts share: the model base class, the eval loop, and compress/decompress.
 
-A codec script (mbt2018.py, ms2020.py) defines its transforms and a subclass of `ImageCodec`, adds its
-architecture flags, and calls `main`. Everything else (training through utils.training.fit, evaluation with
-rates from real bytes, the file commands) lives here once.
+A codec script (mbt2018.py, ms2020.py) parses its command line with utils/codec_flags.py (no TensorFlow), then
+calls `main` with its model (utils/image_models.py). Everything else (training through utils.training.fit,
+evaluation with rates from real bytes, the file commands) lives here once.
 
 Images enter the models as float32 in [0, 255]; the loss is bits per pixel + lambda * MSE on that scale.
 """
-import argparse
 import json
 import sys
 import time
@@ -17,8 +16,8 @@ import tensorflow as tf
 import tensorflow_compression as tfc
 from tensorflow_compression.python.distributions import helpers as tfc_helpers
 
-from utils import Progress, cli, coding, gan_sources, image_data, images, jsonl, mnist, train_flags, training
-from utils.cli import InputError, positive_float, positive_int
+from utils import Progress, cli, codec_flags, coding, image_data, images, jsonl, training
+from utils.cli import InputError
 from utils.runs import atomic_save_npz, atomic_write_bytes, run_name
 from utils.sources import resolve_path
 
@@ -32,10 +31,6 @@ tfc_helpers.estimate_tails = tf.function(tfc_helpers.estimate_tails)
 # Largest difference (on [0, 255]) eval accepts between the decoded reconstruction and the model's quantized one:
 # float noise between two traced graphs, far below what a single wrongly decoded latent moves.
 DECODE_TOLERANCE = 1e-3
-
-# The side of a training crop must be a multiple of this: the transforms downsample by 2^4 and the hyper
-# transforms by 2^2 more, and training does not pad (the hyper-synthesis must give back y's shape exactly).
-TRAIN_MULTIPLE = 64
 
 # Scale indexes of the Gaussian conditional: NUM_SCALES log-spaced scales in [SCALES_MIN, SCALES_MAX].
 SCALES_MIN, SCALES_MAX, NUM_SCALES = 0.11, 256.0, 64
@@ -232,57 +227,10 @@ def bits(prob):
     return -tf.reduce_sum(tf.math.log(tfc.lower_bound(prob, LIKELIHOOD_BOUND)), axis=(1, 2, 3)) / np.log(2.0)
 
 
-# ---- the command line ---------------------------------------------------------------------------
-
-def add_run_flags(p):
-    """The flags before the subcommand that every image model shares: run folder, lambda, seed, verbosity."""
-    p.add_argument("-V", "--verbose", action="store_true", help="report progress")
-    p.add_argument("--checkpoint_dir", default="checkpoints",
-                   help="parent folder of the run folders (named from the model flags)")
-    p.add_argument("--lambda", dest="lmbda", type=positive_float, default=0.01,
-                   help="weight of the MSE ([0, 255] scale) in the loss bpp + lambda * MSE")
-    p.add_argument("--seed", type=int, default=0, help="seeds numpy and TensorFlow")
-
-
-DATASETS_HELP = (f"{', '.join(images.NAMED)} (named sets under $RDS_DATA_DIR; bsds500 validates on its val "
-                 f"split), a glob or folder of images, an .npy of uint8 images [N, H, W, 3], or a GAN source "
-                 f"({', '.join(gan_sources.NAMES)}) with --data_dim")
-DATA_DIM_HELP = "latent dimension d of a GAN source (its images lie on a d-dimensional manifold)"
-
-
-def add_image_train_flags(t):
-    """The `train` flags every image model shares (the paper's defaults for 256-pixel crops)."""
-    t.add_argument("--data_dim", type=positive_int, help=DATA_DIM_HELP)
-    t.add_argument("--patchsize", type=positive_int, default=256,
-                   help="side of the random square crops (GAN images are used whole)")
-    t.add_argument("--batchsize", type=positive_int, default=8)
-    t.add_argument("--epochs", type=positive_int, default=600)
-    t.add_argument("--steps_per_epoch", type=positive_int, default=1000)
-    t.add_argument("--lr", type=positive_float, default=1e-4)
-    # The paper's image training: a constant rate, halved on plateaus of val_loss after 100 epochs.
-    train_flags.add_schedule_flags(t, lr_schedule="constant", warmup=100, patience=10)
-    t.add_argument("--max_validation_steps", type=positive_int, default=16,
-                   help="validation batches per epoch (at most)")
-    t.add_argument("--cont", action="store_true", help="resume the run's latest checkpoint")
-
-
-def add_image_eval_flags(e):
-    """The `eval` flags every image model shares."""
-    e.add_argument("--dataset", default="kodak", help=DATASETS_HELP)
-    e.add_argument("--data_dim", type=positive_int, help=DATA_DIM_HELP)
-    e.add_argument("--batchsize", type=positive_int, default=100,
-                   help="number of GAN samples (or MNIST test images) to evaluate")
-    e.add_argument("--no_cast_xhat", action="store_true",
-                   help="measure distortion on the float reconstruction (clipped to [0, 255]) instead of the "
-                        "rounded uint8 image, as the paper does for the continuous GAN sources")
-    e.add_argument("--results_dir",
-                   help="folder for the .npz of per-image figures, in a subfolder named after --checkpoint_dir "
-                        "(default: the run folder)")
-    e.add_argument("--no_sub_dir", action="store_true", help="write into --results_dir itself, not a subfolder")
-
+# ---- the commands --------------------------------------------------------------------------------
 
 def results_npz(args, run_dir, source):
-    """Where eval writes its per-image arrays: see add_image_eval_flags."""
+    """Where eval writes its per-image arrays: see codec_flags.add_image_eval_flags."""
     folder = run_dir
     if args.results_dir:
         folder = Path(args.results_dir)
@@ -291,73 +239,17 @@ def results_npz(args, run_dir, source):
     return folder / f"{run_dir.name}-dataset={image_data.label(args.dataset, source)}.npz"
 
 
-def build_parser(script, description, add_model_flags):
-    p = argparse.ArgumentParser(prog=f"{script}.py", description=description,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_run_flags(p)
-    add_model_flags(p)
-    sub = p.add_subparsers(dest="command", required=True)
-
-    t = sub.add_parser("train", help="train on random crops of an image set, or on GAN samples",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    t.add_argument("--train_glob", help="glob or folder of training images (or an .npy of uint8 images)")
-    t.add_argument("--dataset", help=DATASETS_HELP)
-    add_image_train_flags(t)
-
-    e = sub.add_parser("eval", help="per-image bpp from real bytes, estimated bpp, MSE, PSNR, MS-SSIM",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_image_eval_flags(e)
-
-    c = sub.add_parser("compress", help="compress an image file (PNG, JPEG, ...) to a .tfci file")
-    c.add_argument("input")
-    c.add_argument("output")
-    add_force_flag(c)
-    d = sub.add_parser("decompress", help="decompress a .tfci file to a PNG")
-    d.add_argument("input")
-    d.add_argument("output")
-    add_force_flag(d)
-    return p
-
-
-def add_force_flag(p):
-    p.add_argument("--force", action="store_true", help="overwrite an existing output file")
-
-
-def check_files(args):
-    """Refuses, before any model is built, the paths every image script's commands cannot read or write
-    (InputError): the run folders' parent, eval's results folder, compress/decompress's files."""
-    if args.command in ("train", "eval"):
-        cli.output_dir(args.checkpoint_dir, "--checkpoint_dir")
-    if args.command == "eval" and args.results_dir:
-        cli.output_dir(args.results_dir, "--results_dir")
-    if args.command in ("compress", "decompress"):
-        cli.input_file(resolve_path(args.input, "input") if args.command == "compress" else args.input, "input")
-        cli.output_file(args.output, "output", force=args.force)
-
-
 def check_results_file(run_dir):
     """eval appends to the run folder's results file: refused first if that name is taken by a folder."""
     if run_dir.is_dir():
         cli.output_file(run_dir / RESULTS_NAME, "--checkpoint_dir")
 
 
-def check_patchsize(args, dataset, multiple):
-    """Refuses a training crop the model cannot take when the flags are parsed, not in its first step. GAN
-    images are used whole, and MNIST's 28x28 images are padded inside the model (resnet_vae.py)."""
-    if gan_sources.is_gan_source(dataset) or dataset in mnist.NAMED:
-        return
-    if args.patchsize % multiple:
-        raise InputError(f"--patchsize {args.patchsize}: must be a multiple of {multiple} (the model's "
-                         f"downsampling)")
-
-
-def main(argv, script, model_class, add_model_flags, arch_flags, description):
-    """Parses `argv` and runs a subcommand for the codec `model_class`, whose constructor takes `lmbda` and
-    the flags named in `arch_flags` (these, with lambda, also name the run folder, and identify the model)."""
-    args = build_parser(script, description, add_model_flags).parse_args(argv)
-    check_files(args)
-    if args.command == "train":
-        check_patchsize(args, args.train_glob or args.dataset, TRAIN_MULTIPLE)
+def main(args, script, model_class):
+    """Runs the subcommand of `args` (utils/codec_flags.py's parser of `script`) for the codec `model_class`, whose
+    constructor takes `lmbda` and the script's architecture flags (these, with lambda, also name the run folder,
+    and identify the model)."""
+    arch_flags = codec_flags.ARCHITECTURES[script][1]
     training.strategy_from_flags(args)  # before any other TensorFlow work (docs/distributed.md)
     tf.keras.utils.set_random_seed(args.seed)
     arch = {k: getattr(args, k) for k in arch_flags}

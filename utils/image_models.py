@@ -2,9 +2,9 @@
 
 They live here, not in their scripts, because several scripts use them: mbt2018.py / ms2020.py train, evaluate
 and code with them, and sga.py / bb_sga.py refine their latents per image. Each model is a `codec.ImageCodec`
-(its contract is there); `MODELS` names them with their architecture flags. Layers, widths, biases,
-activations and kernel parameterizations are those of the paper's code and tfc's models (tfc.SignalConv2D
-throughout).
+(its contract is there); `MODELS` names them with their architecture flags (utils/codec_flags.py). Layers,
+widths, biases, activations and kernel parameterizations are those of the paper's code and tfc's models
+(tfc.SignalConv2D throughout).
 """
 import functools
 from typing import NamedTuple
@@ -13,8 +13,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_compression as tfc
 
-from utils import codec
-from utils.cli import InputError, int_in, positive_int
+from utils import codec, codec_flags
+from utils.cli import InputError
 
 
 # ---- mbt2018: mean-scale hyperprior (Minnen, Ballé & Toderici, NeurIPS 2018) --------------------
@@ -158,16 +158,6 @@ def make_mbt2018(lmbda, num_filters, latent_depth, hyper_posterior=None):
     return cls(lmbda, num_filters, latent_depth)
 
 
-def add_mbt2018_flags(parser):
-    parser.add_argument("--num_filters", type=positive_int, default=192,
-                        help="channels of the transforms and of the hyper-latents")
-    parser.add_argument("--latent_depth", type=positive_int,
-                        help="channels of the latents (default: --num_filters; the paper uses 320 at high rates)")
-    parser.add_argument("--hyper_posterior", choices=("deterministic", "gaussian"),
-                        help="deterministic (the default): z = h_a(y), range coded; gaussian: q(z | y_hat) for "
-                             "lossy bits-back coding with bb_sga.py (named in the run folder only when given)")
-
-
 # ---- ms2020: channel-wise autoregressive model (Minnen & Singh, ICIP 2020) ----------------------
 
 def ms2020_hyper_analysis(num_filters, latent_depth, hyperprior_depth):
@@ -288,24 +278,10 @@ class ChannelwiseAutoregressive(codec.ImageCodec):
         return self.synthesis(y_hat) * 255
 
 
-def add_ms2020_flags(parser):
-    parser.add_argument("--num_filters", type=positive_int, default=192, help="channels of the transforms")
-    parser.add_argument("--latent_depth", type=positive_int, default=320, help="channels of the latents y")
-    parser.add_argument("--hyperprior_depth", type=positive_int, default=192, help="channels of the hyper-latents z")
-    # A file holds one string per slice and one for z, at most 255 (utils/coding.py).
-    parser.add_argument("--num_slices", type=int_in(1, 254), default=10, help="slices of y coded in sequence")
-    parser.add_argument("--max_support_slices", type=int, default=5,
-                        help="decoded slices each slice is conditioned on (-1: all before it)")
-
-
 class ModelSpec(NamedTuple):
     model_class: type
-    add_flags: callable
     arch_flags: tuple  # with --lambda, these name the run folder (and are the constructor's arguments)
 
 
-MODELS = {
-    "mbt2018": ModelSpec(make_mbt2018, add_mbt2018_flags, ("num_filters", "latent_depth", "hyper_posterior")),
-    "ms2020": ModelSpec(ChannelwiseAutoregressive, add_ms2020_flags,
-                        ("num_filters", "latent_depth", "hyperprior_depth", "num_slices", "max_support_slices")),
-}
+MODELS = {name: ModelSpec(model_class, codec_flags.ARCHITECTURES[name][1])
+          for name, model_class in (("mbt2018", make_mbt2018), ("ms2020", ChannelwiseAutoregressive))}

@@ -16,8 +16,6 @@ from utils.cli import InputError
 from utils.image_models import MODELS
 from utils.runs import FLAGS_NAME
 
-METHODS = ("sga", "map", "ste", "unoise", "danneal")
-DEFAULT_LR = dict(sga=0.005, map=0.005, ste=1e-4, unoise=0.005, danneal=0.005)  # the paper's
 EARLY_STOP = ("map", "ste")  # their loss after rounding rises once the continuous optimum drifts off the grid
 LOG_EVERY = 10
 TRAJECTORY_NAME = "trajectory.jsonl"  # in --results_dir: every LOG_EVERY iterations, one record per image

@@ -12,7 +12,6 @@ so that every run codes the same bits. An `.npy` of images that are already bina
 """
 import gzip
 import struct
-from pathlib import Path
 
 import numpy as np
 

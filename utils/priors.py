@@ -20,11 +20,11 @@ import tensorflow_probability as tfp
 
 from utils import flows
 from utils.cli import InputError
+from utils.nn import PRIOR_TYPES
 
 tfd = tfp.distributions
 
 _MIXTURE = re.compile(r"^([gl])([ms])m_(\d+)$")
-PRIOR_TYPES = "std_gaussian, gmm_K, gsm_K, lmm_K, lsm_K (K >= 1 components), deep, maf"
 
 
 class Prior(tf.keras.layers.Layer):

@@ -6,7 +6,9 @@ nats (or bits), optionally divided by n ("per dimension"); the Lagrangian is R +
 import math
 
 import numpy as np
-from scipy import stats
+
+# SciPy is imported in the functions that use it: scipy.stats takes about a second to import, and every script
+# imports this module (utils/__init__.py), --help included.
 
 LN2 = math.log(2.0)
 
@@ -78,6 +80,7 @@ def mean_ci(samples, level=0.95):
         raise ValueError("need at least 2 samples for a confidence interval")
     mean = x.mean()
     stderr = x.std(ddof=1) / math.sqrt(x.size)
+    from scipy import stats
     half = stats.t.ppf(0.5 + level / 2, df=x.size - 1) * stderr
     return {"mean": float(mean), "stderr": float(stderr), "lo": float(mean - half), "hi": float(mean + half)}
 
@@ -191,6 +194,7 @@ def lb_interval(log_ck, neg_log_u, level=0.95):
     m = log_ck.size
     if m < 2:
         raise ValueError("an interval needs at least 2 draws of C_k")
+    from scipy import stats
     q = stats.t.ppf(0.5 + level / 2, df=m - 1)
     s2 = log_ck.var(ddof=1)
     center = a.mean() - (log_ck.mean() + s2 / 2)
