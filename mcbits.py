@@ -414,7 +414,7 @@ def check_files(args):
         cli.output_dir(args.checkpoint_dir, "--checkpoint_dir")
         return
     if args.weights:
-        cli.input_file(args.weights, "--weights")
+        cli.input_file(resolve_path(args.weights, "--weights"), "--weights")
     if args.command == "compress":
         results = cli.output_dir(args.results_dir, "--results_dir")
         if (results / RESULTS_NAME).is_dir():

@@ -42,6 +42,7 @@ RVAE_GAN = ("--latent_channels 4,8,16,32,64,128 --num_filters 256 --lambda 1e-6 
 RVAE_CPU = "--latent_channels 4,8,16,32 --ar_prior_levels 2 --ar_slices 4 --num_filters 64 --lambda 0.01"
 RVAE_VR = "--latent_channels 4,8,16,32 --ar_prior_levels 2 --ar_slices 4 --num_filters 64 --lmb_range 0.0025,0.04"
 RVAE_MNIST = "--likelihood dlogistic --image_channels 1 --latent_channels 8,16 --num_filters 48"
+BB_RUN = "mbt2018-num_filters=192-hyper_posterior=gaussian-lmbda=0.01"  # the bits-back model's run folder
 SHORT = "--epochs 1 --steps_per_epoch 2 --max_validation_steps 1"
 IMG = "--dataset bsds500"
 COMMANDS = ("train", "eval", "compress", "decompress")  # named in the progress lines
@@ -86,9 +87,9 @@ def steps():
         ("codecs", "mbt2018.py", f"{c} --hyper_posterior gaussian --lambda 0.01 train {IMG} --patchsize 256 "
                                  f"--batchsize 8 {SHORT}"),
         ("codecs", "bb_sga.py", f"{c} --iterations 2 --rate_iterations 2 compress "
-                                f"mbt2018-num_filters=192-hyper_posterior=gaussian-lmbda=0.01 {KODIM} "
+                                f"{BB_RUN} {KODIM} "
                                 "--results_dir {w}/bb"),
-        ("codecs", "bb_sga.py", f"{c} decompress {{w}}/bb/kodim01.bbi {{w}}/k-bb.png"),
+        ("codecs", "bb_sga.py", f"{c} decompress {{w}}/bb/kodim01.bbi {{w}}/k-bb.png --run_name {BB_RUN}"),
         ("codecs", "bd_rate.py", "--dataset kodak --test 'RD-sandwich upper bound (resnet_vae)'"),
         # The image bound: the paper's architecture (natural images at a 64 px crop of batch 1, where oneDNN's
         # strided 1x1 kernel used to crash; the GAN model at its 128 px), the CPU recipe and its REC files, the

@@ -129,7 +129,7 @@ def test_normal_log_prob():
                                         "--maf_units", "8", "--maf_stacks", "2"]])
 def test_training_lowers_the_loss(extra):
     tf.keras.utils.set_random_seed(0)
-    args = resnet_vae.parse_args([*TINY, *extra, "train", "--dataset", "kodak"])
+    args = resnet_vae.parse_args([*TINY, *extra, "train", "--dataset", "kodak", "--patchsize", "32"])
     model = hvae.build(args)
     model.build_weights()
     model.compile(optimizer=tf.keras.optimizers.Adam(3e-3))
