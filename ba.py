@@ -9,7 +9,6 @@ lagrangian) and `results.jsonl` (the final point). Rates are nats per sample; D 
 On a terminal, a progress bar per lambda (iterations, with the current R, D and Lagrangian) runs on stderr;
 -V shows the bars also when stderr is a log (one line per lambda, when it is done).
 """
-import argparse
 import time
 
 import numpy as np
@@ -22,7 +21,7 @@ BUILTIN = ("gaussian", "banana")
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter)
+    p = cli.ArgumentParser(description=__doc__)
     p.add_argument("--samples", required=True,
                    help="an .npy of samples [N, n], or a built-in source name (gaussian, banana) with --num_samples")
     p.add_argument("--num_samples", type=cli.positive_int, default=100000,

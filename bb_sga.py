@@ -22,7 +22,6 @@ the initial bits (what a chain of images would pay each); `net_bpp_est` is the m
 expectation over q (16 draws, continuous densities), which `net_bpp` should match; `initial_bpp` is the
 initial bits' cost.
 """
-import argparse
 import functools
 import struct
 import sys
@@ -46,7 +45,7 @@ MAX_SIGMAS, MAX_ATTEMPTS = 8.0, 32  # a popped z beyond 8 standard deviations of
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="bb_sga.py", description=__doc__, formatter_class=HelpFormatter)
+    p = cli.ArgumentParser(prog="bb_sga.py", description=__doc__)
     p.add_argument("-V", "--verbose", action="store_true", help="report progress and per-image figures")
     p.add_argument("--checkpoint_dir", default="checkpoints", help="parent folder of the trained run folders")
     p.add_argument("--num_filters", type=positive_int,

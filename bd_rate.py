@@ -12,7 +12,6 @@ alone (`kodak-subset=<hash>`) is a dataset of its own, selected by that name. Th
 the last line is `BD-rate: <x>%` (negative: the test needs fewer bits than the anchor at equal PSNR).
 See docs/bd_rate.md.
 """
-import argparse
 import csv
 import glob
 import os
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from utils import jsonl, rd
-from utils.cli import HelpFormatter, InputError, output_file, read_text, run
+from utils.cli import ArgumentParser, InputError, output_file, read_text, run
 from utils.sources import resolve_path
 
 # Shipped with the package (data/reference/README.md names each curve's source); --help shows the default
@@ -153,7 +152,7 @@ def plot(path, anchor, test, table, dataset, method, value):
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--dataset", default="kodak", help="which published curves (kodak, tecnick), and which results "
                                                       "(also a subset's name, e.g. kodak-subset=<hash>)")
     p.add_argument("--anchor", default=DEFAULT_ANCHOR, help="the reference curve: a published method or results files")

@@ -4,7 +4,6 @@
 
 Writes `<save_dir>/gaussian_params-dim=<dim>.npz` with `loc` ~ U(-0.5, 0.5), `var` ~ U(0, 2), `scale` = sqrt(var).
 """
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,7 @@ from utils import cli, runs
 
 
 def main(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter)
+    p = cli.ArgumentParser(description=__doc__)
     p.add_argument("--save_dir", default="data", help="folder of the .npz")
     p.add_argument("--dim", type=cli.positive_int, required=True, help="dimension of the source")
     p.add_argument("--seed", type=int, default=0, help="seeds the draws of loc and var")

@@ -4,7 +4,6 @@
 
 writes `data/banana-dim=2-samples=100000.npy` (float64, [num_samples, data_dim]).
 """
-import argparse
 import io
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from utils.sources import make_source
 
 
 def main(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter)
+    p = cli.ArgumentParser(description=__doc__)
     p.add_argument("--dataset", choices=["banana", "gaussian"], default="banana", help="the built-in source")
     p.add_argument("--data_dim", type=cli.positive_int, default=2, help="dimension of the source")
     p.add_argument("--gparams_path", help="loc/scale .npz of a gaussian source (gen_gaussian_params.py)")

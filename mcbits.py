@@ -340,7 +340,7 @@ def continuous_bounds(model, x, mu, log_sig, k, samples, seed, batch=100):
 # ---- flags --------------------------------------------------------------------------------------
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p = cli.ArgumentParser(description=__doc__)
     p.add_argument("-V", "--verbose", action="store_true", help="progress and messages on stderr")
     p.add_argument("--dataset", default="mnist", help=f"{', '.join(mnist.NAMED)} (IDX files under $RDS_DATA_DIR), "
                    "or an .npy of binary images uint8 [N, 28, 28] or [N, 784] (compress only)")

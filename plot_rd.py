@@ -13,7 +13,6 @@ models' records (bits per pixel, MSE on [0, 255]) become nats per image and MSE 
 folder of GAN-source runs gives the image sandwich.
 Writes <out>.csv and <out>.png.
 """
-import argparse
 import csv
 import io
 import math
@@ -171,7 +170,7 @@ def lower_curves(lower, d_grid, scale):
 
 
 def main(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter)
+    p = cli.ArgumentParser(description=__doc__)
     p.add_argument("--checkpoint_dir", required=True, help="folder searched (recursively) for results.jsonl")
     p.add_argument("--out", help="output prefix (default: <checkpoint_dir>/rd)")
     p.add_argument("--bits", action="store_true", help="plot rates in bits instead of nats")

@@ -10,7 +10,6 @@ Each image's factor is drawn from a generator seeded by (--seed, its position in
 output does not depend on --workers. On a terminal a progress bar over the images runs on stderr (-V: also in a
 log, as one line at the end).
 """
-import argparse
 import contextlib
 import glob
 import os
@@ -22,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from utils import Progress
-from utils.cli import HelpFormatter, InputError, output_dir, positive_float, positive_int, run
+from utils.cli import ArgumentParser, InputError, output_dir, positive_float, positive_int, run
 from utils.images import encode_png
 from utils.runs import atomic_write_bytes
 
@@ -47,7 +46,7 @@ def prepare(job):
 
 
 def main(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("src_glob", help="quoted glob of source images, e.g. 'train2017/*.jpg'")
     p.add_argument("dst_dir", help="output folder (created)")
     p.add_argument("--min_size", type=positive_int, default=512, help="skip images with a shorter side")

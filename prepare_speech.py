@@ -20,7 +20,6 @@ paper's lambda grids (0.1 ... 100) span the R-D curve; raw magnitudes have stand
 
 On a terminal a progress bar over the recordings runs on stderr (-V: also in a log, as one line at the end).
 """
-import argparse
 import io
 import re
 from pathlib import Path
@@ -76,7 +75,7 @@ def save(path, array):
 
 
 def main(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter)
+    p = cli.ArgumentParser(description=__doc__)
     p.add_argument("--fsdd_dir", help="folder of FSDD .wav files (default: $RDS_DATA_DIR/fsdd/recordings)")
     p.add_argument("--save_dir", default="data/speech", help="folder of the .npy files")
     p.add_argument("-V", "--verbose", action="store_true",

@@ -36,8 +36,8 @@ from pathlib import Path
 import numpy as np
 
 from utils import Progress, jsonl, rd, runs, train_flags  # TensorFlow is imported where needed, so that bad input fails in a second
-from utils.cli import (HelpFormatter, InputError, finite_float, float_list, int_list, nonnegative_float, output_dir,
-                       positive_float, positive_int, run)
+from utils.cli import (ArgumentParser, HelpFormatter, InputError, finite_float, float_list, int_list,
+                       nonnegative_float, output_dir, positive_float, positive_int, run)
 from utils.sources import make_source
 
 MODELS = ("mlp", "cnn")
@@ -528,7 +528,7 @@ def evaluate_ckpt(args, source, prefix, lamb):
 # ---- flags ---------------------------------------------------------------------------------------
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("-V", "--verbose", action="store_true", help="progress and messages on stderr")
     p.add_argument("--dataset", required=True, help="'gaussian', 'banana', or an .npy of samples [N, n] or "
                                                     "images [N, H, W, C]")

@@ -11,7 +11,6 @@ entropy model, decodes and checks it, and reports the rate from the bytes writte
       --encoder_activation none --lambda 10 --rpd train --epochs 20 --steps_per_epoch 1000 --lr 5e-4
   python rdub_mlp.py ...same model flags... eval
 """
-import argparse
 import json
 import math
 import sys
@@ -23,7 +22,8 @@ import numpy as np
 # TensorFlow (and the modules that import it: flows, priors, rdvae, training) is imported in the functions that
 # use it, so that --help and a bad flag answer at once.
 from utils import jsonl, rd, runs, train_flags
-from utils.cli import HelpFormatter, InputError, int_list, output_dir, positive_float, positive_int, run
+from utils.cli import (ArgumentParser, HelpFormatter, InputError, int_list, output_dir, positive_float, positive_int,
+                       run)
 from utils.nn import ACTIVATIONS, PRIOR_TYPES
 from utils.sources import ImageFile, SampleFile, make_source, test_twin
 
@@ -38,7 +38,7 @@ MODEL_FLAGS = ("dataset", "gparams_path", "data_dim", "latent_dim", "encoder_uni
 # ---- flags and set-up ---------------------------------------------------------------------------
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("-V", "--verbose", action="store_true", help="progress and messages on stderr")
     p.add_argument("--dataset", default="gaussian", help="'gaussian', 'banana', or a path to an .npy of samples "
                    "[N, dim] (a `split=train` file finds its `split=test` twin for validation and eval)")

@@ -28,7 +28,6 @@ one utils/rec.py stream (which stores --seed, checked on decoding).
 
 See docs/rec.md.
 """
-import argparse
 import itertools
 import math
 import sys
@@ -41,7 +40,7 @@ import scipy.special
 # TensorFlow (and the modules that import it: codec, hvae, rec, training) is imported in the functions that use it,
 # so that --help and a bad flag answer at once.
 from utils import ans, codec_flags, coding, hvae_flags, image_data, images
-from utils.cli import HelpFormatter, InputError, positive_float, positive_int, run
+from utils.cli import ArgumentParser, HelpFormatter, InputError, positive_float, positive_int, run
 from utils.runs import atomic_write_bytes, run_name
 from utils.sources import resolve_path
 
@@ -408,7 +407,7 @@ def evaluate_lossless(args, coder, run_dir, checkpoint):
 # ---- flags ----------------------------------------------------------------------------------------
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog=f"{SCRIPT}.py", description=__doc__, formatter_class=HelpFormatter)
+    p = ArgumentParser(prog=f"{SCRIPT}.py", description=__doc__)
     codec_flags.add_run_flags(p)
     hvae_flags.add_model_flags(p)
     g = p.add_argument_group("relative entropy coding (the defaults are the seed's: lossy B = 10, 1 + eps = 1; "

@@ -41,7 +41,6 @@ dimension, whose eval reports it (nelbo_bpd = kl_bpd + nll_bpd); rec.py codes it
 With --lmb_range LO,HI one model covers a range of lambda (lambda-conditioned blocks); --arch convnext builds the
 variable-rate seed's ConvNeXt hierarchy instead of the ResNet-VAE (utils/hvae.py, docs/resnet_vae.md).
 """
-import argparse
 import sys
 import warnings
 from pathlib import Path
@@ -51,7 +50,7 @@ import numpy as np
 # TensorFlow (and the modules that import it: codec, hvae, training) is imported in the functions that use it, so
 # that --help and a bad flag answer at once.
 from utils import codec_flags, gan_sources, hvae_flags, image_data, images, mnist
-from utils.cli import HelpFormatter, InputError, float_list, positive_int, run
+from utils.cli import ArgumentParser, HelpFormatter, InputError, float_list, positive_int, run
 from utils.runs import atomic_write_bytes, load_flags, run_name
 
 SCRIPT = "resnet_vae"
@@ -184,7 +183,7 @@ def evaluate_lossless(args, model, run_dir, checkpoint):
 # ---- flags ----------------------------------------------------------------------------------------
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog=f"{SCRIPT}.py", description=__doc__, formatter_class=HelpFormatter)
+    p = ArgumentParser(prog=f"{SCRIPT}.py", description=__doc__)
     codec_flags.add_run_flags(p)
     hvae_flags.add_model_flags(p)
     sub = p.add_subparsers(dest="command", required=True)

@@ -20,7 +20,6 @@ nothing but speed). Per image, the record holds the file's bpp (bytes) and the m
 PSNR and MS-SSIM of the decoded file, and the same for the amortized encoder on the same image (`base_*`);
 the loss trajectory goes to trajectory.jsonl every 10 iterations.
 """
-import argparse
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -30,7 +29,7 @@ import numpy as np
 # TensorFlow (and the modules that import it: codec, inference) is imported in the functions that use it, so that
 # --help and a bad flag answer at once.
 from utils import coding, images, jsonl
-from utils.cli import HelpFormatter, InputError, positive_float, positive_int, run
+from utils.cli import ArgumentParser, HelpFormatter, InputError, positive_float, positive_int, run
 from utils.codec_flags import ARCHITECTURES, SGA_DEFAULT_LR, SGA_METHODS
 from utils.runs import atomic_write_bytes
 
@@ -38,7 +37,7 @@ BASELINE_NAME = "baseline.jsonl"  # in --results_dir: the amortized encoder's re
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="sga.py", description=__doc__, formatter_class=HelpFormatter)
+    p = ArgumentParser(prog="sga.py", description=__doc__)
     p.add_argument("-V", "--verbose", action="store_true", help="report progress and per-image figures")
     p.add_argument("--checkpoint_dir", default="checkpoints", help="parent folder of the trained run folders")
     p.add_argument("--model", choices=ARCHITECTURES, default="mbt2018", help="the codec the run folder holds")

@@ -14,7 +14,6 @@ Per lambda, `<save_dir>/wgd-lamb=<lamb>-particles=<k>` (plus `-hybrid=True`) get
 steps: minibatch means of lagrangian, R, D, and lr, time), `results.jsonl` (the held-out bound, method wgd),
 `particles.npz` and `flags.json`. Rates are nats per sample; D is the MSE per dimension.
 """
-import argparse
 import time
 
 import numpy as np
@@ -29,7 +28,7 @@ HOLDOUT = 0.2
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter)
+    p = cli.ArgumentParser(description=__doc__)
     p.add_argument("--samples", required=True,
                    help="an .npy of samples [N, n] (a split=train file finds its split=test twin), or a built-in "
                         "source name (gaussian, banana)")

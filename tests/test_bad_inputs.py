@@ -162,9 +162,9 @@ def test_refused_as_a_script(index, paths):
 
 
 def check_one_error_line(err, message):
-    assert "Traceback" not in err, err
+    assert "Traceback" not in err and "usage:" not in err, err  # argparse's usage block too is one line here
     errors = [line for line in err.splitlines() if "error: " in line]
-    assert len(errors) == 1 and errors[0] == err.strip().splitlines()[-1], err
+    assert len(errors) == 1 and errors[0] == err.strip().splitlines()[-1] and errors[0].startswith("error: "), err
     assert message in errors[0], err
 
 

@@ -37,6 +37,18 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: {shown})"
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """Every script's parser (and, through add_subparsers, its subcommands'): HelpFormatter by default, and a bad
+    command line answered as any other bad input is, with one line on stderr and exit status 2 (argparse's own
+    answer is a usage block and then the error)."""
+
+    def __init__(self, *args, formatter_class=HelpFormatter, **kwargs):
+        super().__init__(*args, formatter_class=formatter_class, **kwargs)
+
+    def error(self, message):
+        self.exit(2, f"error: {self.prog}: {message} ({self.prog} --help lists the flags)\n")
+
+
 def _number_list(cast, name):
     def parse(text):
         try:

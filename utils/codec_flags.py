@@ -1,7 +1,6 @@
 """The image codecs' command line: the flags every image model shares, mbt2018's and ms2020's architecture flags,
 and the parser of mbt2018.py and ms2020.py. Apart from utils/codec.py (the models and commands) so that a script
 parses its command line, and answers --help, without importing TensorFlow."""
-import argparse
 
 from utils import cli, gan_sources, images, mnist, train_flags
 from utils.cli import HelpFormatter, InputError, int_in, positive_float, positive_int
@@ -94,7 +93,7 @@ SGA_DEFAULT_LR = dict(sga=0.005, map=0.005, ste=1e-4, unoise=0.005, danneal=0.00
 
 def build_parser(script, description):
     """The command line of the codec `script` (a key of ARCHITECTURES); `description`: its --help text."""
-    p = argparse.ArgumentParser(prog=f"{script}.py", description=description, formatter_class=HelpFormatter)
+    p = cli.ArgumentParser(prog=f"{script}.py", description=description)
     add_run_flags(p)
     ARCHITECTURES[script][0](p)
     sub = p.add_subparsers(dest="command", required=True)
