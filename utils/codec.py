@@ -42,19 +42,27 @@ def scale_fn(index):
     return tf.exp(np.log(SCALES_MIN) + step * tf.cast(index, tf.float32))
 
 
+# oneDNN's AVX-512 convolution kernels work on blocks of 16 channels (StridedPointwiseConv).
+ONEDNN_CHANNEL_BLOCK = 16
+
+
 class StridedPointwiseConv(tfc.SignalConv2D):
-    """A 1x1 tfc.SignalConv2D with a downsampling stride s, computed as x[:, ::s, ::s] through the same 1x1
-    convolution at unit stride: the same weights, outputs (bitwise) and checkpoints as tfc's layer.
+    """A 1x1 tfc.SignalConv2D with a downsampling stride s. On an input of fewer than 16 channels it is computed
+    as x[:, ::s, ::s] through the same 1x1 convolution at unit stride; otherwise as tfc computes it. Both give the
+    same outputs (bitwise); the weights and checkpoints are tfc's.
 
     Why: TensorFlow 2.14's oneDNN computes the weight gradient of a strided 1x1 convolution by first copying the
     strided input to a unit-stride buffer, and when the input has fewer channels than its AVX-512 block (16) it
     writes past that buffer (`jit_avx512_common_1x1_convolution_bwd_weights`, on AVX-512 CPUs). The heap
     corruption aborts the process, or corrupts it silently. The ResNet-VAE's encoder shortcuts are such
-    convolutions (the first sees the 3 image channels). Unit-stride 1x1 convolutions and the transposed
-    (upsampling) 1x1 shortcuts take other kernels (docs/resnet_vae.md, "oneDNN on AVX-512 CPUs").
+    convolutions (the first sees the 3 image channels; at widths below 16, all of them). With 16 channels or more
+    tfc's strided form is safe and 2-4x faster than the subsample (bench/pointwise_bench.py), so it is kept there
+    (docs/resnet_vae.md, "oneDNN on AVX-512 CPUs").
     """
 
     def call(self, inputs):
+        if inputs.shape[-1] >= ONEDNN_CHANNEL_BLOCK:
+            return super().call(inputs)
         s_h, s_w = self.strides_down
         outputs = tf.nn.conv2d(inputs[:, ::s_h, ::s_w, :], self.kernel, 1, "VALID")
         if self.use_bias:
