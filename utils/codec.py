@@ -60,8 +60,12 @@ class StridedPointwiseConv(tfc.SignalConv2D):
     (docs/resnet_vae.md, "oneDNN on AVX-512 CPUs").
     """
 
+    def build(self, input_shape):
+        super().build(input_shape)
+        self.subsample = input_shape[-1] < ONEDNN_CHANNEL_BLOCK  # known here: the kernel's shape needs it
+
     def call(self, inputs):
-        if inputs.shape[-1] >= ONEDNN_CHANNEL_BLOCK:
+        if not self.subsample:
             return super().call(inputs)
         s_h, s_w = self.strides_down
         outputs = tf.nn.conv2d(inputs[:, ::s_h, ::s_w, :], self.kernel, 1, "VALID")
