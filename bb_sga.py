@@ -32,8 +32,8 @@ import numpy as np
 
 # TensorFlow (and the modules that import it: codec, inference) is imported in the functions that use it, so that
 # --help and a bad flag answer at once.
-from utils import ans, cli, codec_flags, coding, images
-from utils.cli import HelpFormatter, InputError, positive_float, positive_int, run
+from utils import ans, cli, coding, images
+from utils.cli import InputError, positive_float, positive_int, run
 from utils.runs import atomic_write_bytes
 
 METHODS = ("sga", "no_sga", "plain")
@@ -66,8 +66,7 @@ def build_parser():
     c = sub.add_parser("compress", help="optimize, code every image of EVAL_IMGS to <name>.bbi, decode and check "
                                         "each, and evaluate",
                        description="Optimize and code every image of EVAL_IMGS to <image name>.bbi in "
-                                   "--results_dir, decode and check each file, and evaluate them.",
-                       formatter_class=HelpFormatter)
+                                   "--results_dir, decode and check each file, and evaluate them.")
     c.add_argument("run_name", metavar="RUN_NAME",
                    help="a --hyper_posterior gaussian run folder, e.g. mbt2018-num_filters=192-hyper_posterior="
                         "gaussian-lmbda=0.01")
@@ -75,12 +74,11 @@ def build_parser():
                    help="an image, a glob or folder, a named set (kodak), or an .npy of uint8 images [N, H, W, 3]")
     c.add_argument("--results_dir", default="results", help="where the files <image name>.bbi and the records go")
     c.add_argument("--crop", type=positive_int, help="center-crop every image to CROP x CROP pixels first")
-    d = sub.add_parser("decompress", help="decode a .bbi file to a PNG", description="Decode a .bbi file to a PNG.",
-                       formatter_class=HelpFormatter)
+    d = sub.add_parser("decompress", help="decode a .bbi file to a PNG", description="Decode a .bbi file to a PNG.")
     d.add_argument("input", help="the .bbi file")
     d.add_argument("output", help="the PNG file to write")
     d.add_argument("--run_name", required=True, help="the run folder of the model that coded it")
-    codec_flags.add_force_flag(d)
+    cli.add_force_flag(d)
     return p
 
 

@@ -48,7 +48,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 from utils import ans, cli, coding, jsonl, mnist, runs, train_flags  # noqa: E402
-from utils.cli import HelpFormatter, InputError, positive_float, positive_int, run  # noqa: E402
+from utils.cli import InputError, positive_float, positive_int, run  # noqa: E402
 from utils.sources import resolve_path  # noqa: E402
 
 DIM = mnist.DIM
@@ -352,7 +352,7 @@ def parse_args(argv):
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train the VAE; writes <run folder>/weights.npz",
-                       description="Train the VAE; writes <run folder>/weights.npz.", formatter_class=HelpFormatter)
+                       description="Train the VAE; writes <run folder>/weights.npz.")
     t.add_argument("--bound", choices=("elbo", "iwae"), default="elbo", help="the training objective")
     t.add_argument("--num_particles", type=positive_int, default=1, help="K of the bound")
     t.add_argument("--checkpoint_dir", default="checkpoints", help="run folders go under here")
@@ -369,8 +369,7 @@ def parse_args(argv):
 
     for name, help_ in (("compress", "code test images into one message; report net, total and ideal rates"),
                         ("decompress", "decode a message file into images")):
-        c = sub.add_parser(name, help=help_, description=f"{help_[0].upper()}{help_[1:]}.",
-                           formatter_class=HelpFormatter)
+        c = sub.add_parser(name, help=help_, description=f"{help_[0].upper()}{help_[1:]}.")
         if name == "compress":
             c.add_argument("--coder", choices=CODERS, default="bb_elbo",
                            help="bb_elbo: bits-back with one posterior draw; bb_is: importance sampling over "
@@ -400,7 +399,7 @@ def parse_args(argv):
         else:
             c.add_argument("message", help="a file written by compress --output")
             c.add_argument("--output", required=True, help="decoded images, .npy uint8 [N, 28, 28]")
-        c.add_argument("--force", action="store_true", help="overwrite an existing --output file")
+        cli.add_force_flag(c)
     args = p.parse_args(argv)
     check_files(args)
     if args.command == "compress":

@@ -36,8 +36,8 @@ from pathlib import Path
 import numpy as np
 
 from utils import Progress, jsonl, rd, runs, train_flags  # TensorFlow is imported where needed, so that bad input fails in a second
-from utils.cli import (ArgumentParser, HelpFormatter, InputError, finite_float, float_list, int_list,
-                       nonnegative_float, output_dir, positive_float, positive_int, run)
+from utils.cli import (ArgumentParser, InputError, finite_float, float_list, int_list, nonnegative_float, output_dir,
+                       positive_float, positive_int, run)
 from utils.sources import make_source
 
 MODELS = ("mlp", "cnn")
@@ -559,7 +559,7 @@ def parse_args(argv):
                        help="a start stops when its relative improvement of f falls below this")
 
     t = sub.add_parser("train", parents=[inner], help="train log u at --lamb",
-                       description="Train log u at --lamb.", formatter_class=HelpFormatter)
+                       description="Train log u at --lamb.")
     t.add_argument("--num_Ck_samples", type=positive_int, default=2,
                    help="M, draws of C_k per step (shared out among the replicas of --strategy)")
     t.add_argument("--last_step", type=positive_int, default=1000, help="training steps")
@@ -583,7 +583,7 @@ def parse_args(argv):
     train_flags.add_run_flags(t)  # --strategy, --cpu_devices, --tensorboard
 
     e = sub.add_parser("eval", parents=[inner], help="estimate the intercept R_lb with a 95%% interval",
-                       description="Estimate the intercept R_lb with a 95%% interval.", formatter_class=HelpFormatter)
+                       description="Estimate the intercept R_lb with a 95%% interval.")
     e.add_argument("--num_Ck_samples", type=positive_int, default=10, help="M, draws of C_k (and of xi)")
     e.add_argument("--ckpt", help="a checkpoint, a run folder or a glob; lambda comes from the name unless --lamb")
     e.add_argument("--allow_quick", action="store_true",

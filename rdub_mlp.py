@@ -22,8 +22,7 @@ import numpy as np
 # TensorFlow (and the modules that import it: flows, priors, rdvae, training) is imported in the functions that
 # use it, so that --help and a bad flag answer at once.
 from utils import jsonl, rd, runs, train_flags
-from utils.cli import (ArgumentParser, HelpFormatter, InputError, int_list, output_dir, positive_float, positive_int,
-                       run)
+from utils.cli import ArgumentParser, InputError, int_list, output_dir, positive_float, positive_int, run
 from utils.nn import ACTIVATIONS, PRIOR_TYPES
 from utils.sources import ImageFile, SampleFile, make_source, test_twin
 
@@ -72,7 +71,7 @@ def parse_args(argv):
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train (or with --cont resume) the model",
-                       description="Train (or with --cont resume) the model.", formatter_class=HelpFormatter)
+                       description="Train (or with --cont resume) the model.")
     t.add_argument("--epochs", type=positive_int, default=100, help="training epochs")
     t.add_argument("--steps_per_epoch", type=positive_int, default=1000, help="optimizer steps per epoch")
     t.add_argument("--lr", type=positive_float, default=5e-4, help="learning rate (Adam)")
@@ -85,8 +84,7 @@ def parse_args(argv):
     t.add_argument("--cont", action="store_true", help="resume the run's latest checkpoint")
 
     e = sub.add_parser("eval", help="estimate the bound on held-out data, with standard errors",
-                       description="Estimate the bound on held-out data, with standard errors.",
-                       formatter_class=HelpFormatter)
+                       description="Estimate the bound on held-out data, with standard errors.")
     e.add_argument("--num_samples", type=positive_int, default=100000,
                    help="fresh samples for samplers (files: at most this many of the test twin)")
     e.add_argument("--batchsize", type=positive_int, default=10000, help="samples per evaluation batch")

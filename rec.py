@@ -40,7 +40,7 @@ import scipy.special
 # TensorFlow (and the modules that import it: codec, hvae, rec, training) is imported in the functions that use it,
 # so that --help and a bad flag answer at once.
 from utils import ans, codec_flags, coding, hvae_flags, image_data, images
-from utils.cli import ArgumentParser, HelpFormatter, InputError, positive_float, positive_int, run
+from utils.cli import ArgumentParser, InputError, add_force_flag, positive_float, positive_int, run
 from utils.runs import atomic_write_bytes, run_name
 from utils.sources import resolve_path
 
@@ -422,18 +422,16 @@ def parse_args(argv):
                    help="choose the auxiliary variance split per block (5 bits a block) instead of the paper's")
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("compress", help="code an image file (PNG, JPEG, ...) into a file",
-                       description="Code an image file (PNG, JPEG, ...) into a file.", formatter_class=HelpFormatter)
+                       description="Code an image file (PNG, JPEG, ...) into a file.")
     c.add_argument("input", help="the image file")
     c.add_argument("output", help="the file to write")
-    codec_flags.add_force_flag(c)
-    d = sub.add_parser("decompress", help="decode a file to a PNG", description="Decode a file to a PNG.",
-                       formatter_class=HelpFormatter)
+    add_force_flag(c)
+    d = sub.add_parser("decompress", help="decode a file to a PNG", description="Decode a file to a PNG.")
     d.add_argument("input", help="the file that compress wrote")
     d.add_argument("output", help="the PNG file to write")
-    codec_flags.add_force_flag(d)
+    add_force_flag(d)
     e = sub.add_parser("eval", help="per image: file bpp, KL bpp, overhead, MSE, PSNR, MS-SSIM",
-                       description="Per image: the file's bpp, the KL in bpp, the overhead, MSE, PSNR and MS-SSIM.",
-                       formatter_class=HelpFormatter)
+                       description="Per image: the file's bpp, the KL in bpp, the overhead, MSE, PSNR and MS-SSIM.")
     codec_flags.add_image_eval_flags(e)
     e.add_argument("--top_samples", type=positive_int, default=64,
                    help="samples of the Monte Carlo estimate of the top level's KL under its deep factorized prior")

@@ -49,8 +49,8 @@ import numpy as np
 
 # TensorFlow (and the modules that import it: codec, hvae, training) is imported in the functions that use it, so
 # that --help and a bad flag answer at once.
-from utils import codec_flags, gan_sources, hvae_flags, image_data, images, mnist
-from utils.cli import ArgumentParser, HelpFormatter, InputError, float_list, positive_int, run
+from utils import codec_flags, hvae_flags, image_data, images
+from utils.cli import ArgumentParser, InputError, float_list, positive_int, run
 from utils.runs import atomic_write_bytes, load_flags, run_name
 
 SCRIPT = "resnet_vae"
@@ -189,14 +189,12 @@ def parse_args(argv):
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train on random crops of an image set or on GAN samples",
-                       description="Train on random crops of an image set or on GAN samples.",
-                       formatter_class=HelpFormatter)
+                       description="Train on random crops of an image set or on GAN samples.")
     t.add_argument("--dataset", required=True, help=codec_flags.DATASETS_HELP)
     codec_flags.add_image_train_flags(t)
 
     e = sub.add_parser("eval", help="per-image bpp (information rate), MSE, PSNR, MS-SSIM",
-                       description="Per image: bpp (the information rate), MSE, PSNR and MS-SSIM.",
-                       formatter_class=HelpFormatter)
+                       description="Per image: bpp (the information rate), MSE, PSNR and MS-SSIM.")
     codec_flags.add_image_eval_flags(e)
     e.add_argument("--elbo_samples", type=positive_int, default=16,
                    help="posterior draws averaged into each image's negative ELBO (--likelihood dlogistic)")
@@ -210,8 +208,7 @@ def parse_args(argv):
     codec_flags.check_files(args)
     if args.command == "train":
         codec_flags.check_patchsize(args, args.dataset, hvae_flags.pad_multiple(args))
-        crops = not (gan_sources.is_gan_source(args.dataset) or args.dataset in mnist.NAMED)
-        if crops and args.flat_z0 and args.patchsize != args.img_dim:
+        if codec_flags.trains_on_crops(args.dataset) and args.flat_z0 and args.patchsize != args.img_dim:
             raise InputError(f"--patchsize {args.patchsize}: --flat_z0 fixes the image size to --img_dim "
                              f"{args.img_dim}")
     return args

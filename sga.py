@@ -29,7 +29,7 @@ import numpy as np
 # TensorFlow (and the modules that import it: codec, inference) is imported in the functions that use it, so that
 # --help and a bad flag answer at once.
 from utils import coding, images, jsonl
-from utils.cli import ArgumentParser, HelpFormatter, InputError, positive_float, positive_int, run
+from utils.cli import ArgumentParser, InputError, positive_float, positive_int, run
 from utils.codec_flags import ARCHITECTURES, SGA_DEFAULT_LR, SGA_METHODS
 from utils.runs import atomic_write_bytes
 
@@ -55,7 +55,7 @@ def build_parser():
                                         "amortized encoder",
                        description="Optimize the latents of every image of EVAL_IMGS, code them into <image "
                                    "name>.tfci in --results_dir, and evaluate the files against the amortized "
-                                   "encoder's.", formatter_class=HelpFormatter)
+                                   "encoder's.")
     c.add_argument("run_name", metavar="RUN_NAME", help="a run folder of --checkpoint_dir, e.g. "
                                                          "mbt2018-num_filters=192-lmbda=0.01")
     c.add_argument("eval_imgs", metavar="EVAL_IMGS",

@@ -89,6 +89,11 @@ def int_in(lo, hi):
     return _checked_number(int, "an integer", lambda v: lo <= v <= hi, f"an integer in {lo}..{hi}")
 
 
+def add_force_flag(p):
+    """--force: a command that writes a named output file refuses an existing one without it."""
+    p.add_argument("--force", action="store_true", help="overwrite an existing output file")
+
+
 # ---- files: checked before any work, so that a bad path costs nothing and leaves nothing behind ----------
 
 def _nearest_existing(path):

@@ -3,13 +3,14 @@ and the parser of mbt2018.py and ms2020.py. Apart from utils/codec.py (the model
 parses its command line, and answers --help, without importing TensorFlow."""
 
 from utils import cli, gan_sources, images, mnist, train_flags
-from utils.cli import HelpFormatter, InputError, int_in, positive_float, positive_int
+from utils.cli import InputError, int_in, positive_float, positive_int
 from utils.sources import resolve_path
 
 
 # The side of a training crop must be a multiple of this: the transforms downsample by 2^4 and the hyper
 # transforms by 2^2 more, and training does not pad (the hyper-synthesis must give back y's shape exactly).
 TRAIN_MULTIPLE = 64
+
 
 def add_run_flags(p):
     """The flags before the subcommand that every image model shares: run folder, lambda, seed, verbosity."""
@@ -99,29 +100,26 @@ def build_parser(script, description):
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train on random crops of an image set, or on GAN samples",
-                       description="Train on random crops of an image set, or on GAN samples.",
-                       formatter_class=HelpFormatter)
+                       description="Train on random crops of an image set, or on GAN samples.")
     t.add_argument("--train_glob",
                    help="glob or folder of training images, or an .npy of uint8 images (give this or --dataset)")
     t.add_argument("--dataset", help=DATASETS_HELP)
     add_image_train_flags(t)
 
     e = sub.add_parser("eval", help="per-image bpp from real bytes, estimated bpp, MSE, PSNR, MS-SSIM",
-                       description="Per image: bpp from real bytes, estimated bpp, MSE, PSNR and MS-SSIM.",
-                       formatter_class=HelpFormatter)
+                       description="Per image: bpp from real bytes, estimated bpp, MSE, PSNR and MS-SSIM.")
     add_image_eval_flags(e)
 
     c = sub.add_parser("compress", help="compress an image file (PNG, JPEG, ...) to a .tfci file",
-                       description="Compress an image file (PNG, JPEG, ...) to a .tfci file.",
-                       formatter_class=HelpFormatter)
+                       description="Compress an image file (PNG, JPEG, ...) to a .tfci file.")
     c.add_argument("input", help="the image file")
     c.add_argument("output", help="the .tfci file to write")
-    add_force_flag(c)
+    cli.add_force_flag(c)
     d = sub.add_parser("decompress", help="decompress a .tfci file to a PNG",
-                       description="Decompress a .tfci file to a PNG.", formatter_class=HelpFormatter)
+                       description="Decompress a .tfci file to a PNG.")
     d.add_argument("input", help="the .tfci file")
     d.add_argument("output", help="the PNG file to write")
-    add_force_flag(d)
+    cli.add_force_flag(d)
     return p
 
 
@@ -133,10 +131,6 @@ def parse_args(script, description, argv):
     if args.command == "train":
         check_patchsize(args, args.train_glob or args.dataset, TRAIN_MULTIPLE)
     return args
-
-
-def add_force_flag(p):
-    p.add_argument("--force", action="store_true", help="overwrite an existing output file")
 
 
 def check_files(args):
@@ -151,11 +145,14 @@ def check_files(args):
         cli.output_file(args.output, "output", force=args.force)
 
 
+def trains_on_crops(dataset):
+    """Whether training on `dataset` takes --patchsize crops: GAN images are used whole, and MNIST's 28x28 images
+    are padded inside the model (resnet_vae.py)."""
+    return not (gan_sources.is_gan_source(dataset) or dataset in mnist.NAMED)
+
+
 def check_patchsize(args, dataset, multiple):
-    """Refuses a training crop the model cannot take when the flags are parsed, not in its first step. GAN
-    images are used whole, and MNIST's 28x28 images are padded inside the model (resnet_vae.py)."""
-    if gan_sources.is_gan_source(dataset) or dataset in mnist.NAMED:
-        return
-    if args.patchsize % multiple:
+    """Refuses a training crop the model cannot take when the flags are parsed, not in its first step."""
+    if trains_on_crops(dataset) and args.patchsize % multiple:
         raise InputError(f"--patchsize {args.patchsize}: must be a multiple of {multiple} (the model's "
                          f"downsampling)")

@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from utils import Progress, codec, images, jsonl, rounding
-from utils import cli
+from utils import Progress, cli, codec, images, jsonl, rounding
 from utils.cli import InputError
 from utils.image_models import MODELS
 from utils.runs import FLAGS_NAME
