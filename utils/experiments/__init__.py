@@ -2,8 +2,8 @@
 
 `base.py` says what an experiment is; `vector.py`, `images.py` and `seeds.py` define them by family.
 """
-from utils.experiments import vector
+from utils.experiments import images, seeds, vector
 from utils.experiments.base import TIERS, Experiment, Row, Step, missing_data
 
-EXPERIMENTS = [*vector.EXPERIMENTS]
+EXPERIMENTS = [*vector.EXPERIMENTS, *images.EXPERIMENTS, *seeds.EXPERIMENTS]
 BY_NAME = {e.name: e for e in EXPERIMENTS}

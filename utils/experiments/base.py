@@ -22,13 +22,15 @@ TIERS = ("smoke", "cpu", "gpu")
 
 @dataclass(frozen=True)
 class Step:
-    """One command: a script of this repository and its arguments. `resumable`: a training command that an
-    interrupted run continues by appending `--cont` (the scripts' train subcommands take it last)."""
+    """One command: a script of this repository and its arguments, where `{out}` is the experiment's folder and
+    `{runs}` the folder of all experiments of the tier (to read another experiment's models: see `after`).
+    `resumable`: a training command that an interrupted run continues by appending `--cont` (the scripts' train
+    subcommands take it last)."""
     argv: tuple
     resumable: bool = False
 
     def command(self, out):
-        return [str(a).replace("{out}", str(out)) for a in self.argv]
+        return [str(a).replace("{out}", str(out)).replace("{runs}", str(Path(out).parent)) for a in self.argv]
 
 
 def step(*argv, resumable=False):
@@ -69,7 +71,7 @@ class Experiment:
     needs: tuple = ()  # data files or folders under $RDS_DATA_DIR
     figure: bool = True  # the steps end with plot_rd.py writing {out}/figure.png
     notes: dict = field(default_factory=dict)  # tier -> what differs from the paper at that tier
-    paper: str = ""  # the paper's own figure at its scale, as published (for rows that cannot be reproduced here)
+    after: tuple = ()  # experiments whose results this one's commands read (through `{runs}/NAME`)
 
     def steps(self, tier):
         return self.tiers.get(tier, [])

@@ -1,0 +1,3 @@
+"""The seed systems: McBits, SGA, lossy bits-back, iREC and the variable-rate bound."""
+
+EXPERIMENTS = []
