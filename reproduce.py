@@ -104,10 +104,11 @@ class Run:
         return "interrupted"
 
     def check_recipe(self):
-        """Refuses to continue a folder whose commands were made by another recipe."""
+        """Refuses to continue a folder whose finished commands were made by another recipe (an unfinished one may
+        have been mended: it runs again as the recipe now says)."""
         commands = self.commands()
         for e in self.events():
-            if e["event"] in ("start", "done") and (e["step"] >= len(commands) or e["argv"] != commands[e["step"]]):
+            if e["event"] == "done" and (e["step"] >= len(commands) or e["argv"] != commands[e["step"]]):
                 raise cli.InputError(f"{self.dir}: command {e['step'] + 1} there was `{shown(e['argv'])}`, the "
                                      f"recipe now says otherwise; remove the folder to run the experiment afresh")
 
@@ -115,14 +116,14 @@ class Run:
         commands = self.commands()
         events = self.events()
         finished = {e["step"] for e in events if e["event"] == "done"}
-        started = {e["step"] for e in events if e["event"] == "start"}
+        started = {(e["step"], tuple(e["argv"])) for e in events if e["event"] == "start"}
         logs = self.dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         where = machine()
         for i, (argv, spec) in enumerate(zip(commands, self.experiment.steps(self.tier))):
             if i in finished:
                 continue
-            resumed = i in started and spec.resumable
+            resumed = (i, tuple(argv)) in started and spec.resumable
             run_argv = argv + ["--cont"] if resumed else argv
             jsonl.append(self.log, {"event": "start", "step": i, "argv": argv, "resumed": resumed,
                                     "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
