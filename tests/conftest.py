@@ -35,3 +35,23 @@ def run_script(script, *args, cwd=None, check=None, timeout=600):
     elif check is False:
         assert proc.returncode != 0, f"{script} should have failed:\n{proc.stdout}\n{proc.stderr}"
     return proc
+
+
+# ---- reading reproduce.py's page: a section's table rows, a cell's number and its +- ------------------------------
+
+def table_rows(text, name):
+    section = text.split(f"## {name}\n", 1)[1].split("\n## ", 1)[0]
+    rows = []
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 7 and cells[0] not in ("quantity", "---"):
+            rows.append(cells)
+    return rows
+
+
+def number(cell):
+    return float(cell.split()[0])
+
+
+def spread(cell):
+    return float(cell.split("±")[1]) if "±" in cell else 0.0
