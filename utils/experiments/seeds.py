@@ -7,7 +7,6 @@ long it takes (each experiment's `notes`); the gpu tier is the pages' paper-scal
 of COCO (not on this machine: the gpu commands would need `prepare_imgs.py` and `--dataset cocotrain`).
 """
 import csv
-import math
 from pathlib import Path
 
 import numpy as np
@@ -16,20 +15,21 @@ from utils import jsonl
 from utils.experiments.base import Experiment, Row, fmt_lamb, lamb_of, last_per, records, step, train
 
 REFERENCE = Path(__file__).resolve().parents[2] / "data" / "reference"
-KODAK_SUBSET = {2: "data/kodak/kodim0[1-2].png", 3: "data/kodak/kodim0[1-3].png"}  # found under $RDS_DATA_DIR
 
 
 def pick(tier, gpu, cpu, smoke):
     return {"smoke": smoke, "cpu": cpu, "gpu": gpu}[tier]
 
 
-def psnr_of(mse):
-    return 10 * math.log10(255.0 ** 2 / mse) if mse and mse > 0 else None
+def kodak_first(n):
+    """The first n Kodak images as the image scripts take a glob (a data/... glob is looked up under
+    $RDS_DATA_DIR), n < 10."""
+    return f"data/kodak/kodim0[1-{n}].png"
 
 
 # ---- 1. McBits on its released checkpoints -----------------------------------------------------------------
 
-MCBITS = "data/mcbits/train_bin_emnist_split=mnist_num={k}.npz"  # the checkpoint trained with K particles
+MCBITS = "mcbits/train_bin_emnist_split=mnist_num={k}.npz"  # under $RDS_DATA_DIR; trained with K particles
 MCBITS_CODERS = (("bb_elbo", 1), ("bb_is", 5), ("bb_cis", 5), ("bb_is", 50), ("bb_cis", 50))
 MCBITS_NAMES = {"bb_elbo": "BB-ELBO", "bb_is": "BB-IS", "bb_cis": "BB-CIS"}
 
@@ -38,8 +38,8 @@ def mcbits_steps(tier):
     # Each coder codes with the checkpoint trained for its K, as McBits' tables do. The coder is NumPy on the CPU:
     # the gpu tier is the cpu tier's (the whole MNIST test set).
     images = pick(tier, 10000, 10000, 10)
-    return [step("mcbits.py", "--weights", MCBITS.format(k=k), "compress", "--coder", coder, "--num_particles", k,
-                 "--num_compress", images, "--ideal_samples", pick(tier, 100, 100, max(k, 10)),
+    return [step("mcbits.py", "--weights", "data/" + MCBITS.format(k=k), "compress", "--coder", coder,
+                 "--num_particles", k, "--num_compress", images, "--ideal_samples", pick(tier, 100, 100, max(k, 10)),
                  "--results_dir", "{out}")
             for coder, k in MCBITS_CODERS]
 
@@ -94,14 +94,14 @@ MCBITS_RELEASED = Experiment(
                "BB-IS and BB-CIS with 5 and 50 particles",
     tiers={t: mcbits_steps(t) for t in ("smoke", "cpu", "gpu")},
     read=mcbits_read, figure=False,
-    needs=("mnist/t10k-images-idx3-ubyte.gz", *(MCBITS.format(k=k)[len("data/"):] for k in (1, 5, 50))),
+    needs=("mnist/t10k-images-idx3-ubyte.gz", *(MCBITS.format(k=k) for k in (1, 5, 50))),
     notes={"smoke": "10 images per coder: " + MCBITS_DATA,
            "cpu": "the whole classic MNIST test set (10,000 images) per coder; " + MCBITS_DATA,
            "gpu": "as the cpu tier (the coder runs in NumPy on the CPU); " + MCBITS_DATA},
 )
 
 
-# ---- mbt2018 models for SGA and bits-back ------------------------------------------------------------------
+# ---- 2. SGA against the amortized encoder (the mbt2018 steps are shared with 3) --------------------------------
 
 def mbt2018_name(filters, lamb, bits_back):
     """The run folder mbt2018.py names (utils/runs.run_name: floats by repr)."""
@@ -109,8 +109,13 @@ def mbt2018_name(filters, lamb, bits_back):
         f"-lmbda={float(lamb)!r}"
 
 
+def mbt2018_filters(tier, lamb):
+    """The width: the paper's 192 (256 at lambda >= 0.04, docs/sga.md), the CPU recipe's 64, a smoke's 16."""
+    return pick(tier, 256 if lamb >= 0.04 else 192, 64, 16)
+
+
 def mbt2018_train(tier, lamb, bits_back):
-    model = ("mbt2018.py", "-V", "--checkpoint_dir", "{out}/ckpt", "--num_filters", pick(tier, 192, 64, 16),
+    model = ("mbt2018.py", "-V", "--checkpoint_dir", "{out}/ckpt", "--num_filters", mbt2018_filters(tier, lamb),
              *(("--hyper_posterior", "gaussian") if bits_back else ()), "--lambda", lamb)
     budget = pick(tier,
                   # the paper's: 2 M steps on 256x256 crops (docs/sga.md's GPU recipe)
@@ -130,15 +135,15 @@ SGA_LAMBDAS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04)  # the paper's (docs/sga.
 def inference_steps(tier, script, bits_back):
     """mbt2018 trained per lambda, then `script` (sga.py or bb_sga.py) on Kodak (cpu: crops of a few images)."""
     lambdas = pick(tier, SGA_LAMBDAS, (0.01,), (0.01,))
-    filters = pick(tier, 192, 64, 16)
-    images = pick(tier, ("kodak",), (KODAK_SUBSET[2 if bits_back else 3], "--crop", 256),
-                  ("data/kodak/kodim01.png", "--crop", 64))
+    # cpu: docs/sga.md's measured set, 256x256 centre crops of kodim01-06 (about 0.2 s an iteration here; whole
+    # images would take hours per lambda)
+    images = pick(tier, ("kodak",), (kodak_first(6), "--crop", 256), ("data/kodak/kodim01.png", "--crop", 64))
     iterations = pick(tier, (), (), ("--iterations", 20, *(("--rate_iterations", 20) if bits_back else ())))
     steps = []
     for lamb in lambdas:
         steps += [mbt2018_train(tier, lamb, bits_back),
                   step(script, "-V", "--checkpoint_dir", "{out}/ckpt", *iterations, "compress",
-                       mbt2018_name(filters, lamb, bits_back), images[0], *images[1:],
+                       mbt2018_name(mbt2018_filters(tier, lamb), lamb, bits_back), *images,
                        "--results_dir", f"{{out}}/{script[:-3]}-{fmt_lamb(lamb)}")]
     return steps
 
@@ -168,10 +173,10 @@ SGA_VS_AMORTIZED = Experiment(
     read=sga_read, figure=False, needs=("bsds500", "kodak"),
     notes={"cpu": "one lambda (0.01) of the paper's six; the model is docs/codecs.md's CPU recipe (64 filters, "
                   "128x128 BSDS500 crops) trained 2,000 steps (the recipe: 3,000; the paper: 2 M at 192 filters on "
-                  "COCO); SGA at the paper's 2,000 iterations on the 256x256 centre crops of kodim01-03 only (the 24 "
+                  "COCO); SGA at the paper's 2,000 iterations on the 256x256 centre crops of kodim01-06 only (the 24 "
                   "whole images take hours per lambda on 2 cores, docs/sga.md)",
-           "gpu": "the paper's six lambdas, 192 filters (the paper: 256 at the two highest), 2 M steps, on BSDS500 "
-                  "in place of COCO; SGA on the 24 Kodak images"},
+           "gpu": "the paper's six lambdas and widths (192 filters, 256 at lambda = 0.04), 2 M steps, on BSDS500 in "
+                  "place of COCO; SGA on the 24 Kodak images"},
 )
 
 
@@ -204,12 +209,12 @@ BITS_BACK = Experiment(
     read=bits_back_read, figure=False, needs=("bsds500", "kodak"),
     notes={"cpu": "one lambda (0.01); the bits-back model trained with docs/codecs.md's CPU recipe for 2,000 steps "
                   "(64 filters; the paper: 2 M steps at 192); SGA's 2,000 iterations and q's 2,000, on the 256x256 "
-                  "centre crops of kodim01-02 (docs/sga.md's measured run)",
-           "gpu": "the paper's six lambdas, 192 filters, 2 M steps, on BSDS500 in place of COCO; the 24 Kodak images"},
+                  "centre crops of kodim01-06 only (docs/sga.md measured kodim01-02)",
+           "gpu": "the paper's six lambdas and widths, 2 M steps, on BSDS500 in place of COCO; the 24 Kodak images"},
 )
 
 
-# ---- iREC: lossless and lossy ---------------------------------------------------------------------------------
+# ---- 4, 5. iREC: lossless and lossy ---------------------------------------------------------------------------
 
 LOSSLESS_MODEL = {  # docs/rec.md's MNIST model (the seed's 24-block RVAE on Cifar10 is not available here)
     "smoke": ("--latent_channels", "2,4", "--num_filters", 8),
@@ -223,7 +228,7 @@ def rec_lossless_steps(tier):
     budget = pick(tier, ("--epochs", 1000, "--steps_per_epoch", 500, "--max_validation_steps", 20),  # the seed's 500k
                   ("--epochs", 16, "--steps_per_epoch", 500, "--max_validation_steps", 20),
                   ("--epochs", 1, "--steps_per_epoch", 10, "--max_validation_steps", 2))
-    images = pick(tier, 10000, 100, 4)
+    images = pick(tier, 10000, 500, 4)
     elbo = ("--elbo_samples", 16 if tier != "smoke" else 2)
     return [train("resnet_vae.py", "-V", *model, "train", "--dataset", "mnist", "--batchsize", 32, "--lr", 1e-3,
                   *budget),
@@ -257,7 +262,7 @@ REC_LOSSLESS = Experiment(
     read=rec_lossless_read, figure=False, needs=("mnist",),
     notes={"cpu": "docs/rec.md's recipe: a 2-level ResNet-VAE with a discretized logistic likelihood (48 filters) "
                   "trained 8,000 steps on MNIST (the seed: a 24-block RVAE on Cifar10 and ImageNet32, 500k "
-                  "iterations, not available here); the first 100 MNIST test images; the seed's lossless coder "
+                  "iterations, not available here); the first 500 MNIST test images; the seed's lossless coder "
                   "settings (B = 20, 1 + eps = 1.2, omega = 3)",
            "gpu": "the seed's 500k iterations and the whole MNIST test set, with docs/rec.md's MNIST architecture "
                   "(the seed's Cifar10 RVAE is not available here)"},
@@ -273,8 +278,8 @@ PAPER_LAMBDAS = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16)  # the paper's section 6 (
 
 def resnet_budget(tier, steps_cpu, steps_smoke):
     """resnet_vae.py train's budget: the paper's (gpu), docs/resnet_vae.md's CPU recipe at `steps_cpu` steps, or
-    a smoke's few (at a high rate: a model trained a few dozen steps at the recipe's has latents whose KL is too
-    large for REC to code, some thousands of nats in one dimension)."""
+    a smoke's few at a high learning rate (at the recipe's, a model trained a few dozen steps still has latents
+    with thousands of nats of KL in one dimension, which REC refuses to code)."""
     return pick(tier,
                 ("--patchsize", 256, "--batchsize", 8, "--epochs", 600, "--steps_per_epoch", 10000, "--warmup", 400,
                  "--patience", 20),
@@ -288,7 +293,7 @@ def rec_lossy_steps(tier):
     lambdas = pick(tier, PAPER_LAMBDAS, (0.0025,), (0.01,))
     arch = pick(tier, RESNET_PAPER, RESNET_CPU, RESNET_SMOKE)
     # smoke: one 128x128 image of the GAN source (no data), since a whole Kodak image takes minutes to code
-    images = pick(tier, ("kodak",), (KODAK_SUBSET[3],), ("lowgan", "--data_dim", 2, "--batchsize", 1))
+    images = pick(tier, ("kodak",), (kodak_first(3),), ("lowgan", "--data_dim", 2, "--batchsize", 1))
     steps = []
     for lamb in lambdas:
         model = (*arch, "--lambda", lamb, "--checkpoint_dir", "{out}")
@@ -347,14 +352,15 @@ def variable_rate_steps(tier):
     lambdas = pick(tier, PAPER_LAMBDAS, VR_LAMBDAS, (0.0025, 0.04))
     images = pick(tier, "kodak", "kodak", "data/kodak/kodim01.png")
     # gpu: the seed's schedule (docs/resnet_vae.md's GPU recipe) for every model, so that they compare at equal
-    # training; cpu: the fixed models at 800 steps each and the variable one at their sum (docs/resnet_vae.md's
-    # measured comparison)
+    # training; cpu: docs/resnet_vae.md's measured comparison (the variable model trained as long as the fixed ones
+    # together) at 600 steps a fixed model instead of 800, since a step takes ~0.7 s here (2,400 + 2,400 steps and
+    # six evals of Kodak would pass the hour)
     seed_schedule = ("--patchsize", 256, "--batchsize", 16, "--epochs", 200, "--steps_per_epoch", 1000, "--lr", 2e-4,
                      "--lr_schedule", "half_cosine", "--patience", 0, "--clip_norm", 2, "--ema", 0.9999,
                      "--ema_warmup", 10000)
 
     def budget(models):  # `models` fixed models' worth of training
-        return seed_schedule if tier == "gpu" else resnet_budget(tier, 800 * models, 10 * models)
+        return seed_schedule if tier == "gpu" else resnet_budget(tier, 600 * models, 10 * models)
 
     steps = []
     for lamb in lambdas:
@@ -398,13 +404,14 @@ VARIABLE_RATE = Experiment(
                "architecture at the same lambdas, on Kodak",
     tiers={t: variable_rate_steps(t) for t in ("smoke", "cpu", "gpu")},
     read=variable_rate_read, figure=False, needs=("bsds500", "kodak"),
-    notes={"cpu": "docs/resnet_vae.md's measured comparison: the CPU-recipe ResNet-VAE (64 filters, 4 levels) at "
-                  "lambda = 0.0025, 0.01, 0.04, 800 steps each (the recipe: 4,500), against one model on "
-                  "[0.0025, 0.04] trained 2,400 steps (their sum); the seed's own architecture (--arch convnext, "
-                  "187 M parameters) and its BD-rate against VTM are left to the gpu page",
-           "gpu": "the paper's ResNet-VAE at its six lambdas and one model on the seed's range ([4, 2048] in its "
-                  "units), every model with the seed's schedule (200k steps, batch 16, half-cosine, clipping, EMA), on "
-                  "BSDS500 in place of COCO"},
+    notes={"cpu": "docs/resnet_vae.md's measured comparison, shorter: the CPU-recipe ResNet-VAE (64 filters, 4 "
+                  "levels) at lambda = 0.0025, 0.01, 0.04, 600 steps each (docs: 800; the recipe: 4,500), against "
+                  "one model on [0.0025, 0.04] trained 1,800 steps (their sum); information rates on the 24 Kodak "
+                  "images; the seed's own model (--arch convnext, 187 M parameters) and its BD-rate against VTM "
+                  "18.0 are not run by this experiment",
+           "gpu": "the paper's ResNet-VAE (not the seed's ConvNeXt model) at its six lambdas, and one model on the "
+                  "seed's range ([4, 2048] in its units), every model with the seed's schedule (200k steps, batch "
+                  "16, half-cosine, clipping, EMA), on BSDS500 in place of COCO"},
 )
 
 EXPERIMENTS = [MCBITS_RELEASED, SGA_VS_AMORTIZED, BITS_BACK, REC_LOSSLESS, REC_LOSSY, VARIABLE_RATE]
