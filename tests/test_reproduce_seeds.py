@@ -53,8 +53,9 @@ def test_mcbits_reader_against_the_published_table(tmp_path):
     rows = seeds.mcbits_read(tmp_path)
     by = {(r.quantity, r.reference_kind): r for r in rows}
     net = by[("BB-ELBO: net bits/dim", "seed: McBits README, EMNIST-MNIST")]
-    elbo = published[("in-out-of-distribution", "bb_elbo", "1")]
+    elbo = published[("coupled", "bb_is", "1")]  # BB-IS with one particle is BB-ELBO
     assert net.value == 0.201 and net.reference == float(elbo["net_bpd"])
+    assert by[("BB-ELBO: total bits/dim", "seed: McBits README, EMNIST-MNIST")].reference == float(elbo["total_bpd"])
     cis = by[("BB-CIS (50): total bits/dim", "seed: McBits README, EMNIST-MNIST")]
     assert cis.reference == float(published[("coupled", "bb_cis", "50")]["total_bpd"])
     assert by[("BB-IS (5): net against the ideal bound", "-IWAE_5")].reference == 0.19
@@ -87,5 +88,5 @@ def test_mcbits_smoke_end_to_end(tmp_path):
     page = (tmp_path / "smoke" / "reproduction.md").read_text()
     assert "| BB-IS (50): net bits/dim |" in page and "Not run at this tier yet: `python reproduce.py --tier smoke " \
         "--only mcbits-released`" not in page
-    # five coders: net, and net against the ideal; four of them with a published total
-    assert len(seeds.mcbits_read(tmp_path / "smoke" / "mcbits-released")) == 14
+    # five coders: net, net against the ideal, and total
+    assert len(seeds.mcbits_read(tmp_path / "smoke" / "mcbits-released")) == 15

@@ -45,14 +45,16 @@ def mcbits_steps(tier):
 
 
 def mcbits_published():
-    """(coder, K) -> (net, total) of McBits' MNIST -> MNIST setting: its BB-CIS table where it has the coder,
-    else its in/out-of-distribution table (BB-ELBO)."""
+    """(coder, K) -> (net, total) of McBits' MNIST -> MNIST setting: its BB-CIS table (which has the totals)
+    where it has the coder, else its in/out-of-distribution table."""
     found = {}
     with open(REFERENCE / "mcbits.csv") as f:
         for r in csv.DictReader(f):
             if r["train_split"] != "mnist" or r["compress_split"] != "mnist":
                 continue
             key = (r["coder"], int(r["num_particles"]))
+            if key == ("bb_is", 1):  # one particle: BB-IS is BB-ELBO (the BB-CIS table's N = 1 row)
+                key = ("bb_elbo", 1)
             if key not in found or r["table"] == "coupled":
                 found[key] = (float(r["net_bpd"]), float(r["total_bpd"]) if r["total_bpd"] else None)
     return found
@@ -399,9 +401,10 @@ def variable_rate_read(out):
 
 VARIABLE_RATE = Experiment(
     name="variable-rate", title="One variable-rate ResNet-VAE against one model per lambda",
-    reproduces="the variable-rate seed's claim (one lambda-conditioned model, rd_model_base, for a whole R-D "
-               "curve) on this package's ResNet-VAE: the variable-rate model against fixed-lambda models of the same "
-               "architecture at the same lambdas, on Kodak",
+    reproduces="the variable-rate seed's premise behind its 'Pre-trained models' table (one lambda-conditioned "
+               "model, rd_model_base, bounds the whole R-D curve) on this package's ResNet-VAE: the variable-rate "
+               "model against fixed-lambda models of the same architecture at the same lambdas, on Kodak (the "
+               "table's BD-rates against VTM 18.0 are not computed here)",
     tiers={t: variable_rate_steps(t) for t in ("smoke", "cpu", "gpu")},
     read=variable_rate_read, figure=False, needs=("bsds500", "kodak"),
     notes={"cpu": "docs/resnet_vae.md's measured comparison, shorter: the CPU-recipe ResNet-VAE (64 filters, 4 "
