@@ -82,6 +82,11 @@ def shown(argv):
     return "python " + " ".join(shlex.quote(a) for a in argv)
 
 
+def pick(tier, gpu, cpu, smoke):
+    """The value of `tier`: the paper's (gpu), the CPU budget's, the toy's."""
+    return {"smoke": smoke, "cpu": cpu, "gpu": gpu}[tier]
+
+
 def data_root():
     return Path(os.environ.get("RDS_DATA_DIR", "data"))
 

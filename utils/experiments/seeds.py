@@ -12,13 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from utils import jsonl
-from utils.experiments.base import Experiment, Row, fmt_lamb, lamb_of, last_per, records, step, train
+from utils.experiments.base import Experiment, Row, fmt_lamb, lamb_of, last_per, pick, records, step, train
 
 REFERENCE = Path(__file__).resolve().parents[2] / "data" / "reference"
-
-
-def pick(tier, gpu, cpu, smoke):
-    return {"smoke": smoke, "cpu": cpu, "gpu": gpu}[tier]
 
 
 def kodak_first(n):

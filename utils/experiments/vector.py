@@ -8,7 +8,8 @@ number of lambdas, as each experiment's `notes` say.
 import numpy as np
 
 from utils import rd
-from utils.experiments.base import Experiment, Row, ci_half, fmt_lamb, lamb_of, last_per, records, step, train
+from utils.experiments.base import (Experiment, Row, ci_half, fmt_lamb, lamb_of, last_per, pick, records, step,
+                                    train)
 
 PLOT = "plot_rd.py"
 
@@ -229,10 +230,6 @@ def lb_steps(tier, train_src, test_src, units, lambdas, topn, paper_steps, cpu_s
             steps.append(step("rdlb.py", "--seed", seed, *test_src, *model, "eval", "--batchsize", kk,
                               "--y_init", "exhaustive", "--num_Ck_samples", 3 if tier == "smoke" else 5))
     return steps
-
-
-def pick(tier, full, cpu, smoke):
-    return {"smoke": smoke, "cpu": cpu, "gpu": full}[tier]
 
 
 PHYS_LAMBDAS = (100, 300, 1000, 3000, 10000, 30000)
