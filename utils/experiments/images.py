@@ -13,7 +13,8 @@ GAN = ("--dataset", "lowgan", "--data_dim", 2)
 # rdlb.py's lamb 1000 (nats per image + lamb * MSE on [0, 1]) is the image models' lambda 1000 / (128^2 ln2 255^2)
 # (utils.image_data.rdlb_lamb), so every method is scored at one slope.
 GAN_RDLB_LAMB, GAN_LAMBDA = 1000, "1.3542e-06"
-GAN_LB_RUN = "rdlb-data_dim=2-model=cnn-units=4_8_16_1024-lamb=1000.0-batchsize={k}/step={step}-lamb=1000.0-kerasckpt.index"
+GAN_LB_RUN = ("rdlb-data_dim=2-model=cnn-units=4_8_16_1024-lamb=1000.0-batchsize={k}/"
+              "step={step}-lamb=1000.0-kerasckpt.index")
 
 
 def lowgan_steps(tier):
