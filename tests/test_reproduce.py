@@ -149,5 +149,5 @@ def test_smoke_tier_of_the_vector_sources(tmp_path):
         n = int(re.match(r"n = (\d+)", c[0]).group(1))
         assert abs(number(c[2]) - n / 2 * (1 + math.log(10))) < 5e-3
         assert number(c[3]) - spread(c[3]) < number(c[2])
-    for name in ("gaussian-2d-demo", "physics-2d", "banana-2d"):
+    for name in ("gaussian-2d-demo", "gaussian-lb-dims", "physics-2d", "banana-2d"):
         assert (tmp_path / "figures" / "reproduction" / f"{name}.png").stat().st_size > 10000

@@ -34,6 +34,8 @@ def test_smoke_tier_of_the_image_experiments(tmp_path):
     kodak = table_rows(text, "kodak-cpu")
     assert sorted(c[1] for c in kodak) == ["mbt2018.py", "ms2020.py", "resnet_vae.py"]
     assert all(5 < number(c[3]) < 60 and float(c[6].split()[0]) > 0 for c in kodak)  # PSNR in dB, bpp
+    for name in ("lowgan-sandwich", "kodak-cpu"):
+        assert (tmp_path / "figures" / "reproduction" / f"{name}.png").stat().st_size > 10000
 
 
 def test_bd_rate_rows_against_the_published_curves(tmp_path):

@@ -72,6 +72,8 @@ class Experiment:
     figure: bool = True  # the steps end with plot_rd.py writing {out}/figure.png
     notes: dict = field(default_factory=dict)  # tier -> what differs from the paper at that tier
     after: tuple = ()  # experiments whose results this one's commands read (through `{runs}/NAME`)
+    draw: Optional[Callable] = None  # (folder, png path): the figure, where no command draws it (figure=False)
+    peer: str = ""  # how this package compares with the paper's own code at the same recipe, where that was run
 
     def steps(self, tier):
         return self.tiers.get(tier, [])

@@ -162,12 +162,31 @@ def kodak_read(out):
     return rows
 
 
+def kodak_draw(out, png):
+    """PSNR against bpp on Kodak: this package's curves beside the published ones of the same models and VTM."""
+    import bd_rate
+    from utils.plotting import plot_rd
+
+    table = bd_rate.read_reference(bd_rate.DEFAULT_REFERENCE)
+    curves = []
+    for name in (VTM, *PUBLISHED.values()):
+        c = bd_rate.published(table, "kodak", name, "--test")
+        curves.append({"label": f"{name} (published)", "D": c.bpp, "R": c.psnr})
+    for method in PUBLISHED:
+        recs = [r for r in last_per(records(out, method), lambda r: float(r["lambda"])) if r["dataset"] == "kodak"]
+        recs.sort(key=lambda r: r["bpp"])
+        if recs:
+            curves.append({"label": f"{method}.py (this package)", "D": [r["bpp"] for r in recs],
+                           "R": [r["psnr"] for r in recs], "marker": "o"})
+    plot_rd(curves, png, xlabel="bits per pixel", ylabel="PSNR (dB)", title="Kodak")
+
+
 KODAK = Experiment(
     name="kodak-cpu", title="Natural images: the codecs and the bound on Kodak",
     reproduces="the paper's natural-image experiment (section 6): mbt2018, ms2020 and the ResNet-VAE upper bound on "
                "Kodak, as BD-rates against VTM 18.0 beside the paper's published curves",
     tiers={t: kodak_steps(t) for t in ("smoke", "cpu", "gpu")},
-    read=kodak_read, figure=False, needs=("kodak", "bsds500"),
+    read=kodak_read, figure=False, draw=kodak_draw, needs=("kodak", "bsds500"),
     notes={"cpu": "BSDS500 crops of 128 px in place of COCO's 256; three lambdas; mbt2018 and ms2020 at 64 filters "
                   "(ms2020 latent depth 160) trained 3,000 and 1,000 steps, the ResNet-VAE 4 levels of 64 filters "
                   "2,000 steps (the paper: 6 levels of 256 filters, 6 million steps): the curves show what a CPU "

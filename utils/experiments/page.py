@@ -24,6 +24,8 @@ plot, and the commands that made them.
   below it, have the sign they should; a gap of the other sign larger than its spread would be a fault.
 - **±**: the estimate's standard error, or half its 95% interval for the lower bound (`utils.rd.lb_interval`).
 - Rates are in nats per sample unless the row says otherwise; D is the mean squared error per dimension.
+- The paper gives its vector-source results as plots, not numbers: there the reference is the truth or another
+  estimator run here. Its image results are published curves (data/reference/image_rd.csv), compared as BD-rates.
 - Tiers: `cpu` runs on 2 cores, each experiment in under an hour, with the paper's model flags and shorter
   training (its section says what is shortened); `gpu` is the paper's own scale
   (`python reproduce.py --tier gpu --dry_run` prints it); `smoke` is every pipeline at a toy size (the test suite).
@@ -72,15 +74,21 @@ def render(tier, out, page, run_class):
         lines = [f"## {e.name}", "", f"**{e.title}.** Reproduces {e.reproduces}.", ""]
         if e.notes.get(tier):
             lines += [f"At the {tier} tier: {e.notes[tier]}.", ""]
+        if e.peer:
+            lines += [f"Against the paper's own code at the same recipe: {e.peer}.", ""]
         if finished and run.state() == "done":
             last = finished[-1]
             total += last["wall_s"]
             rows = e.read(run.dir)
             lines += [f"Ran in {minutes(last['wall_s'])} on {last['machine']} (finished {last['time'][:10]}).", ""]
             lines += _table(rows) + [""]
-            if e.figure and (run.dir / "figure.png").exists():
+            png = figures / f"{e.name}.png"
+            if e.draw or (e.figure and (run.dir / "figure.png").exists()):
                 figures.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(run.dir / "figure.png", figures / f"{e.name}.png")
+                if e.draw:
+                    e.draw(run.dir, png)
+                else:
+                    shutil.copyfile(run.dir / "figure.png", png)
                 lines += [f"![{e.title}](figures/reproduction/{e.name}.png)", ""]
             gaps = [r.gap for r in rows if r.gap is not None]
             headline = f"{len(rows)} figures; gap {fmt(min(gaps), 3)} to {fmt(max(gaps), 3)}" if gaps else \
