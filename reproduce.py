@@ -46,7 +46,7 @@ def parse_args(argv):
                                   "OUT/TIER/reproduction.md for smoke); its figures go to figures/reproduction/ "
                                   "beside it")
     args = p.parse_args(argv)
-    # In the registry's order, whatever the order of --only: an experiment comes after those it reads.
+    # In the registry's order (the page's), whatever the order of --only.
     args.experiments = [e for e in BY_NAME.values() if not args.only or e.name in args.only]
     unsupported = [e.name for e in args.experiments if not e.steps(args.tier)]
     if unsupported and args.only:
@@ -155,7 +155,7 @@ def thread_env(jobs):
 
 
 def run_all(args):
-    from utils.experiments import BY_NAME, missing_data
+    from utils.experiments import missing_data
 
     pending = []
     for e in args.experiments:
@@ -175,23 +175,14 @@ def run_all(args):
             run.check_recipe()
         pending.append(run)
     lock, env, failures = threading.Lock(), thread_env(args.jobs), []
-    ended = {run.experiment.name: threading.Event() for run in pending}
 
     def one(run):
         try:
-            for name in run.experiment.after:  # an experiment that reads another's models waits for them
-                if name in ended:
-                    ended[name].wait()
-                if Run(BY_NAME[name], args.tier, args.out).state() != "done":
-                    raise RuntimeError(f"[{run.experiment.name}] needs the finished results of {name} at this tier "
-                                       f"(python reproduce.py --tier {args.tier} --only {name})")
             run.execute(env, lock)
         except RuntimeError as err:
             with lock:
                 print(err, file=sys.stderr, flush=True)
             failures.append(run.experiment.name)
-        finally:
-            ended[run.experiment.name].set()
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         list(pool.map(one, pending))

@@ -22,15 +22,14 @@ TIERS = ("smoke", "cpu", "gpu")
 
 @dataclass(frozen=True)
 class Step:
-    """One command: a script of this repository and its arguments, where `{out}` is the experiment's folder and
-    `{runs}` the folder of all experiments of the tier (to read another experiment's models: see `after`).
-    `resumable`: a training command that an interrupted run continues by appending `--cont` (the scripts' train
-    subcommands take it last)."""
+    """One command: a script of this repository and its arguments, where `{out}` is the experiment's folder (an
+    experiment trains what it needs, so that it runs alone). `resumable`: a training command that an interrupted run
+    continues by appending `--cont` (the scripts' train subcommands take it last)."""
     argv: tuple
     resumable: bool = False
 
     def command(self, out):
-        return [str(a).replace("{out}", str(out)).replace("{runs}", str(Path(out).parent)) for a in self.argv]
+        return [str(a).replace("{out}", str(out)) for a in self.argv]
 
 
 def step(*argv, resumable=False):
@@ -71,7 +70,6 @@ class Experiment:
     needs: tuple = ()  # data files or folders under $RDS_DATA_DIR
     figure: bool = True  # the steps end with plot_rd.py writing {out}/figure.png
     notes: dict = field(default_factory=dict)  # tier -> what differs from the paper at that tier
-    after: tuple = ()  # experiments whose results this one's commands read (through `{runs}/NAME`)
     draw: Optional[Callable] = None  # (folder, png path): the figure, where no command draws it (figure=False)
     peer: str = ""  # how this package compares with the paper's own code at the same recipe, where that was run
 
