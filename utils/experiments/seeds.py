@@ -4,7 +4,7 @@ Each experiment checks one seed paper's claim with this package's script for it 
 docs/rec.md, docs/resnet_vae.md). Except McBits, whose released weights are data, every experiment trains the
 model it needs, so it runs alone. The cpu tier is the docs pages' CPU recipe, shortened where the page says how
 long it takes (each experiment's `notes`); the gpu tier is the pages' paper-scale commands, with BSDS500 in place
-of COCO (not on this machine: the gpu commands would need `prepare_imgs.py` and `--dataset cocotrain`).
+of COCO (not in the shared data: COCO would need `prepare_imgs.py` and `--dataset cocotrain`).
 """
 import csv
 from pathlib import Path
@@ -80,7 +80,7 @@ def mcbits_read(out):
 
 
 MCBITS_DATA = "the released weights were trained on EMNIST-MNIST and are coded here on classic MNIST (EMNIST is " \
-              "not on this machine; the digits differ, docs/mcbits.md), so the published figures are a guide, not " \
+              "not in the shared data; the digits differ, docs/mcbits.md), so the published figures are a guide, not " \
               "a target; the posterior's counts are at 20 bits (McBits: 16, which costs ~3% here); McBits codes " \
               "500 images and counts only the initial bits it uses, this package seeds a worst case and counts it " \
               "all in the total"
