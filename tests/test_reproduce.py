@@ -24,7 +24,7 @@ DATA = os.environ.get("RDS_DATA_DIR")
 
 def toy(tmp_path, monkeypatch, steps, name="toy"):
     """Registers one experiment made of `steps` in place of the real registry."""
-    e = Experiment(name=name, title="a toy", reproduces="nothing", tiers={"smoke": steps, "cpu": steps},
+    e = Experiment(name=name, title="a toy", reproduces="nothing", commands=lambda tier: steps,
                    read=lambda out: [Row("x", "toy", float((Path(out) / "x").read_text()), 1.0, "analytic")],
                    figure=False)
     monkeypatch.setattr(experiments, "BY_NAME", {name: e})

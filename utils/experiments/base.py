@@ -65,8 +65,9 @@ class Experiment:
     name: str
     title: str
     reproduces: str  # the paper's (or seed paper's) figure, table or section
-    tiers: dict  # tier -> list of Steps; a tier left out cannot run this experiment
+    commands: Callable  # tier -> list of Steps
     read: Callable  # Path (the experiment's folder) -> list of Rows
+    tiers: tuple = TIERS  # the tiers it runs at
     needs: tuple = ()  # data files or folders under $RDS_DATA_DIR
     figure: bool = True  # the steps end with plot_rd.py writing {out}/figure.png
     notes: dict = field(default_factory=dict)  # tier -> what differs from the paper at that tier
@@ -74,7 +75,7 @@ class Experiment:
     peer: str = ""  # how this package compares with the paper's own code at the same recipe, where that was run
 
     def steps(self, tier):
-        return self.tiers.get(tier, [])
+        return self.commands(tier) if tier in self.tiers else []
 
 
 def shown(argv):

@@ -79,7 +79,7 @@ LOWGAN_SANDWICH = Experiment(
     name="lowgan-sandwich", title="The image sandwich on a GAN-image source, d = 2",
     reproduces="the paper's GAN-image experiment (section 5) at d = 2 on the built-in lowgan stand-in: the ResNet-VAE "
                "upper bound, both codecs and the CNN lower bound at one slope (rdlb lamb = 1000)",
-    tiers={t: lowgan_steps(t) for t in ("smoke", "cpu", "gpu")},
+    commands=lowgan_steps,
     read=lowgan_read,
     notes={"cpu": "lowgan in place of BigGAN's basenji; a 4-level ResNet-VAE of 32 filters trained 3,000 steps, the "
                   "codecs at 64 filters 1,000 steps, the lower bound 500 steps at k = 256 annealed from lamb 300 "
@@ -185,7 +185,7 @@ KODAK = Experiment(
     name="kodak-cpu", title="Natural images: the codecs and the bound on Kodak",
     reproduces="the paper's natural-image experiment (section 6): mbt2018, ms2020 and the ResNet-VAE upper bound on "
                "Kodak, as BD-rates against VTM 18.0 beside the paper's published curves",
-    tiers={t: kodak_steps(t) for t in ("smoke", "cpu", "gpu")},
+    commands=kodak_steps,
     read=kodak_read, figure=False, draw=kodak_draw, needs=("kodak", "bsds500"),
     notes={"cpu": "BSDS500 crops of 128 px in place of COCO's 256; three lambdas; mbt2018 and ms2020 at 64 filters "
                   "(ms2020 latent depth 160) trained 3,000 and 1,000 steps, the ResNet-VAE 4 levels of 64 filters "

@@ -90,7 +90,7 @@ MCBITS_RELEASED = Experiment(
     reproduces="the McBits seed's tables (MNIST -> MNIST column of 'In- & Out-of-Distribution Compression "
                "Performance' and 'Comparison with Coupled Variant (BB-CIS)'): net (and total) bits/dim of BB-ELBO, "
                "BB-IS and BB-CIS with 5 and 50 particles",
-    tiers={t: mcbits_steps(t) for t in ("smoke", "cpu", "gpu")},
+    commands=mcbits_steps,
     read=mcbits_read, figure=False,
     needs=("mnist/t10k-images-idx3-ubyte.gz", *(MCBITS.format(k=k) for k in (1, 5, 50))),
     notes={"smoke": "10 images per coder: " + MCBITS_DATA,
@@ -167,7 +167,7 @@ SGA_VS_AMORTIZED = Experiment(
     name="sga-vs-amortized", title="SGA against the amortized encoder",
     reproduces="the SGA seed's Table 1, M1 (SGA) against M3 (the base mean-scale hyperprior's amortized "
                "encoder): the same mbt2018 model's files on Kodak, per lambda",
-    tiers={t: inference_steps(t, "sga.py", False) for t in ("smoke", "cpu", "gpu")},
+    commands=lambda tier: inference_steps(tier, "sga.py", False),
     read=sga_read, figure=False, needs=("bsds500", "kodak"),
     notes={"cpu": "one lambda (0.01) of the paper's six; the model is docs/codecs.md's CPU recipe (64 filters, "
                   "128x128 BSDS500 crops) trained 2,000 steps (the recipe: 3,000; the paper: 2 M at 192 filters on "
@@ -203,7 +203,7 @@ BITS_BACK = Experiment(
     name="bits-back", title="Lossy bits-back coding of the hyper-latents",
     reproduces="the SGA seed's Table 1, M2 (SGA + BB): bb_sga.py's files on an mbt2018 model with a Gaussian "
                "hyper-posterior (--hyper_posterior gaussian), their net rate against the model's expected net rate",
-    tiers={t: inference_steps(t, "bb_sga.py", True) for t in ("smoke", "cpu", "gpu")},
+    commands=lambda tier: inference_steps(tier, "bb_sga.py", True),
     read=bits_back_read, figure=False, needs=("bsds500", "kodak"),
     notes={"cpu": "one lambda (0.01); the bits-back model trained with docs/codecs.md's CPU recipe for 2,000 steps "
                   "(64 filters; the paper: 2 M steps at 192); SGA's 2,000 iterations and q's 2,000, on the 256x256 "
@@ -256,7 +256,7 @@ REC_LOSSLESS = Experiment(
     name="rec-lossless", title="Lossless iREC files of a ResNet-VAE",
     reproduces="the iREC seed's 'Lossless Single Image Compression' table: single-image iREC files against PNG, "
                "WebP and the RVAE's negative ELBO (here on MNIST, not Cifar10, ImageNet32 or Kodak)",
-    tiers={t: rec_lossless_steps(t) for t in ("smoke", "cpu", "gpu")},
+    commands=rec_lossless_steps,
     read=rec_lossless_read, figure=False, needs=("mnist",),
     notes={"cpu": "docs/rec.md's recipe: a 2-level ResNet-VAE with a discretized logistic likelihood (48 filters) "
                   "trained 8,000 steps on MNIST (the seed: a 24-block RVAE on Cifar10 and ImageNet32, 500k "
@@ -328,7 +328,7 @@ REC_LOSSY = Experiment(
     name="rec-lossy", title="Lossy iREC files of a ResNet-VAE",
     reproduces="the iREC seed's 'Lossy Image Compression on Kodak': relative-entropy-coded files of a VAE's "
                "latents, their rate against the KL they code (and against the model's own rate and PSNR)",
-    tiers={t: rec_lossy_steps(t) for t in ("smoke", "cpu", "gpu")},
+    commands=rec_lossy_steps,
     read=rec_lossy_read, figure=False, needs=("bsds500", "kodak"),
     notes={"smoke": "one 128x128 image of the lowgan source coded with 3 beams (the seed's lossy setting: 10)",
            "cpu": "one lambda (0.0025), docs/resnet_vae.md's CPU-recipe ResNet-VAE (64 filters, 4 levels) trained "
@@ -401,7 +401,7 @@ VARIABLE_RATE = Experiment(
                "model, rd_model_base, bounds the whole R-D curve) on this package's ResNet-VAE: the variable-rate "
                "model against fixed-lambda models of the same architecture at the same lambdas, on Kodak (the "
                "table's BD-rates against VTM 18.0 are not computed here)",
-    tiers={t: variable_rate_steps(t) for t in ("smoke", "cpu", "gpu")},
+    commands=variable_rate_steps,
     read=variable_rate_read, figure=False, needs=("bsds500", "kodak"),
     notes={"cpu": "docs/resnet_vae.md's measured comparison, shorter: the CPU-recipe ResNet-VAE (64 filters, 4 "
                   "levels) at lambda = 0.0025, 0.01, 0.04, 600 steps each (docs: 800; the recipe: 4,500), against "
