@@ -101,7 +101,7 @@ def test_smoke_tier_of_the_other_seed_experiments(tmp_path):
     data_path("bsds500")
     data_path("mnist/t10k-images-idx3-ubyte.gz")
     names = NAMES[1:]
-    run_script("reproduce.py", "--tier", "smoke", "--only", *names, "--out", tmp_path, check=True)
+    run_script("reproduce.py", "--tier", "smoke", "--only", *names, "--out", tmp_path, check=True, timeout=1800)
     page = (tmp_path / "smoke" / "reproduction.md").read_text()
     rows = {name: table_rows(page, name) for name in names}
     assert all(rows.values()), [n for n, r in rows.items() if not r]
