@@ -65,7 +65,7 @@ def test_interrupted_run_needs_cont_and_resumes_training_with_cont(tmp_path, mon
         main(tmp_path)
     out = tmp_path / "runs" / "smoke" / "toy"
     assert [e["event"] for e in events(tmp_path)] == ["start", "done", "start", "failed"]
-    assert "Not run at this tier yet" in (tmp_path / "page.md").read_text()
+    assert "Interrupted after 1 of its 2 commands" in (tmp_path / "page.md").read_text()
     with pytest.raises(reproduce.cli.InputError, match="interrupted run; pass --cont"):
         main(tmp_path)
     (out / "go").touch()

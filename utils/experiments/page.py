@@ -94,6 +94,11 @@ def render(tier, out, page, run_class):
             headline = f"{len(rows)} figures; gap {fmt(min(gaps), 3)} to {fmt(max(gaps), 3)}" if gaps else \
                 f"{len(rows)} figures"
             summary.append(f"| [{e.name}](#{e.name}) | {e.title} | {headline} | {minutes(last['wall_s'])} |")
+        elif run.state() == "interrupted":
+            done = len({ev["step"] for ev in run.events() if ev["event"] == "done"})
+            lines += [f"Interrupted after {done} of its {len(run.commands())} commands; continue it with "
+                      f"`python reproduce.py --tier {tier} --only {e.name} --cont`.", ""]
+            summary.append(f"| [{e.name}](#{e.name}) | {e.title} | interrupted | |")
         else:
             lines += [f"Not run at this tier yet: `python reproduce.py --tier {tier} --only {e.name}`.", ""]
             summary.append(f"| [{e.name}](#{e.name}) | {e.title} | not run yet | |")
