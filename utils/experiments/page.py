@@ -20,14 +20,15 @@ plot, and the commands that made them.
 - **reference**: the analytic truth where the source is Gaussian; else the estimator named in the column (BA on a
   2-d source, the best upper bound at the same lambda for a lower bound on a source with no truth), or the paper's
   published number where one exists.
-- **gap** = this package's value − reference, in the row's unit. An upper bound above the truth, and a lower bound
-  below it, have the sign they should; a gap of the other sign larger than its spread would be a fault.
+- **gap** = this package's value − reference, in the row's unit. Against the analytic truth an upper bound's gap is
+  positive and a lower bound's negative; the other sign beyond the spread would be a fault. BA's figure is the
+  optimum of a binned histogram, not the truth: a held-out upper bound may fall slightly below it.
 - **±**: the estimate's standard error, or half its 95% interval for the lower bound (`utils.rd.lb_interval`).
 - Rates are in nats per sample unless the row says otherwise; D is the mean squared error per dimension.
 - The paper gives its vector-source results as plots, not numbers: there the reference is the truth or another
   estimator run here. Its image results are published curves (data/reference/image_rd.csv), compared as BD-rates.
-- Tiers: `cpu` runs on 2 cores, each experiment in under an hour, with the paper's model flags and shorter
-  training (its section says what is shortened); `gpu` is the paper's own scale
+- Tiers: `cpu` runs on 2 cores with the paper's model flags and shorter training (each section says what is
+  shortened), aiming at an hour or less per experiment (`kodak-cpu` needs about 2.5); `gpu` is the paper's own scale
   (`python reproduce.py --tier gpu --dry_run` prints it); `smoke` is every pipeline at a toy size (the test suite).
 """
 
