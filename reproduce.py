@@ -25,18 +25,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from utils import cli, jsonl
+from utils import experiments
+from utils.experiments import TIERS, page
 from utils.experiments.base import shown
 
 ROOT = Path(__file__).resolve().parent
 
 
 def parse_args(argv):
-    from utils.experiments import BY_NAME, TIERS
-
     p = cli.ArgumentParser(description=__doc__)
     p.add_argument("--tier", required=True, choices=TIERS, help="which sizes to run")
-    p.add_argument("--only", nargs="+", metavar="NAME", choices=list(BY_NAME),
-                   help="these experiments only (default: all); names: " + ", ".join(BY_NAME))
+    p.add_argument("--only", nargs="+", metavar="NAME", choices=list(experiments.BY_NAME),
+                   help="these experiments only (default: all); names: " + ", ".join(experiments.BY_NAME))
     p.add_argument("--jobs", type=cli.int_in(1, 64), default=1, help="experiments run at once")
     p.add_argument("--dry_run", action="store_true", help="print the commands and run nothing")
     p.add_argument("--cont", action="store_true", help="continue interrupted experiments")
@@ -47,7 +47,7 @@ def parse_args(argv):
                                   "beside it")
     args = p.parse_args(argv)
     # In the registry's order (the page's), whatever the order of --only.
-    args.experiments = [e for e in BY_NAME.values() if not args.only or e.name in args.only]
+    args.experiments = [e for e in experiments.BY_NAME.values() if not args.only or e.name in args.only]
     unsupported = [e.name for e in args.experiments if not e.steps(args.tier)]
     if unsupported and args.only:
         raise cli.InputError(f"--only: {', '.join(unsupported)} has no --tier {args.tier} commands")
@@ -155,8 +155,6 @@ def thread_env(jobs):
 
 
 def run_all(args):
-    from utils.experiments import missing_data
-
     pending = []
     for e in args.experiments:
         run = Run(e, args.tier, args.out)
@@ -164,7 +162,7 @@ def run_all(args):
         if state == "done":
             print(f"[{e.name}] finished earlier ({run.dir}); not run again")
             continue
-        missing = missing_data(e)
+        missing = experiments.missing_data(e)
         if missing:
             raise cli.InputError(f"{e.name} needs {', '.join(missing)} under $RDS_DATA_DIR "
                                  f"({os.environ.get('RDS_DATA_DIR', 'unset: data/')}); leave it out with --only")
@@ -199,8 +197,6 @@ def main(argv):
                 print(shown(argv_))
         return
     failures = [] if args.render_only else run_all(args)
-    from utils.experiments import page
-
     page.render(args.tier, args.out, args.page, Run)
     print(f"wrote {args.page}")
     if failures:

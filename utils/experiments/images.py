@@ -67,8 +67,8 @@ def lowgan_read(out):
                            lb["R_lb"] if lb else None, "lower bound" if lb else "", r["rdlb_lagrangian_stderr"],
                            "nats per image", note=f"{r['bpp']:.2e} bpp, {r['psnr']:.1f} dB"))
     rows = []
+    best = min((u.value for u in ubs), default=None)
     for r in lbs:
-        best = min((u.value for u in ubs), default=None)
         rows.append(Row(f"R + {r['lamb']:.0f} D", "lower bound (rdlb.py, CNN)", r["R_lb"], best,
                         "best upper bound" if best is not None else "", ci_half(r), "nats per image",
                         note=f"seed {r['seed']}, k = {r['batchsize']}"))
