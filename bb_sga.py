@@ -32,7 +32,7 @@ import numpy as np
 
 # TensorFlow (and the modules that import it: codec, inference) is imported in the functions that use it, so that
 # --help and a bad flag answer at once.
-from utils import ans, cli, coding, images
+from utils import ans, cli, container, images
 from utils.cli import InputError, positive_float, positive_int, run
 from utils.runs import atomic_write_bytes
 
@@ -203,14 +203,14 @@ def decode(model, grid, words, z_shape, y_shape, rate_posterior):
 # ---- the file: parameters the decoder repeats, then the stack's words ---------------------------
 
 def pack(identity, image_shape, channels, args, words):
-    params = bytes([METHODS.index(args.method), int(-np.log2(args.z_bin_width))]) + coding.varint(
-        args.rate_iterations) + struct.pack(">f", args.rate_lr) + coding.varint(args.seed)
-    return coding.pack("bb_sga", identity, image_shape, channels, [params, words.astype("<u4").tobytes()])
+    params = bytes([METHODS.index(args.method), int(-np.log2(args.z_bin_width))]) + container.varint(
+        args.rate_iterations) + struct.pack(">f", args.rate_lr) + container.varint(args.seed)
+    return container.pack("bb_sga", identity, image_shape, channels, [params, words.astype("<u4").tobytes()])
 
 
 def unpack(data, identity, what):
-    shape, channels, (params, words) = coding.unpack(data, "bb_sga", identity, what, "--checkpoint_dir and --run_name")
-    reader = coding.HeaderReader(params, what)
+    shape, channels, (params, words) = container.unpack(data, "bb_sga", identity, what, "--checkpoint_dir and --run_name")
+    reader = container.HeaderReader(params, what)
     method, log_width = reader.take(2)
     rate_iterations = reader.varint()
     rate_lr = struct.unpack(">f", reader.take(4))[0]
@@ -242,7 +242,6 @@ def rate_posterior(model, iterations, lr, seed):
 def decode_file(model, identity, data, what):
     """(uint8 image in the source's channels, float reconstruction, y_hat, restored words) of a .bbi file."""
     import tensorflow as tf
-    from utils import codec
     (h, w), channels, params, words = unpack(data, identity, what)
     grid = zgrid(model, params["z_bin_width"])
     z_shape, y_shape = latent_shapes(model, h, w)
@@ -252,7 +251,7 @@ def decode_file(model, identity, data, what):
     except (RuntimeError, ValueError) as e:
         raise InputError(f"{what}: corrupt file (decoding failed: {str(e).splitlines()[0][:120]})")
     x_hat = (model.synthesis(tf.constant(y_hat)) * 255).numpy()[0, :h, :w]
-    return images.to_channels(codec.to_uint8(x_hat), channels), x_hat, y_hat, restored
+    return images.to_channels(images.to_uint8(x_hat), channels), x_hat, y_hat, restored
 
 
 # ---- compress: optimize, code, decode, evaluate -------------------------------------------------
@@ -272,11 +271,11 @@ def first_stage(model, x, names, args, results, record):
 
 def compress(args):
     import tensorflow as tf
-    from utils import codec, inference
+    from utils import image_eval, inference
     tf.config.experimental.enable_op_determinism()
     items = inference.read_images(args.eval_imgs, args.crop)
     results = inference.check_results_dir(args.results_dir, items, ".bbi",
-                                          (inference.TRAJECTORY_NAME, codec.RESULTS_NAME))
+                                          (inference.TRAJECTORY_NAME, image_eval.RESULTS_NAME))
     args.model = "mbt2018"
     model, identity, run_dir, checkpoint, args.lmbda_used = inference.load_run(args, OTHER_CODEC_HINT)
     if model.range_coded:
@@ -312,7 +311,7 @@ def compress(args):
     remaining = iter(outputs)
     npz = results / (f"bb_{args.method}-lmbda={args.lmbda_used!r}-iterations={args.iterations}+{run_dir.name}"
                      f"-dataset={label}.npz")
-    return codec.evaluate_images(items, lambda image, channels: next(remaining), npz, results / codec.RESULTS_NAME,
+    return image_eval.evaluate_images(items, lambda image, channels: next(remaining), npz, results / image_eval.RESULTS_NAME,
                                  record, args.verbose)
 
 
@@ -333,7 +332,7 @@ def code_image(model, identity, grid, posterior, y_hat, image, channels, args, p
     y_rep = tf.constant(np.repeat(y_hat, MC_DRAWS, 0))
     noise = tf.random.stateless_normal(tf.shape(z_mean), seed=[args.seed, -1])
     expected = model.net_bits(y_rep, model.sample_z(z_mean, z_logvar, noise), z_mean, z_logvar).numpy().mean()
-    total = coding.bpp(len(data), h, w)
+    total = container.bpp(len(data), h, w)
     return data, dict(x_hat=x_uint8, bpp=total, total_bpp=total, net_bpp=net_bits / (h * w),
                       net_bpp_est=float(expected) / (h * w), initial_bpp=32.0 * len(initial) / (h * w))
 

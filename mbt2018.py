@@ -5,7 +5,7 @@
     y_hat -> g_s -> x_hat
 
 The transforms are four 5x5 stride-2 convolutions with GDN (analysis) or IGDN (synthesis), shared with ms2020
-in utils/codec.py; the hyper transforms use ReLUs, and the hyper-synthesis predicts both the mean and the scale
+in utils/image_models.py; the hyper transforms use ReLUs, and the hyper-synthesis predicts both the mean and the scale
 (as an index into a table of log-spaced scales) of every latent. Layers, widths, biases, activations and kernel
 parameterizations are those of the paper's code (tfc.SignalConv2D throughout); the model is in
 utils/image_models.py, which sga.py and bb_sga.py share. Training replaces quantization with additive uniform
@@ -22,9 +22,9 @@ from utils.cli import run
 
 def main(argv):
     args = codec_flags.parse_args("mbt2018", __doc__, argv)
-    from utils import codec  # TensorFlow: only once the command line is good (--help answers at once)
+    from utils import codec_commands  # TensorFlow: only once the command line is good (--help answers at once)
     from utils.image_models import MODELS
-    codec.main(args, "mbt2018", MODELS["mbt2018"].model_class)
+    codec_commands.main(args, "mbt2018", MODELS["mbt2018"].model_class)
 
 
 if __name__ == "__main__":

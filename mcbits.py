@@ -47,7 +47,7 @@ from pathlib import Path
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
-from utils import ans, cli, coding, jsonl, mnist, runs, train_flags  # noqa: E402
+from utils import ans, cli, container, jsonl, mnist, runs, train_flags  # noqa: E402
 from utils.cli import InputError, positive_float, positive_int, run  # noqa: E402
 from utils.sources import resolve_path  # noqa: E402
 
@@ -448,7 +448,7 @@ def coding_params(args):
 
 
 def model_identity(args, arrays):
-    return coding.model_id("mcbits", {"hidden_units": args.hidden_units, "latent_dim": args.latent_dim},
+    return container.model_id("mcbits", {"hidden_units": args.hidden_units, "latent_dim": args.latent_dim},
                            [arrays[k] for k in sorted(arrays)])
 
 
@@ -571,7 +571,7 @@ def compress(args):
                                             if args.iterative_post_improvement else {}))
     results = Path(args.results_dir)
     if args.output:
-        message = coding.pack("mcbits", model_identity(args, arrays), (n, DIM), 1,
+        message = container.pack("mcbits", model_identity(args, arrays), (n, DIM), 1,
                               [json.dumps(coding_params(args), sort_keys=True).encode(), words.tobytes()])
         runs.atomic_write_bytes(args.output, message)
         record["message_bytes"] = len(message)
@@ -584,7 +584,7 @@ def compress(args):
 def decompress(args):
     arrays = need_weights(args)
     path = Path(args.message)
-    (n, dim), _, strings = coding.unpack(path.read_bytes(), "mcbits", model_identity(args, arrays),
+    (n, dim), _, strings = container.unpack(path.read_bytes(), "mcbits", model_identity(args, arrays),
                                          f"message {path}", "--weights, --hidden_units and --latent_dim")
     if dim != DIM or len(strings) != 2 or len(strings[1]) % 4:
         raise InputError(f"message {path}: corrupt (not a message of {DIM}-pixel images)")

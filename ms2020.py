@@ -8,7 +8,7 @@
     0.5 tanh(LRP_k(support, y_hat_k)) to each decoded slice, undoing part of the quantization error.
     y_hat -> g_s -> x_hat
 
-g_a and g_s are the GDN transforms shared with mbt2018 (utils/codec.py). Layers, widths, biases, activations
+g_a and g_s are the GDN transforms shared with mbt2018 (utils/image_models.py). Layers, widths, biases, activations
 and kernel parameterizations follow the paper's code and tfc's models/ms2020.py (tfc.SignalConv2D throughout):
 at the default widths h_a is 320 -> 256 -> 192 channels, each h_s 192 -> 256 -> 320 with ReLUs, each slice
 network 224 -> 128 -> 32. Training codes the rate of noisy z and noisy slices, but feeds the rounded z to the
@@ -26,9 +26,9 @@ from utils.cli import run
 
 def main(argv):
     args = codec_flags.parse_args("ms2020", __doc__, argv)
-    from utils import codec  # TensorFlow: only once the command line is good (--help answers at once)
+    from utils import codec_commands  # TensorFlow: only once the command line is good (--help answers at once)
     from utils.image_models import MODELS
-    codec.main(args, "ms2020", MODELS["ms2020"].model_class)
+    codec_commands.main(args, "ms2020", MODELS["ms2020"].model_class)
 
 
 if __name__ == "__main__":

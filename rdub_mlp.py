@@ -62,12 +62,15 @@ def parse_args(argv):
     p.add_argument("--ar_hidden_units", type=int_list, default=[10, 10], help="hidden sizes of each MADE")
     p.add_argument("--ar_activation", default="relu",
                    help="activation of the MADEs (one of the --encoder_activation names)")
-    p.add_argument("--lambda", dest="lmbda", type=positive_float, required=True,
-                   help="weight of the MSE in the loss rate + lambda * MSE")
+    p.add_argument("--lambda", dest="lmbda", type=positive_float,
+                   help="weight of the MSE in the loss rate + lambda * MSE (required, unless --run gives it)")
     p.add_argument("--nats", action="store_true", help="rate in nats (default: bits)")
     p.add_argument("--rpd", action="store_true", help="rate per data dimension")
     p.add_argument("--seed", type=int, default=0, help="seeds numpy and TensorFlow")
     p.add_argument("--checkpoint_dir", default="checkpoints", help="run folders go under here")
+    p.add_argument("--run", metavar="DIR",
+                   help="a trained run folder, for eval: its flags.json gives the model flags, --dataset and lambda "
+                        "(instead of naming the folder by --checkpoint_dir and those flags)")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train (or with --cont resume) the model",
@@ -89,6 +92,9 @@ def parse_args(argv):
                    help="fresh samples for samplers (files: at most this many of the test twin)")
     e.add_argument("--batchsize", type=positive_int, default=10000, help="samples per evaluation batch")
     args = p.parse_args(argv)
+    runs.adopt_run_flags(args, p)
+    if args.lmbda is None:
+        raise InputError("--lambda is required (or --run with a trained run folder)")
     output_dir(args.checkpoint_dir, "--checkpoint_dir")
     return args
 
@@ -127,7 +133,7 @@ def build(args):
                          prior_type=args.prior_type, posterior_type=args.posterior_type,
                          **({"maf_stacks": args.maf_stacks} if args.prior_type == "maf" else {}),
                          **({"iaf_stacks": args.iaf_stacks} if args.posterior_type == "iaf" else {}))
-    return source, model, Path(args.checkpoint_dir) / name
+    return source, model, runs.run_folder(args, name)
 
 
 def units_of(args):
@@ -213,10 +219,16 @@ def ntc_bitstream(model, x):
     return len(string.numpy()), float(bits), np.mean((x - x_hat) ** 2, axis=-1)
 
 
-def evaluate(args, source, model, run_dir):
+def evaluate(args, source, run_dir):
     import tensorflow as tf
     from utils import training
-    ckpt = training.restore_latest(model, run_dir)
+
+    def build_model(flags):
+        with training.strategy_scope(args):
+            return build(flags)[1]  # RDVAE creates every weight when it is built
+
+    model, _, _, ckpt, _ = training.open_run(args, run_dir, build_model, "rdub_mlp",
+                                             lambda flags: {k: getattr(flags, k) for k in MODEL_FLAGS})
     split = eval_split(source)
     if split == "train":
         warnings.warn(f"eval: {source.path} has no split=test twin, so these figures are on the training "
@@ -269,7 +281,7 @@ def main(argv):
     if args.command == "train":
         train(args, source, model, run_dir)
     else:
-        evaluate(args, source, model, run_dir)
+        evaluate(args, source, run_dir)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ same shapes, so it rebuilds bitwise the encoder's latents and reconstruction (ch
   The file pays the KL of that Gaussian (`coding_kl_bpp`): within the grid, at most the model's KL (`kl_bpp`).
   The MAF top prior (--flat_z0) is refused.
 
-File: utils/coding.py's container (kind resnet_vae, the model's identity: architecture flags and weights) holding
+File: utils/container.py's container (kind resnet_vae, the model's identity: architecture flags and weights) holding
 one utils/rec.py stream (which stores --seed, checked on decoding).
 
     python rec.py --latent_channels 8,16,32 --num_filters 32 --lambda 0.01 --checkpoint_dir ckpt \\
@@ -39,7 +39,7 @@ import scipy.special
 
 # TensorFlow (and the modules that import it: codec, hvae, rec, training) is imported in the functions that use it,
 # so that --help and a bad flag answer at once.
-from utils import ans, codec_flags, coding, hvae_flags, image_data, images
+from utils import ans, codec_flags, container, hvae_flags, image_data, images
 from utils.cli import ArgumentParser, InputError, add_force_flag, positive_float, positive_int, run
 from utils.runs import atomic_write_bytes, run_name
 from utils.sources import resolve_path
@@ -232,14 +232,14 @@ class Codec:
             stack = ans.Stack()
             stack.push(np.asarray(image).ravel(), residual_table(self.model, out))
             strings.append(ans.words_to_bytes(stack.words()))
-        data = coding.pack(MODEL_SCRIPT, self.identity, (h, w), channels, strings)
+        data = container.pack(MODEL_SCRIPT, self.identity, (h, w), channels, strings)
         return data, self.model.reconstruction(out).numpy(), dict(zip(names, codes)), features
 
     def decode(self, data, what):
         """(the image, channels) from a file's bytes: x_hat float32 [H, W, C] unclipped, or for a lossless model
         the uint8 image itself."""
         from utils import rec
-        (height, width), channels, strings = coding.unpack(data, MODEL_SCRIPT, self.identity, what)
+        (height, width), channels, strings = container.unpack(data, MODEL_SCRIPT, self.identity, what)
         if len(strings) != 1 + self.lossless:
             raise InputError(f"{what}: corrupt file ({len(strings)} streams; this model's files hold "
                              f"{1 + self.lossless})")
@@ -301,24 +301,23 @@ def compress(args, coder):
     if args.verbose:
         h, w = image.shape[:2]
         kl = sum(c.kl for c in codes.values()) / (math.log(2) * h * w)
-        print(f"{args.input} -> {args.output}: {len(data)} bytes, {coding.bpp(len(data), h, w):.4f} bpp "
+        print(f"{args.input} -> {args.output}: {len(data)} bytes, {container.bpp(len(data), h, w):.4f} bpp "
               f"(KL against the coding priors {kl:.4f} bpp)", file=sys.stderr)
 
 
 def decompress(args, coder):
-    from utils import codec
     what = f"input file {args.input}"
     try:
         data = Path(args.input).read_bytes()
     except OSError as e:
         raise InputError(f"{what}: {e.strerror}")
     x_hat, channels = coder.decode(data, what)
-    image = x_hat if coder.lossless else codec.to_uint8(x_hat)
+    image = x_hat if coder.lossless else images.to_uint8(x_hat)
     images.write_png(args.output, images.to_channels(image, channels))
 
 
 def evaluate(args, coder, run_dir, checkpoint, source):
-    from utils import codec, hvae
+    from utils import hvae, image_eval
     hvae.check_channels(coder.model, args.dataset)
     if coder.lossless:
         if source is not None:
@@ -345,8 +344,8 @@ def evaluate(args, coder, run_dir, checkpoint, source):
         coding_kl = sum(per_level.values())
         per_level[levels - 1] = coder.top_kl(features, args.top_samples)
         kl_bpp = sum(per_level.values()) / pixels_ln2
-        file_bpp = coding.bpp(len(data), h, w)
-        x_hat = codec.to_uint8(x_hat) if cast else np.clip(x_hat, 0, 255)
+        file_bpp = container.bpp(len(data), h, w)
+        x_hat = images.to_uint8(x_hat) if cast else np.clip(x_hat, 0, 255)
         return dict(x_hat=images.to_channels(x_hat, channels) if cast or channels == 3 else x_hat.mean(axis=2),
                     file_bpp=file_bpp, kl_bpp=kl_bpp, overhead=file_bpp / kl_bpp - 1,
                     coding_kl_bpp=coding_kl / pixels_ln2, top_coding_kl_bpp=codes[top].kl / pixels_ln2,
@@ -360,16 +359,16 @@ def evaluate(args, coder, run_dir, checkpoint, source):
                   seed=args.seed, block_size=args.block_size, kl_per_partition=args.kl_per_partition,
                   extra_samples=args.extra_samples, n_beams=args.n_beams, fit_split=args.fit_split)
     items = image_data.eval_items(args.dataset, source, args.batchsize, args.seed)
-    npz = codec.results_npz(args, run_dir, source)
+    npz = image_eval.results_npz(args, run_dir, source)
     npz = npz.with_name(f"{SCRIPT}-{npz.name}")  # beside resnet_vae.py eval's .npz in the run folder
-    return codec.evaluate_images(items, measure, npz, run_dir / codec.RESULTS_NAME, record, args.verbose, source,
+    return image_eval.evaluate_images(items, measure, npz, run_dir / image_eval.RESULTS_NAME, record, args.verbose, source,
                                  rate_key="file_bpp")
 
 
 def evaluate_lossless(args, coder, run_dir, checkpoint):
     """Per image: every byte of the file in bits per dimension, split into the latents' REC stream and the
     residual's, beside PNG, lossless WebP and the model's negative ELBO."""
-    from utils import codec
+    from utils import image_eval
     model = coder.model
 
     def measure(image, channels):
@@ -382,7 +381,7 @@ def evaluate_lossless(args, coder, run_dir, checkpoint):
         if not np.array_equal(decoded, image):
             raise SystemExit(f"error: rec eval: the decoded image differs from the source in "
                              f"{int(np.sum(decoded != image))} sub-pixels: nothing was written")
-        _, _, (latents, residual) = coding.unpack(data, MODEL_SCRIPT, coder.identity)
+        _, _, (latents, residual) = container.unpack(data, MODEL_SCRIPT, coder.identity)
         kl, nll = model.elbo_bpd(image, args.elbo_samples)
         bpd = {k: 8 * v / image.size for k, v in images.lossless_sizes(images.to_channels(image, channels)).items()}
         return dict(x_hat=images.to_channels(decoded, channels), file_bpd=8 * len(data) / image.size,
@@ -399,8 +398,8 @@ def evaluate_lossless(args, coder, run_dir, checkpoint):
                   extra_samples=args.extra_samples, n_beams=args.n_beams, fit_split=args.fit_split,
                   elbo_samples=args.elbo_samples)
     items = image_data.eval_items(args.dataset, None, args.batchsize, args.seed)
-    npz = codec.results_npz(args, run_dir, None)
-    return codec.evaluate_images(items, measure, npz.with_name(f"{SCRIPT}-{npz.name}"), run_dir / codec.RESULTS_NAME,
+    npz = image_eval.results_npz(args, run_dir, None)
+    return image_eval.evaluate_images(items, measure, npz.with_name(f"{SCRIPT}-{npz.name}"), run_dir / image_eval.RESULTS_NAME,
                                  record, args.verbose, rate_key="file_bpd")
 
 
@@ -462,18 +461,18 @@ def parse_args(argv):
 def main(argv):
     args = parse_args(argv)
     import tensorflow as tf
-    from utils import codec, hvae
+    from utils import codec_commands, hvae, image_eval
     tf.keras.utils.set_random_seed(args.seed)
     tf.config.experimental.enable_op_determinism()  # the decoder must recompute the priors bit for bit
     source = image_data.gan_source(args.dataset, args.data_dim) if args.command == "eval" else None
     flags = hvae_flags.model_flags(args)
     run_dir = Path(args.checkpoint_dir) / run_name(MODEL_SCRIPT, **hvae_flags.run_flags(args))
     if args.command == "eval":
-        codec.check_results_file(run_dir)
+        image_eval.check_results_file(run_dir)
     model = hvae.build(args)
     model.build_weights()
     checkpoint = restore(model, run_dir, args.verbose)
-    coder = Codec(args, model, codec.identity_of(MODEL_SCRIPT, flags, model))
+    coder = Codec(args, model, codec_commands.identity_of(MODEL_SCRIPT, flags, model))
     if args.command == "compress":
         return compress(args, coder)
     if args.command == "decompress":

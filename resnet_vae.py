@@ -43,13 +43,12 @@ variable-rate seed's ConvNeXt hierarchy instead of the ResNet-VAE (utils/hvae.py
 """
 import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 
 # TensorFlow (and the modules that import it: codec, hvae, training) is imported in the functions that use it, so
 # that --help and a bad flag answer at once.
-from utils import codec_flags, hvae_flags, image_data, images
+from utils import codec_flags, hvae_flags, image_data, images, runs
 from utils.cli import ArgumentParser, InputError, float_list, positive_int, run
 from utils.runs import atomic_write_bytes, load_flags, run_name
 
@@ -66,11 +65,11 @@ def check_size(model, height, width, what):
 
 
 def train(args, model, run_dir, source):
-    from utils import codec, hvae
+    from utils import codec_commands, hvae
     hvae.check_channels(model, args.dataset)
     if source is not None:
         check_size(model, *source.shape[:2], f"the {source.name} image size")
-    return codec.train(args, model, run_dir, args.dataset, source)
+    return codec_commands.train(args, model, run_dir, args.dataset, source)
 
 
 def warn_if_untrained_size(run_dir, model):
@@ -83,22 +82,19 @@ def warn_if_untrained_size(run_dir, model):
                       f"rates may be far off (train with --patchsize >= {4 * model.pad_multiple}, or fewer levels)")
 
 
-def evaluate(args, model, run_dir, source):
-    from utils import codec, hvae, training
+def evaluate(args, model, run_dir, source, checkpoint):
+    from utils import hvae, image_eval
     hvae.check_channels(model, args.dataset)
     lossless = isinstance(model, hvae.DLogisticResNetVAE)
     lambdas = None if lossless else eval_lambdas(args, model)
-    checkpoint = training.restore_latest(model, run_dir)
     if source is None:
         warn_if_untrained_size(run_dir, model)
-    if args.verbose:
-        print(f"restored {checkpoint}", file=sys.stderr)
     if lossless:
         return evaluate_lossless(args, model, run_dir, checkpoint)
     cast = not args.no_cast_xhat
     records = [evaluate_at(args, model, run_dir, source, checkpoint, lmbda, cast) for lmbda in lambdas]
     if model.lmb_range is not None:
-        curve = codec.results_npz(args, run_dir, source).with_suffix(".csv")
+        curve = image_eval.results_npz(args, run_dir, source).with_suffix(".csv")
         keys = ("lambda", "bpp", "mse", "psnr", "msssim", "rate_stderr", "mse_stderr")
         # The dataset column lets bd_rate.py keep a subset's curve apart from the whole set's.
         lines = [",".join(keys + ("dataset",))] + [",".join([*(f"{r[k]:.8g}" for k in keys), r["dataset"]])
@@ -134,7 +130,7 @@ def eval_lambdas(args, model):
 def evaluate_at(args, model, run_dir, source, checkpoint, lmbda, cast):
     """One eval pass over the dataset at lambda: the .npz and the JSON line of the image scripts."""
     import tensorflow as tf
-    from utils import codec
+    from utils import image_eval
 
     def measure(image, channels):
         h, w = image.shape[:2]
@@ -152,18 +148,18 @@ def evaluate_at(args, model, run_dir, source, checkpoint, lmbda, cast):
     record = dict(method=SCRIPT, bound="upper", rate_type=RATE_TYPE,
                   **image_data.record_fields(args.dataset, source), **{"lambda": lmbda}, run=run_dir.name,
                   checkpoint=str(checkpoint), cast_xhat=cast)
-    npz = codec.results_npz(args, run_dir, source)
+    npz = image_eval.results_npz(args, run_dir, source)
     if model.lmb_range is not None:
         record.update(lmb_range=list(model.lmb_range))
         npz = npz.with_name(f"{npz.stem}-lmbda={lmbda:.6g}.npz")
     items = image_data.eval_items(args.dataset, source, args.batchsize, args.seed)
-    return codec.evaluate_images(items, measure, npz, run_dir / codec.RESULTS_NAME, record, args.verbose, source)
+    return image_eval.evaluate_images(items, measure, npz, run_dir / image_eval.RESULTS_NAME, record, args.verbose, source)
 
 
 def evaluate_lossless(args, model, run_dir, checkpoint):
     """The lossless model's negative ELBO per image, in bits per dimension, averaged over --elbo_samples draws."""
     import tensorflow as tf
-    from utils import codec
+    from utils import image_eval
 
     def measure(image, channels):
         kl, nll = model.elbo_bpd(image, args.elbo_samples)
@@ -176,8 +172,8 @@ def evaluate_lossless(args, model, run_dir, checkpoint):
                   **image_data.record_fields(args.dataset, None),
                   run=run_dir.name, checkpoint=str(checkpoint), elbo_samples=args.elbo_samples)
     items = image_data.eval_items(args.dataset, None, args.batchsize, args.seed)
-    return codec.evaluate_images(items, measure, codec.results_npz(args, run_dir, None),
-                                 run_dir / codec.RESULTS_NAME, record, args.verbose, rate_key="nelbo_bpd")
+    return image_eval.evaluate_images(items, measure, image_eval.results_npz(args, run_dir, None),
+                                 run_dir / image_eval.RESULTS_NAME, record, args.verbose, rate_key="nelbo_bpd")
 
 
 # ---- flags ----------------------------------------------------------------------------------------
@@ -204,6 +200,7 @@ def parse_args(argv):
     e.add_argument("--extrapolate", action="store_true",
                    help="allow --lambdas outside the model's trained range (with a warning)")
     args = p.parse_args(argv)
+    runs.adopt_run_flags(args, p)
     hvae_flags.check_model_flags(args)
     codec_flags.check_files(args)
     if args.command == "train":
@@ -217,20 +214,24 @@ def parse_args(argv):
 def main(argv):
     args = parse_args(argv)
     import tensorflow as tf
-    from utils import codec, hvae, training
+    from utils import hvae, image_eval, layers, training
     training.strategy_from_flags(args)  # before any other TensorFlow work (docs/distributed.md)
     tf.keras.utils.set_random_seed(args.seed)
     source = image_data.gan_source(args.dataset, args.data_dim)
-    run_dir = Path(args.checkpoint_dir) / run_name(SCRIPT, **hvae_flags.run_flags(args))
-    if args.command == "eval":
-        codec.check_results_file(run_dir)
-    with training.strategy_scope(args):
-        model = hvae.build(args)
-        model.build_weights()
-    codec.report_params(model, SCRIPT)
+    run_dir = runs.run_folder(args, run_name(SCRIPT, **hvae_flags.run_flags(args)))
+
+    def build(flags):
+        with training.strategy_scope(args):
+            model = hvae.build(flags)
+            model.build_weights()
+        layers.report_params(model, SCRIPT)
+        return model
+
     if args.command == "train":
-        return train(args, model, run_dir, source)
-    return evaluate(args, model, run_dir, source)
+        return train(args, build(args), run_dir, source)
+    image_eval.check_results_file(run_dir)
+    model, _, _, checkpoint, _ = training.open_run(args, run_dir, build, SCRIPT, hvae_flags.model_flags)
+    return evaluate(args, model, run_dir, source, checkpoint)
 
 
 if __name__ == "__main__":

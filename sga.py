@@ -28,7 +28,7 @@ import numpy as np
 
 # TensorFlow (and the modules that import it: codec, inference) is imported in the functions that use it, so that
 # --help and a bad flag answer at once.
-from utils import coding, images, jsonl
+from utils import container, images, jsonl
 from utils.cli import ArgumentParser, InputError, positive_float, positive_int, run
 from utils.codec_flags import ARCHITECTURES, SGA_DEFAULT_LR, SGA_METHODS
 from utils.runs import atomic_write_bytes
@@ -70,14 +70,14 @@ def build_parser():
 def code_image(model, identity, script, latents, image, channels):
     """The file of one image's latents (batch of 1), its decoded reconstruction, and the model's estimate."""
     import tensorflow as tf
-    from utils import codec
+    from utils import codec_commands
     strings = model.compress_latents([tf.constant(t[None]) for t in latents]).numpy()[0].tolist()
-    data = coding.pack(script, identity, image.shape[:2], channels, strings)
-    decoded, _ = codec.decompress_bytes(script, model, identity, data, "sga")
+    data = container.pack(script, identity, image.shape[:2], channels, strings)
+    decoded, _ = codec_commands.decompress_bytes(script, model, identity, data, "sga")
     x_est, bits = model.relaxed([tf.constant(t[None]) for t in latents], tf.round, hard=True)
     h, w = image.shape[:2]
     gap = float(np.max(np.abs(decoded - x_est.numpy()[0, :h, :w])))
-    if not gap <= codec.DECODE_TOLERANCE:
+    if not gap <= codec_commands.DECODE_TOLERANCE:
         raise SystemExit(f"error: sga: the decoded image differs from the optimized latents' reconstruction by "
                          f"up to {gap:.4g} (of 255): the coder and the model disagree")
     return data, decoded, float(bits.numpy()[0]) / (h * w)
@@ -86,24 +86,24 @@ def code_image(model, identity, script, latents, image, channels):
 def baseline(model, identity, script, image, channels):
     """bpp (bytes), bpp_est and MSE of the amortized encoder on the image, as `mbt2018.py eval` measures them."""
     import tensorflow as tf
-    from utils import codec
+    from utils import codec_commands
     h, w = image.shape[:2]
-    data = codec.compress_image(script, model, identity, image, channels)
-    decoded, _ = codec.decompress_bytes(script, model, identity, data, "sga baseline")
+    data = codec_commands.compress_image(script, model, identity, image, channels)
+    decoded, _ = codec_commands.decompress_bytes(script, model, identity, data, "sga baseline")
     _, bits = model.estimate(tf.constant(image, tf.float32))
     source = images.to_channels(image, channels)
-    m = images.mse(source, images.to_channels(codec.to_uint8(decoded), channels))
-    return dict(base_bpp=coding.bpp(len(data), h, w), base_bpp_est=float(bits) / (h * w), base_mse=m,
+    m = images.mse(source, images.to_channels(images.to_uint8(decoded), channels))
+    return dict(base_bpp=container.bpp(len(data), h, w), base_bpp_est=float(bits) / (h * w), base_mse=m,
                 base_psnr=images.psnr(m))
 
 
 def compress(args):
-    from utils import codec, inference
+    from utils import image_eval, inference
     if args.lr is None:
         args.lr = SGA_DEFAULT_LR[args.method]
     items = inference.read_images(args.eval_imgs, args.crop)
     results = inference.check_results_dir(args.results_dir, items, ".tfci", (
-        inference.TRAJECTORY_NAME, codec.RESULTS_NAME, BASELINE_NAME))
+        inference.TRAJECTORY_NAME, image_eval.RESULTS_NAME, BASELINE_NAME))
     model, identity, run_dir, checkpoint, lmbda = inference.load_run(args)
     if not model.range_coded:
         raise InputError(f"RUN_NAME {args.run_name}: a bits-back model (--hyper_posterior gaussian): use bb_sga.py")
@@ -130,15 +130,15 @@ def compress(args):
             name, image, channels = items[k]
             data, decoded, bpp_est = code_image(model, identity, script, [t[j] for t in latents], image, channels)
             files[results / f"{Path(name).stem}.tfci"] = data
-            outputs[k] = dict(x_hat=images.to_channels(codec.to_uint8(decoded), channels),
-                              bpp=coding.bpp(len(data), *image.shape[:2]), bpp_est=bpp_est,
+            outputs[k] = dict(x_hat=images.to_channels(images.to_uint8(decoded), channels),
+                              bpp=container.bpp(len(data), *image.shape[:2]), bpp_est=bpp_est,
                               iterations_run=int(iterations_run[j]),
                               **baseline(model, identity, script, image, channels))
     for path, data in files.items():  # once every image is coded: a failure leaves none of them
         atomic_write_bytes(path, data)
     remaining = iter(outputs)
     npz = results / f"{args.method}-lmbda={lmbda!r}-iterations={args.iterations}+{run_dir.name}-dataset={label}.npz"
-    out = codec.evaluate_images(items, lambda image, channels: next(remaining), npz, results / codec.RESULTS_NAME,
+    out = image_eval.evaluate_images(items, lambda image, channels: next(remaining), npz, results / image_eval.RESULTS_NAME,
                                 record, args.verbose)
     # The amortized encoder on the same images, as a record of its own: the anchor of a BD-rate (bd_rate.py).
     jsonl.append(results / BASELINE_NAME, dict(

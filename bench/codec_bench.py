@@ -17,7 +17,7 @@ from harness import kodak_image, timed, train_step_seconds  # first: imports uti
 
 import tensorflow as tf
 
-from utils.codec import count_params
+from utils.layers import count_params
 from utils.image_models import MODELS
 
 

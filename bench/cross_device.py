@@ -52,7 +52,7 @@ def role_encode(a):
     """Runs on the encode device: `train` a few steps, then `eval` on the image, recording the file bytes eval
     coded and the reconstruction it scored (eval's own calls, observed, not redone); prints {"device": ...}."""
     from harness import load_script
-    from utils import codec as shared, images
+    from utils import codec_commands as shared, images
     codec = load_script(a.codec)
     flags = [*shlex.split(a.model_flags), "--checkpoint_dir", str(a.work / "ckpt")]
     codec.main([*flags, "train", "--train_glob", a.image, "--patchsize", str(a.patchsize), "--batchsize",
@@ -75,7 +75,7 @@ def role_encode(a):
     finally:
         shared.compress_image, shared.decompress_bytes = compress_image, decompress_bytes
     (a.work / "image.tfci").write_bytes(seen["data"])
-    images.write_png(a.work / "encode_device.png", shared.to_uint8(seen["x_hat"]))
+    images.write_png(a.work / "encode_device.png", images.to_uint8(seen["x_hat"]))
     print(json.dumps({"device": device_label()}))
 
 

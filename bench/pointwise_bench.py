@@ -1,5 +1,5 @@
 """Cost of the strided 1x1 convolution's two forms, forward and backward: a subsample then a unit-stride 1x1
-convolution (what `utils.codec.conv` computes below 16 input channels: StridedPointwiseConv), against tfc's own
+convolution (what `utils.layers.conv` computes below 16 input channels: StridedPointwiseConv), against tfc's own
 strided layer (what it computes from 16 channels on).
 
     python bench/pointwise_bench.py [--steps 50]
@@ -17,7 +17,7 @@ from harness import timed  # first: imports utils before TF
 import tensorflow as tf
 import tensorflow_compression as tfc
 
-from utils import codec
+from utils import layers
 
 SHORTCUTS = [  # (input channels, input side, batch, output channels)
     (3, 256, 8, 256),    # the paper's first encoder block, 256 px crops
@@ -28,7 +28,7 @@ SHORTCUTS = [  # (input channels, input side, batch, output channels)
 ]
 
 
-class Subsampled(codec.StridedPointwiseConv):
+class Subsampled(layers.StridedPointwiseConv):
     """The subsample form at any channel count."""
 
     def call(self, inputs):

@@ -19,7 +19,7 @@ from harness import kodak_image, load_script, timed, train_step_seconds  # first
 import tensorflow as tf
 
 from utils import hvae
-from utils.codec import count_params
+from utils.layers import count_params
 
 LATENTS = "4,8,16,32,64,128"
 CONFIGS = {  # name: model flags

@@ -14,7 +14,7 @@ from PIL import Image
 import mbt2018
 import ms2020
 from conftest import data_path, run_script
-from utils import codec, coding, gan_sources, image_models, images
+from utils import codec_commands, container, gan_sources, image_eval, image_models, images, layers
 from utils.cli import InputError, run
 
 SCRIPTS = {"mbt2018": mbt2018, "ms2020": ms2020}
@@ -75,8 +75,8 @@ def restore(script, run_dir):
     """The trained model, restored as the commands restore it, and its identity."""
     model = CLASSES[script](lmbda=0.01, **ARCH[script])
     model.build_weights()
-    codec.restore(model, run_dir, verbose=False)
-    return model, codec.identity_of(script, ARCH[script], model)
+    codec_commands.restore(model, run_dir, verbose=False)
+    return model, codec_commands.identity_of(script, ARCH[script], model)
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +104,7 @@ def test_eval_is_what_decompress_gives(trained, restored, folders, tmp_path):
                                      "--no_sub_dir"])
     npz = np.load(tmp_path / f"{run_dir.name}-dataset=eval.npz")
     assert {"names", "height", "width", "bpp", "bpp_est", "mse", "psnr", "msssim", "file_bits"} <= set(npz.files)
-    record = json.loads((run_dir / codec.RESULTS_NAME).read_text().splitlines()[-1])
+    record = json.loads((run_dir / image_eval.RESULTS_NAME).read_text().splitlines()[-1])
     assert {"method", "lambda", "dataset", "num_images", "bpp", "bpp_est", "mse", "psnr", "msssim", "rate",
             "rate_unit", "per_dim", "data_dim", "file_bits"} <= set(record)
     assert record["method"] == script and record["num_images"] == 4 and record["rate_unit"] == "bits"
@@ -116,18 +116,18 @@ def test_eval_is_what_decompress_gives(trained, restored, folders, tmp_path):
     for i, name in enumerate(npz["names"]):
         src = folders / "eval" / name
         tfci, png = tmp_path / f"{name}.tfci", tmp_path / f"{name}.out.png"
-        codec.compress_file(script, model, identity, src, tfci)
+        codec_commands.compress_file(script, model, identity, src, tfci)
         if i == 0:  # the command itself, once (a subprocess compresses in test_same_bytes_on_every_run)
             main(model_argv(script, ckpt) + ["decompress", str(tfci), str(png)])
         else:
-            codec.decompress_file(script, model, identity, tfci, png)
+            codec_commands.decompress_file(script, model, identity, tfci, png)
         with Image.open(src) as a, Image.open(png) as b:
             assert b.size == a.size
             assert b.mode == ("L" if a.mode == "L" else "RGB")
             source, decoded = np.asarray(a.convert(b.mode)), np.asarray(b)
         assert images.mse(source, decoded) == npz["mse"][i]
         assert 8 * tfci.stat().st_size == npz["file_bits"][i]
-        assert coding.bpp(tfci.stat().st_size, *decoded.shape[:2]) == npz["bpp"][i]
+        assert container.bpp(tfci.stat().st_size, *decoded.shape[:2]) == npz["bpp"][i]
 
 
 def test_a_glob_of_some_kodak_images_is_named_apart_from_kodak(trained, tmp_path, capsys):
@@ -138,13 +138,13 @@ def test_a_glob_of_some_kodak_images_is_named_apart_from_kodak(trained, tmp_path
     script, ckpt, run_dir = trained
     SCRIPTS[script].main(model_argv(script, ckpt) + ["eval", "--dataset", "data/kodak/kodim0[12].png",
                                                      "--results_dir", str(tmp_path), "--no_sub_dir"])
-    record = json.loads((run_dir / codec.RESULTS_NAME).read_text().splitlines()[-1])
+    record = json.loads((run_dir / image_eval.RESULTS_NAME).read_text().splitlines()[-1])
     label = record["dataset"]
     assert label.startswith("kodak-subset=") and label == images.dataset_label("data/kodak/kodim0[12].png")
     assert record["subset_of"] == "kodak" and record["images"] == ["kodim01.png", "kodim02.png"]
     assert record["num_images"] == 2
     assert [p.name for p in tmp_path.glob("*.npz")] == [f"{run_dir.name}-dataset={label}.npz"]
-    results = str(run_dir / codec.RESULTS_NAME)
+    results = str(run_dir / image_eval.RESULTS_NAME)
     assert len(bd_rate.results(results, label, "--test").bpp) == 1  # selected by the subset's name
     with pytest.raises(InputError, match="no points"):
         bd_rate.results(results, "kodak", "--test")  # and never part of the whole set's curve
@@ -184,9 +184,9 @@ def test_gan_source_is_coded_as_continuous_images(trained, restored, tmp_path, c
     x = gan_sources.make_gan_source("lowgan", 2).test_set(2, seed=0) * 255.0  # eval's draws (--seed 0)
     mses, float_mses = [], []
     for image in x:
-        data = codec.compress_image(script, model, identity, image, 3)
-        decoded, _ = codec.decompress_bytes(script, model, identity, data, "test")
-        mses.append(images.mse(image, codec.to_uint8(decoded)))
+        data = codec_commands.compress_image(script, model, identity, image, 3)
+        decoded, _ = codec_commands.decompress_bytes(script, model, identity, data, "test")
+        mses.append(images.mse(image, images.to_uint8(decoded)))
         float_mses.append(images.mse(image, np.clip(decoded, 0, 255)))
     assert np.mean(mses) == pytest.approx(cast["mse"], rel=1e-12)
     assert np.mean(float_mses) == pytest.approx(float_["mse"], rel=1e-12)
@@ -196,7 +196,7 @@ def test_a_decode_that_differs_from_the_estimate_is_an_error(trained, folders, t
     """If the bytes decode to anything but the model's quantized reconstruction, eval exits non-zero with one
     line and writes no .npz and no record. The mismatch is simulated: one decoded pixel moves by 1/2."""
     script, ckpt, run_dir = trained
-    decompress_bytes = codec.decompress_bytes
+    decompress_bytes = codec_commands.decompress_bytes
 
     def off_by_half(*args):
         x_hat, channels = decompress_bytes(*args)
@@ -204,15 +204,15 @@ def test_a_decode_that_differs_from_the_estimate_is_an_error(trained, folders, t
         x_hat[0, 0, 0] += 0.5
         return x_hat, channels
 
-    monkeypatch.setattr(codec, "decompress_bytes", off_by_half)
-    results = (run_dir / codec.RESULTS_NAME).read_text() if (run_dir / codec.RESULTS_NAME).exists() else None
+    monkeypatch.setattr(codec_commands, "decompress_bytes", off_by_half)
+    results = (run_dir / image_eval.RESULTS_NAME).read_text() if (run_dir / image_eval.RESULTS_NAME).exists() else None
     with pytest.raises(SystemExit) as e:
         run(SCRIPTS[script].main, model_argv(script, ckpt) + [
             "eval", "--dataset", str(folders / "eval" / "b_*.png"), "--results_dir", str(tmp_path / "r")])
     assert e.value.code not in (0, None)
     assert "differs from the model's quantized reconstruction" in str(e.value)
     assert not (tmp_path / "r").exists()
-    now = (run_dir / codec.RESULTS_NAME).read_text() if (run_dir / codec.RESULTS_NAME).exists() else None
+    now = (run_dir / image_eval.RESULTS_NAME).read_text() if (run_dir / image_eval.RESULTS_NAME).exists() else None
     assert now == results
 
 
@@ -226,40 +226,40 @@ def test_a_checkpoint_of_another_architecture_is_refused(tmp_path):
         model = image_models.MeanScaleHyperprior(0.01, 8, None)
         model.build_weights()
         with pytest.raises(InputError, match="does not hold this model's weights"):
-            codec.restore(model, tmp_path / folder, verbose=False)
+            codec_commands.restore(model, tmp_path / folder, verbose=False)
 
 
 def test_ms2020_hyper_transforms_are_the_references():
     """At the paper's widths: hyper-analysis 320 -> 256 -> 192 (3x3 s1, 5x5 s2, 5x5 s2; ReLU, ReLU, none; no
     bias on the last), each hyper-synthesis 192 -> 256 -> 320 (5x5 up 2, 5x5 up 2, 3x3; ReLU after all three,
     plain kernels), as in tfc's models/ms2020.py; and mbt2018's hyper transforms as the paper's mbt2018.py."""
-    def layers(seq):
+    def transforms(seq):
         return [(l.filters, l.kernel_support, l.strides_down, l.strides_up, l.corr, l.use_bias,
                  l.activation.__name__, l.padding, l.kernel_parameter == "rdft")
                 for l in seq.layers]
 
     relu = "relu"
-    assert layers(image_models.ms2020_hyper_analysis(192, 320, 192)) == [
+    assert transforms(image_models.ms2020_hyper_analysis(192, 320, 192)) == [
         (320, (3, 3), (1, 1), (1, 1), True, True, relu, "same_zeros", True),
         (256, (5, 5), (2, 2), (1, 1), True, True, relu, "same_zeros", True),
         (192, (5, 5), (2, 2), (1, 1), True, False, "linear", "same_zeros", True)]
-    assert layers(image_models.ms2020_hyper_synthesis(192, 320, "h")) == [
+    assert transforms(image_models.ms2020_hyper_synthesis(192, 320, "h")) == [
         (192, (5, 5), (1, 1), (2, 2), False, True, relu, "same_zeros", False),
         (256, (5, 5), (1, 1), (2, 2), False, True, relu, "same_zeros", False),
         (320, (3, 3), (1, 1), (1, 1), False, True, relu, "same_zeros", False)]
-    assert [x[0] for x in layers(image_models.ms2020_slice_transform(192, 32, "s"))] == [224, 128, 32]
-    assert layers(image_models.mbt2018_hyper_analysis(192)) == [
+    assert [x[0] for x in transforms(image_models.ms2020_slice_transform(192, 32, "s"))] == [224, 128, 32]
+    assert transforms(image_models.mbt2018_hyper_analysis(192)) == [
         (192, (3, 3), (1, 1), (1, 1), True, True, relu, "same_zeros", True),
         (192, (5, 5), (2, 2), (1, 1), True, True, relu, "same_zeros", True),
         (192, (5, 5), (2, 2), (1, 1), True, False, "linear", "same_zeros", True)]
-    assert layers(image_models.mbt2018_hyper_synthesis(192, 192)) == [
+    assert transforms(image_models.mbt2018_hyper_synthesis(192, 192)) == [
         (192, (5, 5), (1, 1), (2, 2), False, True, relu, "same_zeros", False),
         (288, (5, 5), (1, 1), (2, 2), False, True, relu, "same_zeros", False),
         (384, (3, 3), (1, 1), (1, 1), False, True, "linear", "same_zeros", False)]
     # The paper's code has 12,853,923 trainable parameters at --num_filters 192 (counted by building it).
     model = image_models.MeanScaleHyperprior(0.01, 192, None)
     model.build_weights()
-    assert codec.count_params(model) == 12_853_923
+    assert layers.count_params(model) == 12_853_923
 
 
 def test_ms2020_training_feeds_the_rounded_z_to_the_hyper_synthesis(monkeypatch):
@@ -304,38 +304,38 @@ def test_same_bytes_on_every_run(trained, restored, folders, tmp_path):
     script, ckpt, run_dir = trained
     src = folders / "eval" / "a_rgb.png"
     first, second = tmp_path / "0.tfci", tmp_path / "1.tfci"
-    codec.compress_file(script, *restored[1:], src, first)
+    codec_commands.compress_file(script, *restored[1:], src, first)
     if script == "mbt2018":
         run_script("mbt2018.py", *model_argv(script, ckpt), "compress", src, second, check=True)
     else:
-        codec.compress_file(script, *restore(script, run_dir), src, second)
+        codec_commands.compress_file(script, *restore(script, run_dir), src, second)
     assert first.read_bytes() == second.read_bytes()
 
 
 def test_damaged_foreign_and_wrong_model_files_are_refused(restored, folders, tmp_path):
     script, model, identity = restored
-    good = codec.compress_image(script, model, identity, images.read_image(folders / "eval" / "a_rgb.png")[0], 3)
+    good = codec_commands.compress_image(script, model, identity, images.read_image(folders / "eval" / "a_rgb.png")[0], 3)
     flipped = bytearray(good)
     flipped[-3] ^= 0x10
     other_script = "ms2020" if script == "mbt2018" else "mbt2018"
     # Another checkpoint of the same architecture: one weight differs by one float step.
     weights = [w.numpy() for w in model.trainable_weights]
     weights[-1] = np.nextafter(weights[-1], np.inf)
-    other_id = coding.model_id(script, ARCH[script], weights)
-    strings = coding.unpack(good, script, identity)[2]
+    other_id = container.model_id(script, ARCH[script], weights)
+    strings = container.unpack(good, script, identity)[2]
     cases = [
         ("truncated file", good[:10]),
         ("truncated file", good[:-5]),
         ("corrupt file", bytes(flipped)),
         ("not a compressed image", (folders / "eval" / "a_rgb.png").read_bytes()),
-        (f"made by {other_script}.py", coding.pack(other_script, identity, (176, 200), 3, [b"x", b"y"])),
-        (f"different {script} model", coding.pack(script, other_id, (176, 200), 3, strings)),
+        (f"made by {other_script}.py", container.pack(other_script, identity, (176, 200), 3, [b"x", b"y"])),
+        (f"different {script} model", container.pack(script, other_id, (176, 200), 3, strings)),
     ]
     for message, data in cases:
         f, out = tmp_path / "bad.tfci", tmp_path / "bad.png"
         f.write_bytes(data)
         with pytest.raises(InputError, match=message):
-            codec.decompress_file(script, model, identity, f, out)
+            codec_commands.decompress_file(script, model, identity, f, out)
         assert not out.exists()
 
 
@@ -369,5 +369,5 @@ def test_bpp_from_bytes_is_close_to_the_estimate(restored):
     payload_bits = 8 * sum(len(s) for s in strings)
     bits = float(model.estimate(tf.constant(image, tf.float32))[1])
     assert 0.5 * bits <= payload_bits <= 1.05 * bits + 8 * 3 * len(strings)
-    header = len(codec.compress_image(script, model, identity, image, 3)) - payload_bits // 8
+    header = len(codec_commands.compress_image(script, model, identity, image, 3)) - payload_bits // 8
     assert header <= 20 + 2 + 2 + 2 * len(strings)  # fixed part, two varint sizes, one length per string

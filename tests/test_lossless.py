@@ -12,7 +12,7 @@ import rec
 import resnet_vae
 from conftest import data_path, run_script
 from test_resnet_vae import smooth_images, train_in_process
-from utils import codec, coding, hvae, hvae_flags, images
+from utils import codec_commands, container, hvae, hvae_flags, images
 from utils import rec as rec_lib
 from utils.cli import InputError
 from utils.runs import run_name
@@ -82,9 +82,9 @@ def test_file_size_is_the_rec_stream_plus_the_residual_information(setup):
     model = hvae.build(args)
     model.build_weights()
     rec.restore(model, run_dir, False)
-    coder = rec.Codec(args, model, codec.identity_of("resnet_vae", hvae_flags.model_flags(args), model))
+    coder = rec.Codec(args, model, codec_commands.identity_of("resnet_vae", hvae_flags.model_flags(args), model))
     data, _, codes, _ = coder.encode(image, 1)
-    _, _, (latents, residual) = coding.unpack(data, "resnet_vae", coder.identity)
+    _, _, (latents, residual) = container.unpack(data, "resnet_vae", coder.identity)
     decoded, _ = coder.decode(data, "test")
     np.testing.assert_array_equal(decoded, image)
     units = list(codes.values())

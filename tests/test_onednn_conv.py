@@ -16,7 +16,7 @@ import tensorflow as tf
 import tensorflow_compression as tfc
 
 from conftest import ROOT, run_script
-from utils import codec
+from utils import layers
 
 # Run as a child process: N gradient steps of a 3-channel, stride-2 1x1 convolution at 64x64 (each step's weight
 # gradient against the same contraction written as a matmul), then one line of JSON.
@@ -24,8 +24,8 @@ GRADIENT_CHILD = """
 import json, sys
 sys.path.insert(0, {root!r})
 import numpy as np, tensorflow as tf
-from utils import codec
-layer = codec.conv(8, 1, 2, kernel_parameter="variable")
+from utils import layers
+layer = layers.conv(8, 1, 2, kernel_parameter="variable")
 x = tf.constant(np.random.default_rng(0).normal(size=(1, 64, 64, 3)), tf.float32)
 layer(x)
 
@@ -47,11 +47,11 @@ print(json.dumps({{"error": max(float(e) for e, _ in errors), "scale": float(err
 @pytest.mark.parametrize("shape", [(2, 8, 8, 3), (2, 7, 9, 5), (1, 64, 64, 3), (1, 16, 16, 32)])
 def test_strided_pointwise_equals_tfc(shape):
     x = tf.constant(np.random.default_rng(1).normal(size=shape), tf.float32)
-    ours = codec.conv(8, 1, 2, kernel_parameter="variable")
+    ours = layers.conv(8, 1, 2, kernel_parameter="variable")
     theirs = tfc.SignalConv2D(8, (1, 1), corr=True, strides_down=2, padding="same_zeros", use_bias=True,
                               kernel_parameter="variable")
     ours(x), theirs(x)
-    assert isinstance(ours, codec.StridedPointwiseConv)
+    assert isinstance(ours, layers.StridedPointwiseConv)
     rng = np.random.default_rng(2)
     for a, b in zip(ours.weights, theirs.weights, strict=True):
         value = rng.normal(size=a.shape).astype(np.float32)
@@ -59,7 +59,7 @@ def test_strided_pointwise_equals_tfc(shape):
     # tfc's forward pass is safe (only the weight gradient is not): the two agree to the bit, odd sizes included.
     np.testing.assert_array_equal(ours(x).numpy(), theirs(x).numpy())
     # Other convolutions stay tfc's own layer.
-    assert type(codec.conv(8, 3, 2)) is tfc.SignalConv2D and type(codec.conv(8, 1, 1)) is tfc.SignalConv2D
+    assert type(layers.conv(8, 3, 2)) is tfc.SignalConv2D and type(layers.conv(8, 1, 1)) is tfc.SignalConv2D
 
 
 def test_strided_pointwise_gradient_is_exact_and_survives():

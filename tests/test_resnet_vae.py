@@ -9,7 +9,7 @@ import tensorflow as tf
 
 import resnet_vae
 from conftest import run_script
-from utils import codec, hvae, jsonl
+from utils import hvae, jsonl, layers
 from utils.cli import InputError
 
 TINY = ["--num_filters", "8", "--latent_channels", "2,4,4", "--lambda", "0.01"]
@@ -58,7 +58,7 @@ REFERENCE_PARAMS = [
 def test_parameter_count_equals_the_papers_code(flags, expected):
     model = hvae.build(resnet_vae.parse_args([*flags.split(), "--lambda", "0.01", "eval"]))
     model.build_weights()
-    assert codec.count_params(model) == expected
+    assert layers.count_params(model) == expected
 
 
 def softplus(x):

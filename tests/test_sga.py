@@ -16,7 +16,7 @@ import ms2020
 import sga
 from conftest import run_script
 from test_codecs import smooth_image
-from utils import codec, image_models, images, inference, rounding
+from utils import codec_commands, image_models, images, inference, rounding
 from utils.cli import InputError
 
 TINY = {"mbt2018": ["--num_filters", "8"],
@@ -82,7 +82,7 @@ def test_hard_relaxation_is_what_the_coder_codes(runs, script):
     flags = json.loads((base / "ckpt" / names[script] / "flags.json").read_text())
     model = spec.model_class(lmbda=0.01, **{k: flags[k] for k in spec.arch_flags})
     model.build_weights()
-    codec.restore(model, base / "ckpt" / names[script], verbose=False)
+    codec_commands.restore(model, base / "ckpt" / names[script], verbose=False)
     image = smooth_image(64, 128, 5).astype(np.float32)
     latents = model.latents(tf.constant(image[None]))
     x_hat, bits = model.relaxed(latents, tf.round, hard=True)

@@ -1,8 +1,8 @@
 """The image codecs' command line: the flags every image model shares, mbt2018's and ms2020's architecture flags,
-and the parser of mbt2018.py and ms2020.py. Apart from utils/codec.py (the models and commands) so that a script
-parses its command line, and answers --help, without importing TensorFlow."""
+and the parser of mbt2018.py and ms2020.py. Apart from utils/codec_commands.py (the commands, which import
+TensorFlow) so that a script parses its command line, and answers --help, without importing TensorFlow."""
 
-from utils import cli, gan_sources, images, mnist, train_flags
+from utils import cli, gan_sources, images, mnist, runs, train_flags
 from utils.cli import InputError, int_in, positive_float, positive_int
 from utils.sources import resolve_path
 
@@ -20,6 +20,9 @@ def add_run_flags(p):
     p.add_argument("--lambda", dest="lmbda", type=positive_float, default=0.01,
                    help="weight of the MSE ([0, 255] scale) in the loss bpp + lambda * MSE")
     p.add_argument("--seed", type=int, default=0, help="seeds numpy and TensorFlow")
+    p.add_argument("--run", metavar="DIR",
+                   help="a trained run folder, for every command but train: its flags.json gives the model flags "
+                        "and lambda (instead of naming the folder by --checkpoint_dir and those flags)")
 
 
 DATASETS_HELP = (f"{', '.join(images.NAMED)} (named sets under $RDS_DATA_DIR; bsds500 validates on its val "
@@ -73,7 +76,7 @@ def add_ms2020_flags(parser):
     parser.add_argument("--num_filters", type=positive_int, default=192, help="channels of the transforms")
     parser.add_argument("--latent_depth", type=positive_int, default=320, help="channels of the latents y")
     parser.add_argument("--hyperprior_depth", type=positive_int, default=192, help="channels of the hyper-latents z")
-    # A file holds one string per slice and one for z, at most 255 (utils/coding.py).
+    # A file holds one string per slice and one for z, at most 255 (utils/container.py).
     parser.add_argument("--num_slices", type=int_in(1, 254), default=10, help="slices of y coded in sequence")
     parser.add_argument("--max_support_slices", type=int, default=5,
                         help="decoded slices each slice is conditioned on (-1: all before it)")
@@ -126,7 +129,9 @@ def build_parser(script, description):
 def parse_args(script, description, argv):
     """The codec `script`'s command line, parsed and checked: paths and the training crop are refused here,
     before TensorFlow loads."""
-    args = build_parser(script, description).parse_args(argv)
+    parser = build_parser(script, description)
+    args = parser.parse_args(argv)
+    runs.adopt_run_flags(args, parser)
     check_files(args)
     if args.command == "train":
         check_patchsize(args, args.train_glob or args.dataset, TRAIN_MULTIPLE)

@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_compression as tfc
 
-from utils import codec, images, mnist, training
+from utils import images, layers, mnist, training
 from utils.cli import InputError
 from utils.hvae_flags import model_flags
 from utils.priors import MAF
@@ -97,9 +97,9 @@ class EncoderBlock(tf.keras.layers.Layer):
 
     def __init__(self, filters, gdn=True, conditioned=False, **kwargs):
         super().__init__(**kwargs)
-        self.conv1 = codec.conv(filters, 3, 2, tf.nn.leaky_relu)
-        self.conv2 = codec.conv(filters, 3, 1, tfc.GDN() if gdn else None)
-        self.shortcut = codec.conv(filters, 1, 2, kernel_parameter="variable")
+        self.conv1 = layers.conv(filters, 3, 2, tf.nn.leaky_relu)
+        self.conv2 = layers.conv(filters, 3, 1, tfc.GDN() if gdn else None)
+        self.shortcut = layers.conv(filters, 1, 2, kernel_parameter="variable")
         self.modulation = Modulation(filters) if conditioned else None
 
     def call(self, x, embedding=None):
@@ -112,9 +112,9 @@ class DecoderBlock(tf.keras.layers.Layer):
 
     def __init__(self, filters, conditioned=False, **kwargs):
         super().__init__(**kwargs)
-        self.conv1 = codec.deconv(filters, 3, 2, tf.nn.leaky_relu)
-        self.conv2 = codec.deconv(filters, 3, 1, tf.nn.leaky_relu)
-        self.shortcut = codec.deconv(filters, 1, 2, kernel_parameter="variable")
+        self.conv1 = layers.deconv(filters, 3, 2, tf.nn.leaky_relu)
+        self.conv2 = layers.deconv(filters, 3, 1, tf.nn.leaky_relu)
+        self.shortcut = layers.deconv(filters, 1, 2, kernel_parameter="variable")
         self.modulation = Modulation(filters) if conditioned else None
 
     def call(self, t, embedding=None):
@@ -135,9 +135,9 @@ class SliceAutoregressive(tf.keras.layers.Layer):
             return round(a * self.support + (1 - a)) * depth
 
         self.nets = [tf.keras.Sequential([
-            codec.deconv(width(0.6), 3, 1, tf.nn.leaky_relu, kernel_parameter="variable"),
-            codec.deconv(width(0.3), 3, 1, tf.nn.leaky_relu, kernel_parameter="variable"),
-            codec.deconv(depth, 5, 1, kernel_parameter="variable"),
+            layers.deconv(width(0.6), 3, 1, tf.nn.leaky_relu, kernel_parameter="variable"),
+            layers.deconv(width(0.3), 3, 1, tf.nn.leaky_relu, kernel_parameter="variable"),
+            layers.deconv(depth, 5, 1, kernel_parameter="variable"),
         ]) for _ in range(1, self.slices)]
 
     def call(self, z):
@@ -155,10 +155,10 @@ class LatentLevel(tf.keras.layers.Layer):
         super().__init__(**kwargs)
         c = channels
         self.modulation = Modulation(filters) if conditioned else None
-        self.bottom_up = codec.conv(2 * c, 3, kernel_parameter="variable")  # posterior mean, scale: h's part
-        self.top_down = codec.deconv(2 * c, 3, 1, tf.nn.leaky_relu, kernel_parameter="variable")  # ... and t's part
-        self.prior = codec.deconv(3 * c, 3, kernel_parameter="variable")  # features, prior mean, prior scale
-        self.merge = codec.deconv(filters, 3, 1, tf.nn.leaky_relu, kernel_parameter="variable")
+        self.bottom_up = layers.conv(2 * c, 3, kernel_parameter="variable")  # posterior mean, scale: h's part
+        self.top_down = layers.deconv(2 * c, 3, 1, tf.nn.leaky_relu, kernel_parameter="variable")  # ... and t's part
+        self.prior = layers.deconv(3 * c, 3, kernel_parameter="variable")  # features, prior mean, prior scale
+        self.merge = layers.deconv(filters, 3, 1, tf.nn.leaky_relu, kernel_parameter="variable")
         self.ar = ar_slices is not None
         if self.ar:
             self.ar_shift = SliceAutoregressive(c, ar_slices, name="ar_shift")
@@ -270,7 +270,7 @@ class ResNetVAE(HierarchicalVAE):
         self.encoder.append(EncoderBlock(2 * top, gdn=False, conditioned=cond, name=f"encoder{levels - 1}"))
         self.latents = [LatentLevel(f, c, ar_slices if i < ar_prior_levels else None, conditioned=cond,
                                     name=f"latent{i}") for i, c in enumerate(latent_channels[:-1])]
-        self.decoder = [codec.deconv(self.OUTPUTS * image_channels, 3, 2)]
+        self.decoder = [layers.deconv(self.OUTPUTS * image_channels, 3, 2)]
         self.decoder += [DecoderBlock(f, conditioned=cond, name=f"decoder{i}") for i in range(1, levels)]
         if flat_z0:
             self.flat_dim = (img_dim // self.pad_multiple) ** 2 * top

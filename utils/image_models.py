@@ -13,8 +13,30 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_compression as tfc
 
-from utils import codec, codec_flags
+from utils import codec, codec_flags, layers
 from utils.cli import InputError
+
+
+# ---- the GDN transforms both papers share -------------------------------------------------------
+
+def analysis_transform(num_filters, latent_depth):
+    """The GDN encoder both papers share: four 5x5 stride-2 convolutions, GDN between them (16x downsampling)."""
+    return tf.keras.Sequential([
+        layers.conv(num_filters, 5, 2, tfc.GDN()),
+        layers.conv(num_filters, 5, 2, tfc.GDN()),
+        layers.conv(num_filters, 5, 2, tfc.GDN()),
+        layers.conv(latent_depth, 5, 2),
+    ], name="analysis")
+
+
+def synthesis_transform(num_filters):
+    """Its mirror: four 5x5 stride-2 transposed convolutions with inverse GDN, to 3 channels."""
+    return tf.keras.Sequential([
+        layers.deconv(num_filters, 5, 2, tfc.GDN(inverse=True)),
+        layers.deconv(num_filters, 5, 2, tfc.GDN(inverse=True)),
+        layers.deconv(num_filters, 5, 2, tfc.GDN(inverse=True)),
+        layers.deconv(3, 5, 2),
+    ], name="synthesis")
 
 
 # ---- mbt2018: mean-scale hyperprior (Minnen, Ballé & Toderici, NeurIPS 2018) --------------------
@@ -22,15 +44,15 @@ from utils.cli import InputError
 def mbt2018_hyper_analysis(num_filters, outputs=None):
     """`outputs` channels at the end (default num_filters; the bits-back model's posterior needs two per z)."""
     return tf.keras.Sequential([
-        codec.conv(num_filters, 3, 1, tf.nn.relu),
-        codec.conv(num_filters, 5, 2, tf.nn.relu),
-        codec.conv(outputs or num_filters, 5, 2, use_bias=False),
+        layers.conv(num_filters, 3, 1, tf.nn.relu),
+        layers.conv(num_filters, 5, 2, tf.nn.relu),
+        layers.conv(outputs or num_filters, 5, 2, use_bias=False),
     ], name="hyper_analysis")
 
 
 def mbt2018_hyper_synthesis(num_filters, latent_depth):
     """Outputs 2 * latent_depth channels: the means, then the log scale indexes. Plain (not DFT) kernels."""
-    deconv = functools.partial(codec.deconv, kernel_parameter="variable")
+    deconv = functools.partial(layers.deconv, kernel_parameter="variable")
     return tf.keras.Sequential([
         deconv(num_filters, 5, 2, tf.nn.relu),
         deconv(num_filters * 3 // 2, 5, 2, tf.nn.relu),
@@ -44,8 +66,8 @@ class MeanScaleHyperprior(codec.ImageCodec):
     def __init__(self, lmbda, num_filters, latent_depth):
         super().__init__(lmbda)
         latent_depth = latent_depth or num_filters
-        self.analysis = codec.analysis_transform(num_filters, latent_depth)
-        self.synthesis = codec.synthesis_transform(num_filters)
+        self.analysis = analysis_transform(num_filters, latent_depth)
+        self.synthesis = synthesis_transform(num_filters)
         self.hyper_analysis = mbt2018_hyper_analysis(num_filters)
         self.hyper_synthesis = mbt2018_hyper_synthesis(num_filters, latent_depth)
         self.hyperprior = tfc.NoisyDeepFactorized(batch_shape=[num_filters])
@@ -102,8 +124,8 @@ class BitsBackHyperprior(codec.ImageCodec):
     def __init__(self, lmbda, num_filters, latent_depth):
         super().__init__(lmbda)
         self.latent_depth = latent_depth = latent_depth or num_filters
-        self.analysis = codec.analysis_transform(num_filters, latent_depth)
-        self.synthesis = codec.synthesis_transform(num_filters)
+        self.analysis = analysis_transform(num_filters, latent_depth)
+        self.synthesis = synthesis_transform(num_filters)
         self.hyper_analysis = mbt2018_hyper_analysis(num_filters, outputs=2 * num_filters)
         self.hyper_synthesis = mbt2018_hyper_synthesis(num_filters, latent_depth)
         self.hyperprior = tfc.DeepFactorized(batch_shape=[num_filters])
@@ -163,16 +185,16 @@ def make_mbt2018(lmbda, num_filters, latent_depth, hyper_posterior=None):
 def ms2020_hyper_analysis(num_filters, latent_depth, hyperprior_depth):
     """320 -> 256 -> 192 channels at the paper's widths; the last layer has no bias."""
     return tf.keras.Sequential([
-        codec.conv(latent_depth, 3, 1, tf.nn.relu),
-        codec.conv(num_filters * 4 // 3, 5, 2, tf.nn.relu),
-        codec.conv(hyperprior_depth, 5, 2, use_bias=False),
+        layers.conv(latent_depth, 3, 1, tf.nn.relu),
+        layers.conv(num_filters * 4 // 3, 5, 2, tf.nn.relu),
+        layers.conv(hyperprior_depth, 5, 2, use_bias=False),
     ], name="hyper_analysis")
 
 
 def ms2020_hyper_synthesis(num_filters, latent_depth, name):
     """192 -> 256 -> 320 channels, ReLU after every layer (the output is a feature map for the slice networks,
     not a mean or a scale), plain kernels."""
-    deconv = functools.partial(codec.deconv, activation=tf.nn.relu, kernel_parameter="variable")
+    deconv = functools.partial(layers.deconv, activation=tf.nn.relu, kernel_parameter="variable")
     return tf.keras.Sequential([
         deconv(num_filters, 5, 2),
         deconv(num_filters * 4 // 3, 5, 2),
@@ -182,7 +204,7 @@ def ms2020_hyper_synthesis(num_filters, latent_depth, name):
 
 def ms2020_slice_transform(num_filters, slice_depth, name):
     """The small per-slice network (mean, scale index, or residual prediction): 224, 128 channels at 192."""
-    deconv = functools.partial(codec.deconv, kernel_parameter="variable")
+    deconv = functools.partial(layers.deconv, kernel_parameter="variable")
     return tf.keras.Sequential([
         deconv(num_filters * 7 // 6, 5, 1, tf.nn.relu),
         deconv(num_filters * 2 // 3, 5, 1, tf.nn.relu),
@@ -200,8 +222,8 @@ class ChannelwiseAutoregressive(codec.ImageCodec):
         self.num_slices = num_slices
         self.max_support = num_slices if max_support_slices < 0 else max_support_slices
         depth = latent_depth // num_slices
-        self.analysis = codec.analysis_transform(num_filters, latent_depth)
-        self.synthesis = codec.synthesis_transform(num_filters)
+        self.analysis = analysis_transform(num_filters, latent_depth)
+        self.synthesis = synthesis_transform(num_filters)
         self.hyper_analysis = ms2020_hyper_analysis(num_filters, latent_depth, hyperprior_depth)
         self.hyper_mean = ms2020_hyper_synthesis(num_filters, latent_depth, "hyper_mean")
         self.hyper_scale = ms2020_hyper_synthesis(num_filters, latent_depth, "hyper_scale")

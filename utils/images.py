@@ -89,6 +89,11 @@ def lossless_sizes(image):
             "webp": len(encode_image(image, format="WEBP", lossless=True, quality=100, method=6))}
 
 
+def to_uint8(x_hat):
+    """The image a float reconstruction on [0, 255] decodes to."""
+    return np.clip(np.round(x_hat), 0, 255).astype(np.uint8)
+
+
 def write_png(path, image):
     """Writes a PNG atomically (never a half-written file)."""
     atomic_write_bytes(path, encode_png(image))

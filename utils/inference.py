@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from utils import Progress, cli, codec, images, jsonl, rounding
+from utils import Progress, cli, images, jsonl, layers, rounding, runs, training
 from utils.cli import InputError
 from utils.image_models import MODELS
 from utils.runs import FLAGS_NAME
@@ -22,32 +22,40 @@ TRAJECTORY_NAME = "trajectory.jsonl"  # in --results_dir: every LOG_EVERY iterat
 
 def load_run(args, model_hint=None):
     """(model, identity, run folder, checkpoint, lambda) of the trained run `args.run_name` under
-    `args.checkpoint_dir`, its architecture from its flags.json (`args.model`, `args.num_filters` and
-    `args.lmbda` as the scripts' flags; `args.lmbda` None is the run's own). `model_hint`: what a run of
-    another codec is told, for a script without --model."""
+    `args.checkpoint_dir` (or a run folder's path), opened by utils.training.open_run: its architecture from its
+    flags.json (`args.model`, `args.num_filters` and `args.lmbda` as the scripts' flags; `args.lmbda` None is
+    the run's own). `model_hint`: what a run of another codec is told, for a script without --model."""
     run_dir = Path(args.checkpoint_dir) / args.run_name
     if not run_dir.is_dir():
         raise InputError(f"RUN_NAME {args.run_name}: no run folder {run_dir} (check --checkpoint_dir)")
-    script = Path(args.run_name).name.split("-")[0]
+    # A flags.json holds the flags, not the script that saved them; the folder's name, which the codec script
+    # gave it (run_name), does: its first part.
+    script = run_dir.name.split("-")[0]
     if script != args.model:
         raise InputError(f"RUN_NAME {args.run_name} is not a {args.model} run " + (model_hint or (
             f"(--model {args.model}); give --model for the codec it holds ({', '.join(MODELS)})")))
-    if not (run_dir / FLAGS_NAME).exists():
-        raise InputError(f"RUN_NAME {args.run_name}: no {FLAGS_NAME}; is it a trained run?")
-    flags = cli.read_json(run_dir / FLAGS_NAME, f"RUN_NAME {args.run_name}:")
     spec = MODELS[args.model]
+    flags = runs.load_flags(run_dir)
     if "num_filters" not in flags:
-        raise InputError(f"RUN_NAME {args.run_name}: its {FLAGS_NAME} has no num_filters: not a {args.model} run")
-    arch = {k: flags.get(k) for k in spec.arch_flags}  # a flag added later is absent: its default, None
-    if args.num_filters is not None and args.num_filters != arch["num_filters"]:
+        raise InputError(f"RUN_NAME {args.run_name}: its {FLAGS_NAME} is missing or has no num_filters: not a "
+                         f"trained {args.model} run")
+    if args.num_filters is not None and args.num_filters != flags["num_filters"]:
         raise InputError(f"--num_filters {args.num_filters}: the run {args.run_name} was trained with "
-                         f"{arch['num_filters']}")
+                         f"{flags['num_filters']}")
     lmbda = args.lmbda if args.lmbda is not None else float(flags["lmbda"])
-    model = spec.model_class(lmbda=lmbda, **arch)
-    model.build_weights()
-    codec.report_params(model, args.model)
-    checkpoint = codec.restore(model, run_dir, args.verbose)
-    return model, codec.identity_of(args.model, arch, model), run_dir, checkpoint, lmbda
+
+    def arch_of(saved):
+        return {k: getattr(saved, k, None) for k in spec.arch_flags}  # sga.py has no --latent_depth etc.: None
+
+    def build(saved):
+        model = spec.model_class(lmbda=lmbda, **arch_of(saved))
+        model.build_weights()
+        layers.report_params(model, args.model)
+        return model
+
+    model, _, _, checkpoint, identity = training.open_run(args, run_dir, build, args.model, arch_of)
+    model.make_coders()
+    return model, identity, run_dir, checkpoint, lmbda
 
 
 def read_images(spec, crop):

@@ -54,7 +54,7 @@ import tensorflow as tf
 
 from utils.ans import bytes_to_words, words_to_bytes
 from utils.cli import InputError
-from utils.coding import HeaderReader, varint
+from utils.container import HeaderReader, varint
 
 MAGIC = b"RDSr"
 VERSION = 2  # 2: the header counts the layers, and the stream ends in a one-bit end mark (see pack)

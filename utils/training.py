@@ -38,6 +38,7 @@ the log, the checkpoints and the TensorBoard events (`--tensorboard`: every logg
 `tb/` beside log.jsonl); the other workers save into a temporary folder (saving is collective) and resume from
 the chief's, so a multi-worker `--cont` needs the run folder on storage that every worker reads.
 """
+import argparse
 import json
 import math
 import os
@@ -47,12 +48,13 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import tensorflow as tf
 
-from utils import jsonl
+from utils import container, jsonl
 from utils.cli import InputError
-from utils.runs import LOG_NAME, load_flags, save_flags
+from utils.runs import FLAGS_NAME, LOG_NAME, load_flags, save_flags
 from utils.train_flags import SCHEDULES, STRATEGIES
 
 STEP_DECAY = 0.2
@@ -259,6 +261,43 @@ def restore_latest(model, run_dir, strict=False):
     for w, a in zip(model.trainable_variables, average or []):
         w.assign(a)
     return latest
+
+
+class TrainedRun(NamedTuple):
+    """A trained run opened by `open_run`."""
+    model: tf.keras.Model
+    run_dir: Path
+    flags: argparse.Namespace  # the command line's, with the run's saved flags over them
+    checkpoint: str  # the checkpoint restored
+    identity: bytes  # utils.container.model_id: what a coded file names its model by
+
+
+def open_run(args, run_dir, build, script, arch_of):
+    """Opens the trained run in `run_dir`, the one way every script loads a run: reads its flags.json, builds the
+    model with `build(flags)` (`flags`: the command line `args` with the run's saved flags over them, so that a
+    flag added after the run was trained has its current default; the model's weights created), restores every
+    weight of it from the latest checkpoint, and computes its identity from `script`, its architecture flags
+    `arch_of(flags)` (a dict; those set) and the weights.
+
+    Strict, because a partial restore is silent: weights missing from the checkpoint (another architecture, or
+    an earlier version of the code) would keep their fresh values and give wrong files or a wrong bound."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise InputError(f"no run folder {run_dir} (check --checkpoint_dir, the model flags, or --run)")
+    if not (run_dir / FLAGS_NAME).exists():
+        raise InputError(f"{run_dir} has no {FLAGS_NAME}: is it a trained run folder?")
+    flags = argparse.Namespace(**{**vars(args), **load_flags(run_dir)})
+    model = build(flags)
+    try:
+        checkpoint = restore_latest(model, run_dir, strict=True)
+    except (AssertionError, ValueError) as e:
+        raise InputError(f"the checkpoint in {run_dir} does not hold this model's weights (another architecture, or "
+                         f"one of an earlier version of the code: retrain it): {str(e).splitlines()[0][:200]}")
+    if args.verbose:
+        print(f"restored {checkpoint}", file=sys.stderr)
+    arch = {k: v for k, v in arch_of(flags).items() if v is not None}  # None: unset, its default from another
+    identity = container.model_id(script, arch, [w.numpy() for w in model.trainable_weights])
+    return TrainedRun(model, run_dir, flags, checkpoint, identity)
 
 
 def _steps_per_execution(steps_per_epoch):

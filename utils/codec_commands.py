@@ -1,0 +1,150 @@
+"""The image codecs' commands (mbt2018.py, ms2020.py): train, eval, compress and decompress of a model of the
+codec contract (utils/codec.py).
+
+A codec script parses its command line with utils/codec_flags.py (no TensorFlow), then calls `main` with its
+model class (utils/image_models.py). Training goes through utils.training.fit; eval counts rates from real
+bytes (the file container is utils/container.py) and measures with utils/image_eval.py.
+"""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from utils import codec_flags, container, image_data, image_eval, images, runs, training
+from utils.cli import InputError
+from utils.layers import report_params
+from utils.runs import atomic_write_bytes, run_name
+from utils.sources import resolve_path
+
+# Largest difference (on [0, 255]) eval accepts between the decoded reconstruction and the model's quantized one:
+# float noise between two traced graphs, far below what a single wrongly decoded latent moves.
+DECODE_TOLERANCE = 1e-3
+
+
+def main(args, script, model_class):
+    """Runs the subcommand of `args` (utils/codec_flags.py's parser of `script`) for the codec `model_class`, whose
+    constructor takes `lmbda` and the script's architecture flags (these, with lambda, also name the run folder,
+    and identify the model)."""
+    arch_flags = codec_flags.ARCHITECTURES[script][1]
+    training.strategy_from_flags(args)  # before any other TensorFlow work (docs/distributed.md)
+    tf.keras.utils.set_random_seed(args.seed)
+
+    def arch_of(flags):
+        return {k: getattr(flags, k) for k in arch_flags}
+
+    def build(flags):
+        with training.strategy_scope(args):
+            model = model_class(lmbda=flags.lmbda, **arch_of(flags))
+            model.build_weights()
+        report_params(model, script)
+        return model
+
+    named = {k: v for k, v in arch_of(args).items() if v is not None}
+    run_dir = runs.run_folder(args, run_name(script, **named, lmbda=args.lmbda))
+    if args.command == "eval":
+        image_eval.check_results_file(run_dir)
+    source = None
+    if args.command == "train":
+        if bool(args.train_glob) == bool(args.dataset):
+            raise InputError("train: give exactly one of --train_glob and --dataset")
+        what = "--train_glob" if args.train_glob else "--dataset"
+        source = image_data.gan_source(args.train_glob or args.dataset, args.data_dim, what)
+        return train(args, build(args), run_dir, args.train_glob or args.dataset, source, what)
+    if args.command == "eval":
+        source = image_data.gan_source(args.dataset, args.data_dim)
+    model, _, _, checkpoint, identity = training.open_run(args, run_dir, build, script, arch_of)
+    if not model.range_coded:
+        raise InputError(f"{args.command}: this model (--hyper_posterior gaussian) is coded by bits-back: use "
+                         f"bb_sga.py")
+    model.make_coders()
+    if args.command == "eval":
+        return evaluate_codec(args, script, model, identity, run_dir, checkpoint, source)
+    if args.command == "compress":
+        return compress_file(script, model, identity, args.input, args.output, args.verbose)
+    return decompress_file(script, model, identity, args.input, args.output, args.verbose)
+
+
+def train(args, model, run_dir, dataset, source, what="--dataset"):
+    """`train` for every image model: crops of an image set or whole GAN images, through utils.training."""
+    training.check_run_dir(run_dir, args.cont)
+    train_ds, val_ds = image_data.training_data(dataset, source, args.patchsize, args.batchsize, args.seed, what)
+    records = training.fit_from_flags(args, model, run_dir, train_ds, val_ds)
+    if records:
+        print(json.dumps(records[-1]))
+    return records
+
+
+# ---- files --------------------------------------------------------------------------------------
+
+def compress_image(script, model, identity, image, channels):
+    """The bytes of the compressed file of one image [H, W, 3] on [0, 255]."""
+    strings = model.compress(tf.constant(image, tf.float32)).numpy().tolist()
+    return container.pack(script, identity, image.shape[:2], channels, strings)
+
+
+def decompress_bytes(script, model, identity, data, what):
+    """(float RGB reconstruction on [0, 255] before rounding, channels of the source) from a file's bytes."""
+    shape, channels, strings = container.unpack(data, script, identity, what)
+    try:
+        x_hat = model.decompress(tf.constant(strings, tf.string), tf.constant(shape, tf.int32)).numpy()
+    except tf.errors.InvalidArgumentError as e:
+        raise InputError(f"{what}: corrupt file (range decoding failed: {e.message.splitlines()[0]})")
+    return x_hat, channels
+
+
+def compress_file(script, model, identity, src, dst, verbose=False):
+    image, channels, note = images.read_image(resolve_path(src, "input image"), "input image")
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    data = compress_image(script, model, identity, image, channels)
+    atomic_write_bytes(dst, data)
+    if verbose:
+        h, w = image.shape[:2]
+        print(f"{src} -> {dst}: {len(data)} bytes, {container.bpp(len(data), h, w):.4f} bpp", file=sys.stderr)
+
+
+def decompress_file(script, model, identity, src, dst, verbose=False):
+    try:
+        data = Path(src).read_bytes()
+    except OSError as e:
+        raise InputError(f"input file {src}: {e.strerror}")
+    x_hat, channels = decompress_bytes(script, model, identity, data, f"input file {src}")
+    rgb = images.to_uint8(x_hat)
+    images.write_png(dst, images.to_channels(rgb, channels))
+    if verbose:
+        print(f"{src} -> {dst}: {rgb.shape[0]}x{rgb.shape[1]}, {'RGB' if channels == 3 else 'grayscale'}",
+              file=sys.stderr)
+
+
+def evaluate_codec(args, script, model, identity, run_dir, checkpoint, source=None):
+    """`eval`: every image is compressed to bytes and decoded, and distortion is measured on what the file
+    decodes to (the rounded image; with --no_cast_xhat the float reconstruction, clipped to [0, 255]). The
+    decoded reconstruction must be the model's own quantized one (`estimate`): if any image differs, eval
+    stops with an error and writes nothing. Per image, `bpp` counts the whole file (header included),
+    `bpp_est` the model's bits of the quantized latents, and `file_bits` the file's bits. On a GAN source
+    (continuous images, coded as they are) the record's rate and its sandwich fields are the paper's: the
+    model's bits of the quantized latents (`bpp_est`), with the file's bits beside them, not mixed in."""
+    cast = not args.no_cast_xhat
+
+    def measure(image, channels):
+        h, w = image.shape[:2]
+        data = compress_image(script, model, identity, image, channels)
+        decoded, _ = decompress_bytes(script, model, identity, data, "eval")
+        x_est, bits = model.estimate(tf.constant(image, tf.float32))
+        gap = float(np.max(np.abs(decoded - x_est.numpy())))
+        if not gap <= DECODE_TOLERANCE:
+            raise SystemExit(f"error: {script} eval: the decoded image {h}x{w} differs from the model's quantized "
+                             f"reconstruction by up to {gap:.4g} (of 255): the range coder and the model disagree; "
+                             f"nothing was written")
+        x_hat = images.to_uint8(decoded) if cast else np.clip(decoded, 0, 255)
+        return dict(x_hat=images.to_channels(x_hat, channels) if cast or channels == 3 else x_hat.mean(axis=2),
+                    bpp=container.bpp(len(data), h, w), bpp_est=float(bits) / (h * w), file_bits=8.0 * len(data))
+
+    record = dict(method=script, **image_data.record_fields(args.dataset, source), **{"lambda": args.lmbda},
+                  run=run_dir.name, checkpoint=str(checkpoint), cast_xhat=cast)
+    items = image_data.eval_items(args.dataset, source, args.batchsize, args.seed)
+    return image_eval.evaluate_images(items, measure, image_eval.results_npz(args, run_dir, source),
+                                      run_dir / image_eval.RESULTS_NAME, record, args.verbose, source,
+                                      rate_key="bpp" if source is None else "bpp_est")
