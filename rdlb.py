@@ -109,7 +109,7 @@ def train(args, source):
         if not args.target_lambs or min(args.target_lambs) <= 0:
             raise InputError("--anneal_lamb needs --target_lambs, a comma-separated list of positive lambdas")
         if max(args.target_lambs) > args.lamb:
-            raise InputError(f"--target_lambs go up to {max(args.target_lambs)}, above the final --lamb {args.lamb}")
+            raise InputError(f"--target_lambs go up to {max(args.target_lambs)}, above the final --lambda {args.lamb}")
         targets = sorted(set(args.target_lambs) | {args.lamb})
         if args.last_step < 2 * len(targets):
             raise InputError(f"--last_step {args.last_step} is too short to anneal through {len(targets)} lambdas")
@@ -174,7 +174,7 @@ def evaluate(args, source):
         prefixes = resolve_ckpts(args.ckpt)
     else:
         if args.lamb is None:
-            raise InputError("eval needs --lamb (with --checkpoint_dir) or --ckpt")
+            raise InputError("eval needs --lambda (with --checkpoint_dir) or --ckpt")
         pattern = run_dir_name(args, args.data_dim or source.dim, args.lamb, "*")
         dirs = sorted(glob.glob(os.path.join(glob.escape(args.checkpoint_dir), pattern)))
         if len(dirs) != 1:
@@ -184,7 +184,7 @@ def evaluate(args, source):
     for prefix in prefixes:
         lamb = args.lamb if args.lamb is not None else lamb_from_path(prefix)
         if lamb is None or not lamb > 0:
-            raise InputError(f"no lambda in {prefix}; give --lamb")
+            raise InputError(f"no lambda in {prefix}; give --lambda")
         evaluate_ckpt(args, source, prefix, lamb)
 
 
@@ -261,7 +261,8 @@ def parse_args(argv):
                    help="hidden sizes; for cnn the first len(--kernel_dims) are conv channels")
     p.add_argument("--kernel_dims", type=int_list, default=[9, 5, 3], help="cnn kernel sizes")
     p.add_argument("--activation", default="selu", help="hidden activation (the paper's: selu)")
-    p.add_argument("--lamb", type=finite_float, help="lambda, the slope of the bounding line (per-dimension MSE)")
+    p.add_argument("--lambda", "--lamb", dest="lamb", metavar="LAMBDA", type=finite_float,
+                   help="lambda, the slope of the bounding line (per-dimension MSE); --lamb is the same flag")
     p.add_argument("--chunksize", type=positive_int, help="starting points per pairwise-distance chunk (memory)")
     p.add_argument("--checkpoint_dir", default="checkpoints", help="run folders go under here")
     p.add_argument("--seed", type=int, default=0, help="seeds numpy and TensorFlow")
@@ -280,8 +281,8 @@ def parse_args(argv):
     inner.add_argument("--y_tol", type=nonnegative_float, default=1e-6,
                        help="a start stops when its relative improvement of f falls below this")
 
-    t = sub.add_parser("train", parents=[inner], help="train log u at --lamb",
-                       description="Train log u at --lamb.")
+    t = sub.add_parser("train", parents=[inner], help="train log u at --lambda",
+                       description="Train log u at --lambda.")
     t.add_argument("--num_Ck_samples", type=positive_int, default=2,
                    help="M, draws of C_k per step (shared out among the replicas of --strategy)")
     t.add_argument("--last_step", type=positive_int, default=1000, help="training steps")
@@ -297,9 +298,9 @@ def parse_args(argv):
     t.add_argument("--log_E_Ck_max_delta", type=positive_float, default=1.0,
                    help="most nats the batch's log mean C_k may move from the previous step's in the loss")
     t.add_argument("--anneal_lamb", action="store_true",
-                   help="sweep lambda up through --target_lambs to --lamb, checkpointing at each target")
+                   help="sweep lambda up through --target_lambs to --lambda, checkpointing at each target")
     t.add_argument("--target_lambs", type=float_list,
-                   help="with --anneal_lamb: the lambdas passed on the way to --lamb, comma-separated")
+                   help="with --anneal_lamb: the lambdas passed on the way to --lambda, comma-separated")
     t.add_argument("--cont", action="store_true", help="resume the run's latest checkpoint")
 
     train_flags.add_run_flags(t)  # --strategy, --cpu_devices, --tensorboard
@@ -307,7 +308,7 @@ def parse_args(argv):
     e = sub.add_parser("eval", parents=[inner], help="estimate the intercept R_lb with a 95%% interval",
                        description="Estimate the intercept R_lb with a 95%% interval.")
     e.add_argument("--num_Ck_samples", type=positive_int, default=10, help="M, draws of C_k (and of xi)")
-    e.add_argument("--ckpt", help="a checkpoint, a run folder or a glob; lambda comes from the name unless --lamb")
+    e.add_argument("--ckpt", help="a checkpoint, a run folder or a glob; lambda comes from the name unless --lambda")
     e.add_argument("--allow_quick", action="store_true",
                    help="accept --y_init quick, which may miss the sup and so overstate the bound")
     args = p.parse_args(argv)
@@ -321,9 +322,9 @@ def check_args(args):
     if args.model not in MODELS:
         raise InputError(f"--model {args.model!r} is unknown; choose one of {', '.join(MODELS)}")
     if args.lamb is not None and not args.lamb > 0:
-        raise InputError(f"--lamb must be a positive finite number, got {args.lamb}")
+        raise InputError(f"--lambda must be a positive finite number, got {args.lamb}")
     if args.command == "train" and args.lamb is None:
-        raise InputError("train needs --lamb")
+        raise InputError("train needs --lambda")
     if not args.units or min(args.units) < 1:
         raise InputError(f"--units {args.units}: need positive layer sizes")
     if not 0 < args.y_lr < 2:

@@ -329,3 +329,23 @@ def test_paper_physics_commands_run_as_written(tmp_path):
                    capture_output=True)
     rec, = _records(run_dir)
     assert rec["lamb"] == 100.0 and rec["data_dim"] == 16 and math.isfinite(rec["R_lb"])
+
+
+# ---- --lambda and its alias --lamb ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_lambda_and_its_alias_parse_alike_and_name_one_run_folder(command):
+    """--lamb (the paper's commands) and its abbreviation --lam parse as --lambda does, so the run folder (named by
+    the dest, lamb=...) is the same; a training run takes far more than a few seconds, so the name is checked
+    here, from the parsed flags, where train and eval take it."""
+    common = ["--dataset", "gaussian", "--data_dim", "2", "--units", "8,8"]
+    new = rdlb.parse_args([*common, "--lambda", "3", command])
+    for spelling in ("--lamb", "--lam"):
+        assert vars(rdlb.parse_args([*common, spelling, "3", command])) == vars(new)
+    assert rdlb.run_dir_name(new, 2, new.lamb, 64) == "rdlb-data_dim=2-model=mlp-units=8_8-lamb=3.0-batchsize=64"
+
+
+def test_help_names_lambda_first(capsys):
+    with pytest.raises(SystemExit):
+        rdlb.parse_args(["--help"])
+    assert "--lambda LAMBDA, --lamb LAMBDA" in capsys.readouterr().out
