@@ -6,8 +6,8 @@
 Several --lambda values (alias --lamb, the paper's spelling) sweep the curve, each warm-started from the previous
 solution. Per lambda, a run folder `<save_dir>/ba-lamb=<lamb>-bins=<bins>` gets `log.jsonl` (one record per
 iteration: step, R, D, lagrangian) and `results.jsonl` (the final point). Rates are nats per sample; D is the MSE
-per dimension. On a terminal, a progress bar per lambda (iterations, with the current R, D and Lagrangian) runs on stderr;
--V shows the bars also when stderr is a log (one line per lambda, when it is done).
+per dimension. On a terminal, a progress bar per lambda (iterations, with the current R, D and Lagrangian) runs on
+stderr; -V shows the bars also when stderr is a log (one line per lambda, when it is done).
 """
 import time
 
