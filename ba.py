@@ -1,13 +1,13 @@
 """Blahut-Arimoto R-D of a low-dimensional source, from samples (histogram discretization).
 
     python ba.py -V --samples data/physics/n=2-ppzee-split=test.npy --save_dir checkpoints/physics \\
-        --bins 60 --steps 2000 --tol 1e-5 --lamb 100
+        --bins 60 --steps 2000 --tol 1e-5 --lambda 100
 
-Several --lamb values sweep the curve, each warm-started from the previous solution. Per lambda, a run
-folder `<save_dir>/ba-lamb=<lamb>-bins=<bins>` gets `log.jsonl` (one record per iteration: step, R, D,
-lagrangian) and `results.jsonl` (the final point). Rates are nats per sample; D is the MSE per dimension.
-On a terminal, a progress bar per lambda (iterations, with the current R, D and Lagrangian) runs on stderr;
--V shows the bars also when stderr is a log (one line per lambda, when it is done).
+Several --lambda values (alias --lamb, the paper's spelling) sweep the curve, each warm-started from the previous
+solution. Per lambda, a run folder `<save_dir>/ba-lamb=<lamb>-bins=<bins>` gets `log.jsonl` (one record per
+iteration: step, R, D, lagrangian) and `results.jsonl` (the final point). Rates are nats per sample; D is the MSE
+per dimension. On a terminal, a progress bar per lambda (iterations, with the current R, D and Lagrangian) runs on
+stderr; -V shows the bars also when stderr is a log (one line per lambda, when it is done).
 """
 import time
 
@@ -27,8 +27,9 @@ def parse_args(argv):
     p.add_argument("--num_samples", type=cli.positive_int, default=100000,
                    help="samples to draw from a built-in source")
     p.add_argument("--data_dim", type=cli.positive_int, default=2, help="dimension of a built-in source")
-    p.add_argument("--lamb", type=cli.positive_float, nargs="+", required=True,
-                   help="one or more lambdas (a sweep warm-starts each from the previous solution)")
+    p.add_argument("--lambda", "--lamb", dest="lamb", metavar="LAMBDA", type=cli.positive_float, nargs="+",
+                   required=True, help="one or more lambdas (a sweep warm-starts each from the previous solution); "
+                                       "--lamb is the same flag")
     p.add_argument("--bins", type=int, default=60, help="histogram bins per dimension")
     p.add_argument("--steps", type=cli.positive_int, default=2000, help="maximum iterations per lambda")
     p.add_argument("--tol", type=cli.nonnegative_float, default=1e-5,

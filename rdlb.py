@@ -1,28 +1,22 @@
 #!/usr/bin/env python
 """R-D lower bound from Csiszar's dual characterization, with a trained "log u" network (Yang & Mandt, ICLR 2022).
 
-Distortion rho(x, y) = ||x - y||^2 / n, the MSE over the n data dimensions; lamb multiplies it (the package's
-Lagrangian R + lamb * D, the same lambda as the paper's commands: for N(0, I_n), lamb = n/2 * c has the true
-intercept min_D R(D) + lamb * D = n/2 * (1 + ln c) nats). For any u > 0 and every D,
-    R(D) >= R_L(lamb) - lamb * D,  R_L(lamb) = E[-log u(X)] - log c,  c = sup_y E_X[exp(-lamb rho(X, y)) / u(X)].
-With a batch of k samples, C_k = sup_y (1/k) sum_i exp(-lamb rho(x_i, y) - log u(x_i)) has E[C_k] >= c, and since
-log c <= c / alpha + log alpha - 1 for every alpha > 0, each batch gives
-    xi = -(1/k) sum_i log u(x_i) - C_k / alpha - log alpha + 1,   E[xi] <= R_L(lamb) <= the true intercept,
-an unbiased estimate of a valid lower bound. `eval` draws M held-out batches and sets alpha for draw j to the mean
-of the other M - 1 draws' C_k (leave-one-out: alpha is then independent of draw j, close to the optimal
-alpha = E[C_k], and costs no extra draws); C_k is heavy-tailed, so its interval is `utils.rd.lb_interval`'s, whose
-coverage bench/rdlb_coverage.py measures. Training maximizes, with M batches per step, the paper's objective
-    mean_{j,i}(-log u(x_ji)) - log (1/M) sum_j C_k^(j)
-with log of the mean C_k linearized around a lagging average of earlier steps' (`LaggingAlpha`, the paper's loss);
-C_k's gradient is taken at its maximizer y*, by Danskin's theorem. Everything is in the log domain.
+For a slope lambda (--lambda, the package's Lagrangian R + lambda * D with D the MSE per dimension, rates in nats),
+a network log u gives a line R(D) >= R_L(lambda) - lambda * D whose intercept R_L is estimated from batches of k
+samples; the algorithm (the bound, its batch estimate xi, the inner ascent for C_k and the paper's training loss)
+is described in utils/rdlb.py, which holds it.
 
-C_k: multi-start ascent on log f(y), f(y) = (1/k) sum_i exp(a_i - beta ||x_i - y||^2), a_i = -log u(x_i),
-beta = lamb / n. The step y <- y + y_lr * (m(y) - y), m(y) the softmax(a - beta ||x - y||^2)-weighted mean of the
-batch, is gradient ascent with step y_lr / (2 beta) (y_lr = 1 is the mean-shift fixed point step, which never
-decreases f; no step-size tuning across lambdas). Starts: the --y_quick_topn batch points with the largest f
-(quick) or every batch point (exhaustive). All starts run as one batch in one compiled while loop; each start stops
-once its relative improvement of f falls below --y_tol. Since C_k >= exp(a_j) / k for every batch point, every
-estimate is at most log k nats: evaluate with a larger --batchsize where the intercept approaches log k.
+`train` fits log u at --lambda (or sweeps lambda up to it with --anneal_lamb) in the run folder
+<checkpoint_dir>/rdlb-data_dim=<n>-model=<m>-units=<u>-lamb=<lambda>-batchsize=<k>: checkpoints
+step=<step>-lamb=<lambda>-kerasckpt.*, log.jsonl (every --log_interval steps) and flags.json; --cont resumes.
+
+`eval` draws --num_Ck_samples held-out batches (the sample file's split=test twin, or fresh draws of a built-in
+source) and sets alpha for draw j to the mean of the other draws' C_k (leave-one-out: alpha is independent of draw
+j, close to the optimal E[C_k], and costs no extra draws); C_k is heavy-tailed, so its 95% interval is
+`utils.rd.lb_interval`'s, whose coverage bench/rdlb_coverage.py measures. It appends a record (R_lb, its stderr and
+interval) to the run folder's results.jsonl and writes the draws to an .npz there. The ascent starts from every
+batch point (exhaustive) unless --y_init quick --allow_quick. Every estimate is at most log k nats: evaluate with
+a larger --batchsize where the intercept approaches log k.
 """
 import argparse
 import glob
@@ -35,256 +29,14 @@ from pathlib import Path
 
 import numpy as np
 
-from utils import Progress, jsonl, rd, runs, train_flags  # TensorFlow is imported where needed, so that bad input fails in a second
+# TensorFlow (and utils.rdlb, which imports it) is imported inside the commands, so that bad input fails in a second
+from utils import Progress, jsonl, rd, runs, train_flags
 from utils.cli import (ArgumentParser, InputError, finite_float, float_list, int_list, nonnegative_float, output_dir,
                        positive_float, positive_int, run)
 from utils.sources import make_source
 
 MODELS = ("mlp", "cnn")
 CKPT_SUFFIX = "-kerasckpt"
-STEP_DECAY = 0.2
-
-
-# ---- the inner optimization: C_k ----------------------------------------------------------------
-
-def _kernel_sums(tf, y, x, b, beta, with_target=True):
-    """For each row of y: log sum_i exp(a_i - beta ||x_i - y||^2), and the softmax-weighted batch mean (the ascent
-    target). b = a - beta ||x||^2 is precomputed: the logits are b_i + 2 beta y.x_i - beta ||y||^2."""
-    logits = (b[None, :] + tf.matmul(2.0 * beta * y, x, transpose_b=True)
-              - beta * tf.reduce_sum(tf.square(y), 1, keepdims=True))
-    lse = tf.reduce_logsumexp(logits, axis=1)
-    if not with_target:
-        return lse
-    return lse, tf.matmul(tf.exp(logits - lse[:, None]), x)
-
-
-def _in_chunks(tf, fn, y, chunksize, signature):
-    """fn over row chunks of y (bounds the [rows, k] pairwise memory); chunksize None means one chunk."""
-    if chunksize is None:
-        return fn(y)
-    rows = tf.shape(y)[0]
-
-    def chunked():
-        chunks = tf.reshape(tf.pad(y, [[0, (-rows) % chunksize], [0, 0]]), [-1, chunksize, y.shape[-1]])
-        out = tf.map_fn(fn, chunks, fn_output_signature=signature)
-        return tf.nest.map_structure(lambda t: tf.reshape(t, [-1] + t.shape[2:].as_list())[:rows], out)
-    return tf.cond(rows <= chunksize, lambda: fn(y), chunked)
-
-
-def log_sup(x, a, beta, topn=None, y_lr=1.0, y_tol=1e-6, y_steps=1000, chunksize=None):
-    """log C_k = log max_y f(y) by batched multi-start ascent; returns (log C_k, y*, iterations, whether some start
-    was still improving when --y_steps stopped it).
-
-    x: [k, d] flat batch, a: [k] = -log u(x). Starts: the `topn` batch points with the largest f (quick), or every
-    batch point (topn None: exhaustive). Call inside a tf.function.
-    """
-    import tensorflow as tf
-    k = tf.shape(x)[0]
-    center = tf.reduce_mean(x, 0)  # distances are shift-invariant; centering keeps the expansion accurate
-    x = x - center
-    b = a - beta * tf.reduce_sum(tf.square(x), 1)
-    y = x
-    if topn is not None:
-        scores = _in_chunks(tf, lambda y: _kernel_sums(tf, y, x, b, beta, with_target=False), x, chunksize, tf.float32)
-        y = tf.gather(x, tf.math.top_k(scores, k=tf.minimum(topn, k)).indices)
-    step = lambda y: _in_chunks(tf, lambda c: _kernel_sums(tf, c, x, b, beta), y, chunksize,  # noqa: E731
-                                (tf.float32, tf.float32))
-    lse, target = step(y)
-    active = tf.ones_like(lse, tf.bool)
-
-    def body(i, y, lse, target, active):
-        idx = tf.where(active)[:, 0]
-        y_a, lse_a, target_a = tf.gather(y, idx), tf.gather(lse, idx), tf.gather(target, idx)
-        y_new = y_a + y_lr * (target_a - y_a)
-        lse_new, target_new = step(y_new)
-        better = lse_new > lse_a
-        rel_gain = tf.math.expm1(lse_new - lse_a)
-        at = idx[:, None]
-        y = tf.tensor_scatter_nd_update(y, at, tf.where(better[:, None], y_new, y_a))
-        lse = tf.tensor_scatter_nd_update(lse, at, tf.where(better, lse_new, lse_a))
-        target = tf.tensor_scatter_nd_update(target, at, tf.where(better[:, None], target_new, target_a))
-        active = tf.tensor_scatter_nd_update(active, at, better & (rel_gain > y_tol))
-        return i + 1, y, lse, target, active
-
-    iters, y, lse, _, active = tf.while_loop(lambda i, y, lse, t, active: (i < y_steps) & tf.reduce_any(active),
-                                             body, [tf.constant(0), y, lse, target, active])
-    best = tf.argmax(lse)
-    return lse[best] - tf.math.log(tf.cast(k, tf.float32)), y[best] + center, iters, tf.reduce_any(active)
-
-
-def log_mean_kernel(x, a, y, beta):
-    """log f(y) = log (1/k) sum_i exp(a_i - beta ||x_i - y||^2) at one point y, by exact differences.
-
-    Differentiable in a (the training gradient); also gives eval's final, exact C_k."""
-    import tensorflow as tf
-    logits = a - beta * tf.reduce_sum(tf.square(x - y[None, :]), 1)
-    return tf.reduce_logsumexp(logits) - tf.math.log(tf.cast(tf.shape(x)[0], tf.float32))
-
-
-# ---- the log u network ---------------------------------------------------------------------------
-
-class DualBound:
-    """The log u network with lamb, and the compiled pieces: the training step and one draw of (log C_k, E[-log u])."""
-
-    def __init__(self, args, shape, lamb):
-        import tensorflow as tf
-        from utils.nn import get_activation, make_cnn, make_mlp
-        self.tf = tf
-        self.shape = tuple(shape)
-        self.n = int(np.prod(self.shape))
-        activation = get_activation(args.activation)
-        if args.model == "mlp":
-            self.net = make_mlp(args.units, activation, output_units=1, name="log_u")
-        else:
-            if len(self.shape) != 3:
-                raise InputError(f"--model cnn needs an image source ([N, H, W, C] .npy); --dataset gives vectors "
-                                 f"of dimension {self.n}")
-            if not args.kernel_dims or len(args.kernel_dims) > len(args.units):
-                raise InputError(f"--kernel_dims {args.kernel_dims}: need one to {len(args.units)} entries, one per "
-                                 f"conv layer (the first entries of --units)")
-            c = len(args.kernel_dims)
-            self.net = make_cnn(args.units[:c], args.kernel_dims, args.units[c:], activation, name="log_u")
-        # Inputs are standardized by the source's mean and scale (set by `adapt` before training, then saved in
-        # checkpoints): sources such as the physics data have scales ~0.03 that a freshly initialized net cannot see.
-        axis = -1 if len(self.shape) == 1 else None
-        self.net = tf.keras.Sequential([tf.keras.layers.Normalization(axis=axis, name="standardize"), self.net],
-                                       name="log_u_net")
-        self.net(tf.zeros((1,) + self.input_shape))
-        self.lamb = tf.Variable(float(lamb), trainable=False, dtype=tf.float32, name="lamb")
-        self.topn = None if args.y_init == "exhaustive" else args.y_quick_topn
-        self.sup_kw = dict(y_lr=args.y_lr, y_tol=args.y_tol, y_steps=args.y_steps, chunksize=args.chunksize)
-        self.draw = tf.function(self._draw)
-
-    def adapt(self, x):
-        """Sets the input standardization from samples x of the source."""
-        self.net.layers[0].adapt(np.reshape(x, (-1,) + self.input_shape))
-
-    @property
-    def input_shape(self):
-        return self.shape if len(self.shape) == 3 else (self.n,)
-
-    def log_u(self, x):
-        return self.net(self.tf.reshape(x, (-1,) + self.input_shape))[:, 0]
-
-    def _draw(self, x):
-        """One batch: (log C_k, mean of -log u, ascent iterations, whether the ascent hit --y_steps)."""
-        tf = self.tf
-        a = -self.log_u(x)
-        xf = tf.reshape(x, [-1, self.n])
-        beta = self.lamb / self.n
-        _, y, iters, capped = log_sup(xf, a, beta, self.topn, **self.sup_kw)
-        return log_mean_kernel(xf, a, y, beta), tf.reduce_mean(a), iters, capped
-
-    def terms(self, x, num_draws):
-        """From M = num_draws batches stacked in x: mean of -log u, log of the mean of the draws' C_k (differentiable
-        in log u, through C_k at its maximizer y*: Danskin), the draws' log C_k and their ascent iterations."""
-        tf = self.tf
-        beta = self.lamb / self.n
-        a = -tf.reshape(self.log_u(x), [num_draws, -1])
-        xf = tf.reshape(x, [num_draws, -1, self.n])
-        log_ck, iters = [], []
-        for j in range(num_draws):  # M is small and static: M independent while loops in one graph
-            _, y, it, _ = log_sup(xf[j], tf.stop_gradient(a[j]), beta, self.topn, **self.sup_kw)
-            log_ck.append(log_mean_kernel(xf[j], a[j], tf.stop_gradient(y), beta))
-            iters.append(it)
-        log_ck = tf.stack(log_ck)
-        log_mean_ck = tf.reduce_logsumexp(log_ck) - math.log(num_draws)
-        return tf.reduce_mean(a), log_mean_ck, log_ck, tf.stack(iters)
-
-
-class LaggingAlpha:
-    """The paper's training loss and its state (saved in checkpoints, so --cont continues it).
-
-    The objective E[-log u] - log E[C_k] is unchanged when a constant is added to log u, so nothing holds that
-    constant and Adam lets it drift far (log mean C_k ~ +50 within 100 steps). As the paper's code does, log E[C_k] is
-    replaced by its linearization exp(log C - log alpha) + log alpha - 1 around a lagging average alpha of earlier
-    steps' mean C_k (alpha <- beta alpha + (1 - beta) previous mean; the update is skipped when the two are more than
-    10 nats apart). A shift of log u now changes the loss until alpha catches up, which pins the constant near its
-    history. The batch's log mean C_k is held within max_delta nats of the previous step's: above, its value is
-    capped but its gradient kept; below, the gradient that would lower it further is dropped."""
-
-    def __init__(self, tf, beta, max_delta):
-        self.tf, self.beta, self.max_delta = tf, float(beta), float(max_delta)
-        self.log_alpha = tf.Variable(0.0, trainable=False, name="log_alpha")
-        self.prev = tf.Variable(0.0, trainable=False, name="prev_log_mean_Ck")
-        self.started = tf.Variable(False, trainable=False, name="alpha_started")
-
-    def loss(self, mean_neg_log_u, log_mean_ck):
-        """(loss, log alpha used, the clipped log mean C_k, d loss / d log mean C_k), from values (no gradient
-        flows here: make_train_step applies the slope); call update(...) with the 2nd and 3rd after the step."""
-        tf = self.tf
-        first = tf.logical_not(self.started)
-        prev = tf.where(first, log_mean_ck, self.prev)  # the first step expands around itself
-        log_alpha = tf.where(first, prev, self.log_alpha)
-        mixed = tf.reduce_logsumexp(tf.stack([log_alpha + math.log(self.beta) if self.beta > 0 else -np.inf,
-                                              prev + math.log1p(-self.beta)]))
-        log_alpha = tf.where(tf.abs(prev - log_alpha) <= 10.0, mixed, log_alpha)
-        # Capped above, the value is held but the gradient kept; floored below, the gradient is dropped.
-        floored = log_mean_ck < prev - self.max_delta
-        clipped = tf.clip_by_value(log_mean_ck, prev - self.max_delta, prev + self.max_delta)
-        linearized = tf.exp(clipped - log_alpha) + log_alpha - 1.0  # >= log mean C_k
-        slope = tf.where(floored, 0.0, tf.exp(clipped - log_alpha))
-        return linearized - mean_neg_log_u, log_alpha, clipped, slope
-
-    def update(self, log_alpha, clipped):
-        self.log_alpha.assign(log_alpha)
-        self.prev.assign(clipped)
-        self.started.assign(True)
-
-
-def make_train_step(bound, optimizer, num_draws, alpha, strategy):
-    """One training step on a global batch of num_draws x k samples, its draws shared out among the strategy's
-    replicas (each must get as many).
-
-    The loss couples the draws through log mean C_k, so each replica gathers every draw's log C_k (values) and
-    differentiates a surrogate with the same gradient: slope * sum_j w_j log C_j - E[-log u] / R over its own
-    draws, with w_j the softmax weight of draw j among all and slope = d loss / d log mean C_k. The optimizer
-    sums the replicas' gradients: the full loss's gradient, on one device or several."""
-    tf = bound.tf
-    replicas = strategy.num_replicas_in_sync
-    per_replica = num_draws // replicas
-    variables = bound.net.trainable_variables
-
-    def replica_step(x):
-        ctx = tf.distribute.get_replica_context()
-        with tf.GradientTape() as tape:
-            mean_a, _, log_ck, iters = bound.terms(x, per_replica)
-            all_log_ck = ctx.all_gather(tf.stop_gradient(log_ck), axis=0)
-            log_total = tf.reduce_logsumexp(all_log_ck)
-            global_mean_a = ctx.all_reduce("sum", tf.stop_gradient(mean_a)) / replicas
-            loss, log_alpha, clipped, slope = alpha.loss(global_mean_a, log_total - math.log(num_draws))
-            weights = tf.stop_gradient(tf.exp(log_ck - log_total))
-            surrogate = slope * tf.reduce_sum(weights * log_ck) - mean_a / replicas
-        optimizer.apply_gradients(zip(tape.gradient(surrogate, variables), variables))
-        all_iters = ctx.all_gather(tf.cast(iters, tf.float32), axis=0)
-        return dict(objective=-loss, log_mean_Ck=log_total - math.log(num_draws), log_alpha=log_alpha,
-                    y_iters=tf.reduce_mean(all_iters), clipped=clipped)
-
-    @tf.function
-    def step(x):
-        out = strategy.experimental_local_results(strategy.run(replica_step, args=(x,)))[0]  # equal on all
-        alpha.update(out["log_alpha"], out.pop("clipped"))
-        return out
-
-    def split(x):
-        """The global batch [num_draws * k, ...] as each replica's consecutive share of the draws."""
-        if replicas == 1:
-            return x
-        rows = tf.shape(x)[0] // replicas
-        return strategy.experimental_distribute_values_from_function(
-            lambda ctx: x[ctx.replica_id_in_sync_group * rows:(ctx.replica_id_in_sync_group + 1) * rows])
-
-    return lambda x: step(split(x))
-
-
-def step_decay(lr, last_step):
-    """The paper's schedule: lr for the first half of the run, then x0.2 after 1/2, 3/4 and 7/8 of --last_step.
-
-    A Keras schedule of the optimizer's step counter (t - 1 during step t), so a resumed run stays on it: step t
-    (1-based) runs at lr * 0.2^j, j the number of fractions f in (1/2, 3/4, 7/8) with t > f * last_step."""
-    import tensorflow as tf
-    bounds = [math.floor(f * last_step) - 1 for f in (0.5, 0.75, 0.875)]
-    return tf.keras.optimizers.schedules.PiecewiseConstantDecay(bounds, [lr * STEP_DECAY ** j for j in range(4)])
 
 
 # ---- runs and checkpoints ------------------------------------------------------------------------
@@ -339,44 +91,13 @@ def resolve_ckpts(pattern):
     return list(dict.fromkeys(prefixes))
 
 
-def restore(bound, prefix, optimizer=None, state=None):
-    """Loads the network; with `optimizer`, also the optimizer and the training `state` ({name: variable})."""
-    tf = bound.tf
-    objects = dict(log_u=bound.net)
-    if optimizer is not None:
-        optimizer.build(bound.net.trainable_variables)
-        objects.update(optimizer=optimizer, **state)
-    try:
-        status = tf.train.Checkpoint(**objects).read(prefix).assert_existing_objects_matched()
-        if optimizer is None:
-            status.expect_partial()  # eval needs the network only, not the optimizer's state
-        bound.net.layers[0].finalize_state()  # the standardization reads its restored statistics
-    except (ValueError, AssertionError, tf.errors.OpError) as e:
-        tf.get_logger().setLevel("ERROR")  # the failed restore would warn about its leftovers at exit
-        raise InputError(f"checkpoint {prefix} does not fit this model (--model/--units/--kernel_dims/--data_dim "
-                         f"must match training): {str(e).splitlines()[0]}")
-
-
 # ---- commands ------------------------------------------------------------------------------------
-
-def anneal_schedule(targets, last_step):
-    """lamb(step) for --anneal_lamb: the run is split into one segment per target; each ramps log-linearly from the
-    previous target over its first half and holds the target for its second half, checkpointed at its end."""
-    seg = last_step / len(targets)
-    ends = [round((j + 1) * seg) for j in range(len(targets))]
-
-    def lamb(step):
-        j = min(int((step - 1) / seg), len(targets) - 1)
-        frac = min(1.0, 2.0 * ((step - 1) - j * seg) / seg)
-        lo, hi = targets[max(j - 1, 0)], targets[j]
-        return lo * (hi / lo) ** frac
-    return lamb, set(ends)
-
 
 def train(args, source):
     from utils import training
     strategy = training.strategy_from_flags(args)  # before any other TensorFlow work (docs/distributed.md)
     import tensorflow as tf
+    from utils.rdlb import DualBound, LaggingAlpha, anneal_schedule, make_train_step, restore, step_decay
     tf.keras.utils.set_random_seed(args.seed)
     k, m = args.batchsize, args.num_Ck_samples
     if m % strategy.num_replicas_in_sync:
@@ -388,7 +109,7 @@ def train(args, source):
         if not args.target_lambs or min(args.target_lambs) <= 0:
             raise InputError("--anneal_lamb needs --target_lambs, a comma-separated list of positive lambdas")
         if max(args.target_lambs) > args.lamb:
-            raise InputError(f"--target_lambs go up to {max(args.target_lambs)}, above the final --lamb {args.lamb}")
+            raise InputError(f"--target_lambs go up to {max(args.target_lambs)}, above the final --lambda {args.lamb}")
         targets = sorted(set(args.target_lambs) | {args.lamb})
         if args.last_step < 2 * len(targets):
             raise InputError(f"--last_step {args.last_step} is too short to anneal through {len(targets)} lambdas")
@@ -404,7 +125,7 @@ def train(args, source):
         lr = step_decay(args.lr, args.last_step) if args.lr_schedule else args.lr
         optimizer = tf.keras.optimizers.Adam(lr, global_clipnorm=args.global_clipnorm)
         step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-        alpha = LaggingAlpha(tf, args.beta, args.log_E_Ck_max_delta)
+        alpha = LaggingAlpha(args.beta, args.log_E_Ck_max_delta)
     state = dict(step=step_var, log_alpha=alpha.log_alpha, prev_log_mean_Ck=alpha.prev, alpha_started=alpha.started)
     bound.adapt(source.sample(min(10000, 10 * k), seed=args.seed))
     if existing:
@@ -453,7 +174,7 @@ def evaluate(args, source):
         prefixes = resolve_ckpts(args.ckpt)
     else:
         if args.lamb is None:
-            raise InputError("eval needs --lamb (with --checkpoint_dir) or --ckpt")
+            raise InputError("eval needs --lambda (with --checkpoint_dir) or --ckpt")
         pattern = run_dir_name(args, args.data_dim or source.dim, args.lamb, "*")
         dirs = sorted(glob.glob(os.path.join(glob.escape(args.checkpoint_dir), pattern)))
         if len(dirs) != 1:
@@ -463,7 +184,7 @@ def evaluate(args, source):
     for prefix in prefixes:
         lamb = args.lamb if args.lamb is not None else lamb_from_path(prefix)
         if lamb is None or not lamb > 0:
-            raise InputError(f"no lambda in {prefix}; give --lamb")
+            raise InputError(f"no lambda in {prefix}; give --lambda")
         evaluate_ckpt(args, source, prefix, lamb)
 
 
@@ -486,6 +207,7 @@ def eval_draws(source):
 
 def evaluate_ckpt(args, source, prefix, lamb):
     import tensorflow as tf
+    from utils.rdlb import DualBound, restore
     tf.keras.utils.set_random_seed(args.seed)
     bound = DualBound(args, getattr(source, "shape", (source.dim,)), lamb)
     restore(bound, prefix)
@@ -539,7 +261,8 @@ def parse_args(argv):
                    help="hidden sizes; for cnn the first len(--kernel_dims) are conv channels")
     p.add_argument("--kernel_dims", type=int_list, default=[9, 5, 3], help="cnn kernel sizes")
     p.add_argument("--activation", default="selu", help="hidden activation (the paper's: selu)")
-    p.add_argument("--lamb", type=finite_float, help="lambda, the slope of the bounding line (per-dimension MSE)")
+    p.add_argument("--lambda", "--lamb", dest="lamb", metavar="LAMBDA", type=finite_float,
+                   help="lambda, the slope of the bounding line (per-dimension MSE); --lamb is the same flag")
     p.add_argument("--chunksize", type=positive_int, help="starting points per pairwise-distance chunk (memory)")
     p.add_argument("--checkpoint_dir", default="checkpoints", help="run folders go under here")
     p.add_argument("--seed", type=int, default=0, help="seeds numpy and TensorFlow")
@@ -558,8 +281,8 @@ def parse_args(argv):
     inner.add_argument("--y_tol", type=nonnegative_float, default=1e-6,
                        help="a start stops when its relative improvement of f falls below this")
 
-    t = sub.add_parser("train", parents=[inner], help="train log u at --lamb",
-                       description="Train log u at --lamb.")
+    t = sub.add_parser("train", parents=[inner], help="train log u at --lambda",
+                       description="Train log u at --lambda.")
     t.add_argument("--num_Ck_samples", type=positive_int, default=2,
                    help="M, draws of C_k per step (shared out among the replicas of --strategy)")
     t.add_argument("--last_step", type=positive_int, default=1000, help="training steps")
@@ -575,9 +298,9 @@ def parse_args(argv):
     t.add_argument("--log_E_Ck_max_delta", type=positive_float, default=1.0,
                    help="most nats the batch's log mean C_k may move from the previous step's in the loss")
     t.add_argument("--anneal_lamb", action="store_true",
-                   help="sweep lambda up through --target_lambs to --lamb, checkpointing at each target")
+                   help="sweep lambda up through --target_lambs to --lambda, checkpointing at each target")
     t.add_argument("--target_lambs", type=float_list,
-                   help="with --anneal_lamb: the lambdas passed on the way to --lamb, comma-separated")
+                   help="with --anneal_lamb: the lambdas passed on the way to --lambda, comma-separated")
     t.add_argument("--cont", action="store_true", help="resume the run's latest checkpoint")
 
     train_flags.add_run_flags(t)  # --strategy, --cpu_devices, --tensorboard
@@ -585,7 +308,7 @@ def parse_args(argv):
     e = sub.add_parser("eval", parents=[inner], help="estimate the intercept R_lb with a 95%% interval",
                        description="Estimate the intercept R_lb with a 95%% interval.")
     e.add_argument("--num_Ck_samples", type=positive_int, default=10, help="M, draws of C_k (and of xi)")
-    e.add_argument("--ckpt", help="a checkpoint, a run folder or a glob; lambda comes from the name unless --lamb")
+    e.add_argument("--ckpt", help="a checkpoint, a run folder or a glob; lambda comes from the name unless --lambda")
     e.add_argument("--allow_quick", action="store_true",
                    help="accept --y_init quick, which may miss the sup and so overstate the bound")
     args = p.parse_args(argv)
@@ -599,9 +322,9 @@ def check_args(args):
     if args.model not in MODELS:
         raise InputError(f"--model {args.model!r} is unknown; choose one of {', '.join(MODELS)}")
     if args.lamb is not None and not args.lamb > 0:
-        raise InputError(f"--lamb must be a positive finite number, got {args.lamb}")
+        raise InputError(f"--lambda must be a positive finite number, got {args.lamb}")
     if args.command == "train" and args.lamb is None:
-        raise InputError("train needs --lamb")
+        raise InputError("train needs --lambda")
     if not args.units or min(args.units) < 1:
         raise InputError(f"--units {args.units}: need positive layer sizes")
     if not 0 < args.y_lr < 2:

@@ -1,14 +1,15 @@
 """Upper bound on R(D) by Wasserstein gradient descent on the reproduction distribution (particles).
 
     python wgd.py -V --samples data/physics/n=2-ppzee-split=train.npy --save_dir checkpoints/physics \\
-        --lamb 100 300 1000 --num_particles 1000 --steps 2000
+        --lambda 100 300 1000 --num_particles 1000 --steps 2000
 
 The reproduction distribution is a cloud of --num_particles particles, started at training samples. Each step
 draws --batchsize samples, solves the inner BA problem in closed form and moves the particles along the
 Wasserstein gradient (SGD or Adam, with the reference's inverse-square-root step decay); --hybrid also updates
-the particle weights by a BA step. Several --lamb values make a sweep, run from the largest lambda down, each
-warm-started from the previous particles. The bound is evaluated exactly over all particles on held-out samples
-(the file's split=test twin, 20% of the rows of a file without one, or fresh draws of a built-in source).
+the particle weights by a BA step. Several --lambda values (alias --lamb, the paper's spelling) make a sweep, run
+from the largest lambda down, each warm-started from the previous particles. The bound is evaluated exactly over
+all particles on held-out samples (the file's split=test twin, 20% of the rows of a file without one, or fresh
+draws of a built-in source).
 
 Per lambda, `<save_dir>/wgd-lamb=<lamb>-particles=<k>` (plus `-hybrid=True`) gets `log.jsonl` (every --log_every
 steps: minibatch means of lagrangian, R, D, and lr, time), `results.jsonl` (the held-out bound, method wgd),
@@ -39,9 +40,10 @@ def parse_args(argv):
     p.add_argument("--data_dim", type=cli.positive_int,
                    help="dimension of a built-in source (default: 2); checked against a file's samples")
     p.add_argument("--gparams_path", help="the Gaussian's .npz (loc, scale) for --samples gaussian")
-    p.add_argument("--lamb", type=cli.positive_float, nargs="+", required=True,
+    p.add_argument("--lambda", "--lamb", dest="lamb", metavar="LAMBDA", type=cli.positive_float, nargs="+",
+                   required=True,
                    help="one or more lambdas (a sweep runs from the largest down, each warm-started from the "
-                        "previous particles)")
+                        "previous particles); --lamb is the same flag")
     p.add_argument("--num_particles", type=cli.positive_int, default=1000, help="particles k")
     p.add_argument("--batchsize", type=cli.positive_int, default=1000, help="source samples per step m")
     p.add_argument("--steps", type=cli.positive_int, default=2000, help="steps per lambda")

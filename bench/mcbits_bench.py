@@ -10,16 +10,19 @@ coder's speed is also printed as a fraction of it, which survives a busy machine
 """
 import argparse
 import json
+import os
 import sys
 import time
 
-from harness import load_script
+# The coding path's setting, as mcbits.py makes it: single-threaded BLAS, set before NumPy loads.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-mcbits = load_script("mcbits")  # first: it limits BLAS threads before NumPy loads
+import harness  # noqa: E402,F401  (the repository on sys.path)
 
 import numpy as np  # noqa: E402
 
 from utils import ans, mnist  # noqa: E402
+from utils import mcbits  # noqa: E402  (the engine: Net, load_weights, Codec)
 from utils.sources import data_dir  # noqa: E402
 
 DEFAULT_WEIGHTS = "mcbits/train_bin_emnist_split=mnist_num=5.npz"

@@ -22,26 +22,28 @@ import utils  # noqa: E402,F401  (before TensorFlow: filters its start-up noise)
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-import rdlb  # noqa: E402
+import rdlb  # noqa: E402  (the command line: parse_args)
+from utils import rdlb as engine  # noqa: E402  (the algorithm)
 from utils.cli import positive_float  # noqa: E402
 
 
 def loop_log_sup(x, a, beta, topn, y_lr, y_tol, y_steps):
-    """The baseline: the same ascent as rdlb.log_sup, one start at a time and one step at a time, in eager Python."""
+    """The baseline: the same ascent as utils.rdlb.log_sup, one start at a time and one step at a time, in eager
+    Python."""
     k = x.shape[0]
     center = tf.reduce_mean(x, 0)
     x = x - center
     b = a - beta * tf.reduce_sum(tf.square(x), 1)
-    scores = rdlb._kernel_sums(tf, x, x, b, beta, with_target=False)  # scores of all batch points, as batched
+    scores = engine._kernel_sums(x, x, b, beta, with_target=False)  # scores of all batch points, as batched
     best_lse, best_y, total_steps = -math.inf, None, 0
     for s in tf.math.top_k(scores, k=min(topn, k)).indices.numpy():
         y = x[s:s + 1]
-        lse, target = rdlb._kernel_sums(tf, y, x, b, beta)
+        lse, target = engine._kernel_sums(y, x, b, beta)
         lse = float(lse[0])
         for _ in range(y_steps):
             total_steps += 1
             y_new = y + y_lr * (target - y)
-            lse_new, target_new = rdlb._kernel_sums(tf, y_new, x, b, beta)
+            lse_new, target_new = engine._kernel_sums(y_new, x, b, beta)
             lse_new = float(lse_new[0])
             if not lse_new > lse:
                 break
@@ -65,13 +67,13 @@ def main():
                             "--lamb", str(b.lamb), "train", "--batchsize", str(k), "--num_Ck_samples", str(m),
                             "--y_init", "quick", "--y_quick_topn", "10"])
     tf.keras.utils.set_random_seed(b.seed)
-    batched = rdlb.DualBound(args, (n,), b.lamb)
-    looped = rdlb.DualBound(args, (n,), b.lamb)
+    batched = engine.DualBound(args, (n,), b.lamb)
+    looped = engine.DualBound(args, (n,), b.lamb)
     looped.net.set_weights(batched.net.get_weights())
     opt_b, opt_l = tf.keras.optimizers.Adam(args.lr), tf.keras.optimizers.Adam(args.lr)
-    batched_step = rdlb.make_train_step(batched, opt_b, m, rdlb.LaggingAlpha(tf, args.beta, args.log_E_Ck_max_delta),
-                                        tf.distribute.get_strategy())
-    alpha_l = rdlb.LaggingAlpha(tf, args.beta, args.log_E_Ck_max_delta)
+    batched_step = engine.make_train_step(batched, opt_b, m, engine.LaggingAlpha(args.beta, args.log_E_Ck_max_delta),
+                                          tf.distribute.get_strategy())
+    alpha_l = engine.LaggingAlpha(args.beta, args.log_E_Ck_max_delta)
     beta = b.lamb / n
 
     @tf.function
@@ -79,11 +81,11 @@ def main():
         with tf.GradientTape() as tape:
             a = -tf.reshape(looped.log_u(x), [m, k])
             xf = tf.reshape(x, [m, k, n])
-            log_ck = tf.stack([rdlb.log_mean_kernel(xf[j], a[j], ys[j], beta) for j in range(m)])
+            log_ck = tf.stack([engine.log_mean_kernel(xf[j], a[j], ys[j], beta) for j in range(m)])
             log_mean_ck = tf.reduce_logsumexp(log_ck) - math.log(m)
             loss, log_alpha, clipped, slope = alpha_l.loss(tf.stop_gradient(tf.reduce_mean(a)),
                                                            tf.stop_gradient(log_mean_ck))
-            surrogate = slope * log_mean_ck - tf.reduce_mean(a)  # the loss's gradient (see rdlb.make_train_step)
+            surrogate = slope * log_mean_ck - tf.reduce_mean(a)  # the loss's gradient (see utils.rdlb.make_train_step)
         grads = tape.gradient(surrogate, looped.net.trainable_variables)
         opt_l.apply_gradients(zip(grads, looped.net.trainable_variables))
         alpha_l.update(log_alpha, clipped)
@@ -101,7 +103,7 @@ def main():
     @tf.function
     def batched_sups(x, a):  # the batched inner optimization alone, as inside batched_step
         xf = tf.reshape(x, [m, k, n])
-        return tf.stack([rdlb.log_sup(xf[j], a[j], beta, args.y_quick_topn, **batched.sup_kw)[0] for j in range(m)])
+        return tf.stack([engine.log_sup(xf[j], a[j], beta, args.y_quick_topn, **batched.sup_kw)[0] for j in range(m)])
 
     rng = np.random.default_rng(b.seed)
     times_b, times_l, inner_b, inner_l, diffs = [], [], [], [], []

@@ -32,12 +32,13 @@ def draw_from_model(ckpt, num_draws, batchsize, lamb, units, activation, seed):
     """num_draws (log C_k, mean -log u) pairs of held-out batches, as rdlb.py eval draws them."""
     import tensorflow as tf
     rdlb = load_script("rdlb")
+    from utils import rdlb as engine
     args = rdlb.parse_args(["--dataset", "gaussian", "--data_dim", "2", "--units", units, "--activation", activation,
                             "--lamb", str(lamb), "--seed", str(seed), "eval", "--batchsize", str(batchsize)])
     source = rdlb.make_source("gaussian", 2)
     (prefix,) = rdlb.resolve_ckpts(ckpt)[-1:]
-    bound = rdlb.DualBound(args, (2,), lamb)
-    rdlb.restore(bound, prefix)
+    bound = engine.DualBound(args, (2,), lamb)
+    engine.restore(bound, prefix)
     draw, _ = rdlb.eval_draws(source)
     log_ck, nlu = np.zeros(num_draws), np.zeros(num_draws)
     t0 = time.time()

@@ -156,3 +156,29 @@ def test_cli_rejects_bad_input(tmp_path, setup, args, message):
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+# ---- --lambda and its alias --lamb ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("spelling", ["--lamb", "--lam"])  # the paper's flag, and an abbreviation that still works
+def test_lambda_and_its_alias_parse_alike(spelling):
+    common = ["--samples", "gaussian", "--bins", "30"]
+    assert vars(ba.parse_args([*common, spelling, "3", "10"])) == vars(ba.parse_args([*common, "--lambda", "3", "10"]))
+    assert ba.parse_args([*common, "--lambda", "3"]).lamb == [3.0]
+
+
+def test_help_names_lambda_first(capsys):
+    with pytest.raises(SystemExit):
+        ba.parse_args(["--help"])
+    assert "--lambda LAMBDA [LAMBDA ...], --lamb LAMBDA [LAMBDA ...]" in capsys.readouterr().out
+
+
+def test_lambda_and_lamb_runs_write_the_same_folder_and_numbers(tmp_path, capsys):
+    np.save(tmp_path / "x.npy", np.random.default_rng(5).standard_normal((5000, 2)))
+    for spelling in ("--lambda", "--lamb"):
+        ba.main(["--samples", str(tmp_path / "x.npy"), "--bins", "20", "--steps", "50", spelling, "3",
+                 "--save_dir", str(tmp_path / spelling)])
+    assert [p.name for p in (tmp_path / "--lambda").iterdir()] == ["ba-lamb=3.0-bins=20"]
+    assert [p.name for p in (tmp_path / "--lamb").iterdir()] == ["ba-lamb=3.0-bins=20"]
+    new, old = (jsonl.read(tmp_path / s / "ba-lamb=3.0-bins=20" / "results.jsonl")[0] for s in ("--lambda", "--lamb"))
+    assert {k: v for k, v in new.items() if k != "time"} == {k: v for k, v in old.items() if k != "time"}

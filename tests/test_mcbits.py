@@ -1,5 +1,5 @@
-"""mcbits.py and utils/ans.py: exact count-table inverses, lossless round trips of every coder (the stack back at
-its initial words), the net rate against the discretized bound, and bad input."""
+"""mcbits.py, its engine utils/mcbits.py and utils/ans.py: exact count-table inverses, lossless round trips of
+every coder (the stack back at its initial words), the net rate against the discretized bound, and bad input."""
 import json
 import subprocess
 import sys
@@ -10,8 +10,7 @@ import pytest
 
 from conftest import ROOT, data_path, run_script
 from utils import ans
-
-import mcbits
+from utils import mcbits as engine
 
 HIDDEN, LATENT = 24, 6
 
@@ -19,7 +18,7 @@ HIDDEN, LATENT = 24, 6
 def random_arrays(seed=0, scale=0.4):
     rng = np.random.default_rng(seed)
     out = {}
-    for name, (n_in, n_out) in mcbits.layer_shapes(HIDDEN, LATENT).items():
+    for name, (n_in, n_out) in engine.layer_shapes(HIDDEN, LATENT).items():
         out[f"{name}_w"] = (rng.standard_normal((n_in, n_out)) * scale / math.sqrt(n_in) * 3).astype(np.float32)
         out[f"{name}_b"] = (rng.standard_normal(n_out) * 0.5).astype(np.float32)
     return out
@@ -27,8 +26,8 @@ def random_arrays(seed=0, scale=0.4):
 
 def random_images(n, seed=1):
     rng = np.random.default_rng(seed)
-    p = rng.random(mcbits.DIM) * 0.5
-    return (rng.random((n, mcbits.DIM)) < p).astype(np.uint8)
+    p = rng.random(engine.DIM) * 0.5
+    return (rng.random((n, engine.DIM)) < p).astype(np.uint8)
 
 
 # ---- count tables -----------------------------------------------------------------------------------
@@ -88,8 +87,8 @@ def test_stack_round_trip_and_underflow_guard():
 @pytest.mark.parametrize("coder,k,refine", [("bb_elbo", 1, 0), ("bb_is", 4, 0), ("bb_cis", 4, 0),
                                             ("bb_cis", 1, 0), ("bb_is", 3, 3)])
 def test_coders_round_trip_and_restore_initial_words(coder, k, refine):
-    net = mcbits.Net(random_arrays())
-    codec = mcbits.Codec(net, coder, k, refine_steps=refine, refine_lr=0.05)
+    net = engine.Net(random_arrays())
+    codec = engine.Codec(net, coder, k, refine_steps=refine, refine_lr=0.05)
     x = random_images(12)
     stack = ans.Stack.seeded(codec.max_pop_bits() + 64, seed=5)
     initial = stack.words()
@@ -106,7 +105,7 @@ def test_coders_round_trip_and_restore_initial_words(coder, k, refine):
 
 
 def test_bb_elbo_net_rate_matches_discretized_bound():
-    codec = mcbits.Codec(mcbits.Net(random_arrays(2)), "bb_elbo")
+    codec = engine.Codec(engine.Net(random_arrays(2)), "bb_elbo")
     x = random_images(40, seed=4)
     stack = ans.Stack.seeded(codec.max_pop_bits() + 64, seed=0)
     start = stack.bits
@@ -119,10 +118,10 @@ def test_bb_elbo_net_rate_matches_discretized_bound():
 
 
 def test_iwae_bound_above_elbo():
-    model = mcbits.make_model(HIDDEN, LATENT, arrays=random_arrays(1))
+    model = engine.make_model(HIDDEN, LATENT, arrays=random_arrays(1))
     x = random_images(40, seed=2)
-    mu, log_sig = mcbits.Net(random_arrays(1)).encode(x.astype(np.float64))
-    elbo, iwae = mcbits.continuous_bounds(model, x, mu, log_sig, 10, 200, seed=0)
+    mu, log_sig = engine.Net(random_arrays(1)).encode(x.astype(np.float64))
+    elbo, iwae = engine.continuous_bounds(model, x, mu, log_sig, 10, 200, seed=0)
     assert iwae.mean() > elbo.mean()
     assert np.isfinite(elbo).all()
 
@@ -189,7 +188,7 @@ def test_train_starts_at_the_pixel_marginals(tmp_path):
     p = np.clip(mnist.greys("mnist", "train").mean(0), 1e-6, 1 - 1e-6)
     marginal = float(np.mean(-p * np.log2(p) - (1 - p) * np.log2(1 - p)))
     assert log[-1]["val_bpd"] < marginal + 0.02
-    mcbits.load_weights(f"{run_dir}/weights.npz", 200, 50)
+    engine.load_weights(f"{run_dir}/weights.npz", 200, 50)
 
 
 def test_data_paths_fall_back_to_rds_data_dir(tmp_path, monkeypatch):

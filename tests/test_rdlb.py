@@ -1,4 +1,5 @@
-"""rdlb.py: the estimator, the batched inner optimization, checkpoints, the CLI and the paper's commands."""
+"""rdlb.py and its engine utils/rdlb.py: the estimator, the batched inner optimization, checkpoints, the CLI and the
+paper's commands."""
 import glob
 import json
 import math
@@ -13,6 +14,7 @@ import tensorflow as tf
 import rdlb
 from conftest import ROOT, data_path, run_script
 from utils import jsonl, rd
+from utils import rdlb as engine
 
 
 def _args(*extra, command="train"):
@@ -63,7 +65,7 @@ def test_lb_interval_holds_its_coverage_on_heavy_tailed_draws():
 
 
 def _sup(x, a, lamb, **kw):
-    fn = tf.function(lambda x, a: rdlb.log_sup(x, a, lamb / x.shape[1], **kw))
+    fn = tf.function(lambda x, a: engine.log_sup(x, a, lamb / x.shape[1], **kw))
     log_ck, y, _, capped = fn(tf.constant(x, tf.float32), tf.constant(a, tf.float32))
     assert not capped.numpy()
     return float(log_ck), y.numpy()
@@ -97,17 +99,17 @@ def test_quick_exhaustive_chunked_agree_and_beat_a_grid():
 def test_checkpoint_reload_gives_the_same_draw(tmp_path):
     args = _args()
     tf.keras.utils.set_random_seed(0)
-    bound = rdlb.DualBound(args, (2,), 10.0)
+    bound = engine.DualBound(args, (2,), 10.0)
     bound.adapt(np.random.default_rng(0).normal(0.5, 2.0, (500, 2)))
-    step = rdlb.make_train_step(bound, tf.keras.optimizers.Adam(1e-3), 2, rdlb.LaggingAlpha(tf, 0.2, 1.0),
-                                tf.distribute.get_strategy())
+    step = engine.make_train_step(bound, tf.keras.optimizers.Adam(1e-3), 2, engine.LaggingAlpha(0.2, 1.0),
+                                  tf.distribute.get_strategy())
     for _ in range(3):
         step(tf.random.normal([2 * 1024, 2]))
     prefix = tf.train.Checkpoint(log_u=bound.net).write(rdlb.ckpt_prefix(tmp_path, 3, 10.0))
     x = tf.random.normal([256, 2])
     before = [float(v) for v in bound.draw(x)[:2]]
-    fresh = rdlb.DualBound(args, (2,), 10.0)
-    rdlb.restore(fresh, prefix)
+    fresh = engine.DualBound(args, (2,), 10.0)
+    engine.restore(fresh, prefix)
     assert [float(v) for v in fresh.draw(x)[:2]] == before
     assert rdlb.lamb_from_path(prefix) == 10.0 and rdlb.list_ckpts(tmp_path)[0][0] == 3
 
@@ -116,12 +118,12 @@ def test_checkpoint_reload_gives_the_same_draw(tmp_path):
 
 def test_step_decay_is_the_papers_at_its_boundaries():
     lr_at = lambda sched, t: float(sched(t - 1))  # noqa: E731  (step t runs at the optimizer's count t - 1)
-    sched = rdlb.step_decay(5e-4, 3000)
+    sched = engine.step_decay(5e-4, 3000)
     for t, lr in {1: 5e-4, 1000: 5e-4, 1500: 5e-4, 1501: 1e-4, 2250: 1e-4, 2251: 2e-5, 2625: 2e-5, 2626: 4e-6,
                   3000: 4e-6}.items():
         assert lr_at(sched, t) == pytest.approx(lr, rel=1e-6), t
     # An odd length: the fractions fall at 3.5, 5.25 and 6.125 of 7 steps.
-    sched = rdlb.step_decay(1.0, 7)
+    sched = engine.step_decay(1.0, 7)
     assert [lr_at(sched, t) for t in range(1, 8)] == pytest.approx([1, 1, 1, 0.2, 0.2, 0.04, 0.008])
 
 
@@ -129,7 +131,7 @@ def test_lagging_alpha_loss_pins_the_constant_in_log_u():
     """Adding c to log u lowers mean(-log u) and log C_k by c: E[-log u] - log E[C_k] ignores it; the loss restores
     log C_k to alpha: d loss / dc = 1 - slope = 1 - exp(-c) after a step at alpha (the loss's slope in log mean
     C_k, which the training step applies; checked against a finite difference of the loss too)."""
-    alpha = rdlb.LaggingAlpha(tf, 0.2, 1.0)
+    alpha = engine.LaggingAlpha(0.2, 1.0)
     mean_a, log_ck = tf.constant(3.0), tf.constant(-2.0)
     loss, log_alpha, clipped, _ = alpha.loss(mean_a, log_ck)
     assert float(loss) == pytest.approx(-2.0 - 3.0)  # the first step expands around itself: -(objective)
@@ -159,10 +161,10 @@ def test_lagging_alpha_keeps_log_ck_from_drifting():
     shift-invariant objective E[-log u] - log mean C_k instead, it moves 2.9 nats here and keeps going)."""
     args = _args("--batchsize", "256", "--y_quick_topn", "3")  # units 32,32
     tf.keras.utils.set_random_seed(3)
-    bound = rdlb.DualBound(args, (2,), 10.0)
+    bound = engine.DualBound(args, (2,), 10.0)
     bound.adapt(np.random.default_rng(0).standard_normal((1000, 2)))
-    step = rdlb.make_train_step(bound, tf.keras.optimizers.Adam(1e-2), 2, rdlb.LaggingAlpha(tf, 0.2, 1.0),
-                                tf.distribute.get_strategy())
+    step = engine.make_train_step(bound, tf.keras.optimizers.Adam(1e-2), 2, engine.LaggingAlpha(0.2, 1.0),
+                                  tf.distribute.get_strategy())
     log_ck = [float(step(tf.random.normal([512, 2]))["log_mean_Ck"]) for _ in range(60)]
     assert max(log_ck) - min(log_ck) < 2.0, log_ck
 
@@ -319,7 +321,7 @@ def test_paper_physics_commands_run_as_written(tmp_path):
     assert first["step"] == 50 and math.isfinite(first["objective"]), out
     # A checkpoint as training would write it; the paper's eval command reads lambda from the run name.
     args = rdlb.parse_args(PAPER["physics_train"].split())
-    bound = rdlb.DualBound(args, (16,), 100.0)
+    bound = engine.DualBound(args, (16,), 100.0)
     tf.train.Checkpoint(log_u=bound.net).write(rdlb.ckpt_prefix(run_dir, 2000, 100.0))
     eval_cmd = PAPER["physics_eval"].replace("--num_Ck_samples 5", "--num_Ck_samples 2").replace(
         "--batchsize 2048", "--batchsize 256").split()
@@ -327,3 +329,23 @@ def test_paper_physics_commands_run_as_written(tmp_path):
                    capture_output=True)
     rec, = _records(run_dir)
     assert rec["lamb"] == 100.0 and rec["data_dim"] == 16 and math.isfinite(rec["R_lb"])
+
+
+# ---- --lambda and its alias --lamb ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_lambda_and_its_alias_parse_alike_and_name_one_run_folder(command):
+    """--lamb (the paper's commands) and its abbreviation --lam parse as --lambda does, so the run folder (named by
+    the dest, lamb=...) is the same; a training run takes far more than a few seconds, so the name is checked
+    here, from the parsed flags, where train and eval take it."""
+    common = ["--dataset", "gaussian", "--data_dim", "2", "--units", "8,8"]
+    new = rdlb.parse_args([*common, "--lambda", "3", command])
+    for spelling in ("--lamb", "--lam"):
+        assert vars(rdlb.parse_args([*common, spelling, "3", command])) == vars(new)
+    assert rdlb.run_dir_name(new, 2, new.lamb, 64) == "rdlb-data_dim=2-model=mlp-units=8_8-lamb=3.0-batchsize=64"
+
+
+def test_help_names_lambda_first(capsys):
+    with pytest.raises(SystemExit):
+        rdlb.parse_args(["--help"])
+    assert "--lambda LAMBDA, --lamb LAMBDA" in capsys.readouterr().out

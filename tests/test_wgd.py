@@ -164,3 +164,30 @@ def test_merged_particles_are_spread_at_a_warm_start():
     spread, moved = wgd.spread_duplicates(y, np.ones(2), rng)
     assert moved == 7 and len(np.unique(spread, axis=0)) == 10
     assert np.abs(spread - y).max() < 0.1  # a small push, not a new start
+
+
+# ---- --lambda and its alias --lamb ------------------------------------------------------------------------
+
+def test_lambda_and_its_alias_parse_alike(capsys):
+    import wgd as script
+    common = ["--samples", "gaussian", "--num_particles", "10"]
+    for spelling in ("--lamb", "--lam"):  # the paper's flag, and an abbreviation that still works
+        assert vars(script.parse_args([*common, spelling, "3", "10"])) == vars(script.parse_args([*common, "--lambda",
+                                                                                                   "3", "10"]))
+    with pytest.raises(SystemExit):
+        script.parse_args(["--help"])
+    assert "--lambda LAMBDA [LAMBDA ...], --lamb LAMBDA [LAMBDA ...]" in capsys.readouterr().out
+
+
+def test_lambda_and_lamb_runs_write_the_same_folder_and_numbers(tmp_path, capsys):
+    import wgd as script
+    for spelling in ("--lambda", "--lamb"):
+        script.main(["--samples", "gaussian", "--num_samples", "500", "--num_test", "500", spelling, "3",
+                     "--num_particles", "10", "--batchsize", "50", "--steps", "4", "--log_every", "2",
+                     "--save_dir", str(tmp_path / spelling)])
+    name = "wgd-lamb=3.0-particles=10"
+    assert [p.name for p in (tmp_path / "--lambda").iterdir()] == [name]
+    assert [p.name for p in (tmp_path / "--lamb").iterdir()] == [name]
+    timing = {"time", "eval_time", "started"}
+    new, old = (jsonl.read(tmp_path / s / name / "results.jsonl")[0] for s in ("--lambda", "--lamb"))
+    assert {k: v for k, v in new.items() if k not in timing} == {k: v for k, v in old.items() if k not in timing}

@@ -48,6 +48,16 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message):
         self.exit(2, f"error: {self.prog}: {message} ({self.prog} --help lists the flags)\n")
 
+    def _get_option_tuples(self, option_string):
+        # An abbreviation that matches several spellings of one flag (--lam: --lambda and its alias --lamb) names
+        # that flag, as it did before the alias existed; argparse alone would call it ambiguous.
+        seen, result = set(), []
+        for tup in super()._get_option_tuples(option_string):
+            if id(tup[0]) not in seen:
+                seen.add(id(tup[0]))
+                result.append(tup)
+        return result
+
 
 def _number_list(cast, name):
     def parse(text):
