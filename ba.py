@@ -9,11 +9,14 @@ iteration: step, R, D, lagrangian) and `results.jsonl` (the final point). Rates 
 per dimension. On a terminal, a progress bar per lambda (iterations, with the current R, D and Lagrangian) runs on
 stderr; -V shows the bars also when stderr is a log (one line per lambda, when it is done).
 """
+from utils import startup  # noqa: F401  (first, on purpose: TensorFlow's start-up lines; utils/startup.py)
+
 import time
 
 import numpy as np
 
-from utils import Progress, cli, jsonl, runs
+from utils import cli, jsonl, runs
+from utils.progress import Progress
 from utils.ba import METHODS, Histogram, check_memory, run_ba
 from utils.sources import load_samples, make_source
 

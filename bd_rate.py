@@ -12,6 +12,8 @@ alone (`kodak-subset=<hash>`) is a dataset of its own, selected by that name. Th
 the last line is `BD-rate: <x>%` (negative: the test needs fewer bits than the anchor at equal PSNR).
 See docs/bd_rate.md.
 """
+from utils import startup  # noqa: F401  (first, on purpose: TensorFlow's start-up lines; utils/startup.py)
+
 import csv
 import glob
 import os

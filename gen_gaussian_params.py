@@ -4,6 +4,8 @@
 
 Writes `<save_dir>/gaussian_params-dim=<dim>.npz` with `loc` ~ U(-0.5, 0.5), `var` ~ U(0, 2), `scale` = sqrt(var).
 """
+from utils import startup  # noqa: F401  (first, on purpose: TensorFlow's start-up lines; utils/startup.py)
+
 from pathlib import Path
 
 import numpy as np

@@ -4,6 +4,8 @@
 
 writes `data/banana-dim=2-samples=100000.npy` (float64, [num_samples, data_dim]).
 """
+from utils import startup  # noqa: F401  (first, on purpose: TensorFlow's start-up lines; utils/startup.py)
+
 import io
 from pathlib import Path
 

@@ -16,6 +16,8 @@ noise.
     python mbt2018.py --checkpoint_dir ckpt --lambda 0.01 compress kodim01.png kodim01.tfci
     python mbt2018.py --checkpoint_dir ckpt --lambda 0.01 decompress kodim01.tfci kodim01-decoded.png
 """
+from utils import startup  # noqa: F401  (first, on purpose: TensorFlow's start-up lines; utils/startup.py)
+
 from utils import codec_flags
 from utils.cli import run
 
@@ -23,8 +25,7 @@ from utils.cli import run
 def main(argv):
     args = codec_flags.parse_args("mbt2018", __doc__, argv)
     from utils import codec_commands  # TensorFlow: only once the command line is good (--help answers at once)
-    from utils.image_models import MODELS
-    codec_commands.main(args, "mbt2018", MODELS["mbt2018"].model_class)
+    codec_commands.main(args, "mbt2018")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ Rates, in bits per dimension (784 per image): `net_bpd` is the growth of the sta
 the same images (-ELBO for bb_elbo, -IWAE_K otherwise; Monte Carlo), `disc_bpd` the information content of all
 pushes minus pops under our count tables (what net_bpd should equal, up to constriction's 24-bit requantization).
 """
+from utils import startup  # noqa: F401  (first, on purpose: TensorFlow's start-up lines; utils/startup.py)
+
 import argparse
 import json
 import math

@@ -20,6 +20,8 @@ as the paper does. The model is in utils/image_models.py, which sga.py shares.
     python ms2020.py --checkpoint_dir ckpt --lambda 0.01 compress kodim01.png kodim01.tfci
     python ms2020.py --checkpoint_dir ckpt --lambda 0.01 decompress kodim01.tfci kodim01-decoded.png
 """
+from utils import startup  # noqa: F401  (first, on purpose: TensorFlow's start-up lines; utils/startup.py)
+
 from utils import codec_flags
 from utils.cli import run
 
@@ -27,8 +29,7 @@ from utils.cli import run
 def main(argv):
     args = codec_flags.parse_args("ms2020", __doc__, argv)
     from utils import codec_commands  # TensorFlow: only once the command line is good (--help answers at once)
-    from utils.image_models import MODELS
-    codec_commands.main(args, "ms2020", MODELS["ms2020"].model_class)
+    codec_commands.main(args, "ms2020")
 
 
 if __name__ == "__main__":

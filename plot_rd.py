@@ -13,6 +13,8 @@ models' records (bits per pixel, MSE on [0, 255]) become nats per image and MSE 
 folder of GAN-source runs gives the image sandwich.
 Writes <out>.csv and <out>.png.
 """
+from utils import startup  # noqa: F401  (first, on purpose: TensorFlow's start-up lines; utils/startup.py)
+
 import csv
 import io
 import math

@@ -10,6 +10,8 @@ Each image's factor is drawn from a generator seeded by (--seed, its position in
 output does not depend on --workers. On a terminal a progress bar over the images runs on stderr (-V: also in a
 log, as one line at the end).
 """
+from utils import startup  # noqa: F401  (first, on purpose: TensorFlow's start-up lines; utils/startup.py)
+
 import contextlib
 import glob
 import os
@@ -20,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from utils import Progress
+from utils.progress import Progress
 from utils.cli import ArgumentParser, InputError, output_dir, positive_float, positive_int, run
 from utils.images import encode_png
 from utils.runs import atomic_write_bytes

@@ -20,6 +20,8 @@ paper's lambda grids (0.1 ... 100) span the R-D curve; raw magnitudes have stand
 
 On a terminal a progress bar over the recordings runs on stderr (-V: also in a log, as one line at the end).
 """
+from utils import startup  # noqa: F401  (first, on purpose: TensorFlow's start-up lines; utils/startup.py)
+
 import io
 import re
 from pathlib import Path
@@ -27,7 +29,8 @@ from pathlib import Path
 import numpy as np
 from scipy.io import wavfile
 
-from utils import Progress, cli, runs
+from utils import cli, runs
+from utils.progress import Progress
 from utils.sources import data_dir, resolve_path
 
 FRAME_LENGTH, HOP, FFT_LENGTH = 63, 32, 64

@@ -18,6 +18,8 @@ interval) to the run folder's results.jsonl and writes the draws to an .npz ther
 batch point (exhaustive) unless --y_init quick --allow_quick. Every estimate is at most log k nats: evaluate with
 a larger --batchsize where the intercept approaches log k.
 """
+from utils import startup  # noqa: F401  (first, on purpose: TensorFlow's start-up lines; utils/startup.py)
+
 import argparse
 import glob
 import math
@@ -30,7 +32,8 @@ from pathlib import Path
 import numpy as np
 
 # TensorFlow (and utils.rdlb, which imports it) is imported inside the commands, so that bad input fails in a second
-from utils import Progress, jsonl, rd, runs, train_flags
+from utils import jsonl, rd, runs, train_flags
+from utils.progress import Progress
 from utils.cli import (ArgumentParser, InputError, finite_float, float_list, int_list, nonnegative_float, output_dir,
                        positive_float, positive_int, run)
 from utils.sources import make_source

@@ -15,6 +15,8 @@ cores/N threads. The page's numbers are read from the results on disk by each ex
 Tiers: smoke (every pipeline at a tiny size, in seconds to a minute each; the test suite runs it), cpu (each
 experiment under an hour on 2 cores), gpu (the paper's scale).
 """
+from utils import startup  # noqa: F401  (first, on purpose: TensorFlow's start-up lines; utils/startup.py)
+
 import os
 import platform
 import subprocess

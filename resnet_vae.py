@@ -41,6 +41,8 @@ dimension, whose eval reports it (nelbo_bpd = kl_bpd + nll_bpd); rec.py codes it
 With --lmb_range LO,HI one model covers a range of lambda (lambda-conditioned blocks); --arch convnext builds the
 variable-rate seed's ConvNeXt hierarchy instead of the ResNet-VAE (utils/hvae.py, docs/resnet_vae.md).
 """
+from utils import startup  # noqa: F401  (first, on purpose: TensorFlow's start-up lines; utils/startup.py)
+
 import sys
 import warnings
 

@@ -15,6 +15,8 @@ Per lambda, `<save_dir>/wgd-lamb=<lamb>-particles=<k>` (plus `-hybrid=True`) get
 steps: minibatch means of lagrangian, R, D, and lr, time), `results.jsonl` (the held-out bound, method wgd),
 `particles.npz` and `flags.json`. Rates are nats per sample; D is the MSE per dimension.
 """
+from utils import startup  # noqa: F401  (first, on purpose: TensorFlow's start-up lines; utils/startup.py)
+
 import time
 
 import numpy as np

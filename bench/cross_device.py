@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import utils  # noqa: E402,F401  (before TensorFlow: filters its start-up noise)
+from utils import startup  # noqa: E402,F401  (before TensorFlow: it filters its start-up lines)
 from utils.cli import InputError, positive_float, run  # noqa: E402
 
 CODECS = ("mbt2018", "ms2020")

@@ -8,7 +8,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import utils  # noqa: E402,F401  (before any TensorFlow import: it filters TF's start-up noise)
+from utils import startup  # noqa: E402,F401  (before any TensorFlow import: it filters its start-up lines)
 
 
 def load_script(name):

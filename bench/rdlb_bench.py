@@ -18,7 +18,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import utils  # noqa: E402,F401  (before TensorFlow: filters its start-up noise)
+from utils import startup  # noqa: E402,F401  (before TensorFlow: it filters its start-up lines)
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 

@@ -8,7 +8,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from utils import startup  # noqa: E402,F401  (before any test module loads TensorFlow, as the scripts do)
 
 
 def data_path(relative):

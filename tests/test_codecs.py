@@ -4,6 +4,7 @@ foreign files, the wrong model, the eval outputs, and bpp from bytes against the
 Tiny models (8 filters) trained for 2 steps on synthetic images; most commands run in-process through each
 script's main(argv) to keep the suite fast, and one runs as a subprocess, as a user would.
 """
+import argparse
 import json
 
 import numpy as np
@@ -72,11 +73,9 @@ def trained(request, folders):
 
 
 def restore(script, run_dir):
-    """The trained model, restored as the commands restore it, and its identity."""
-    model = CLASSES[script](lmbda=0.01, **ARCH[script])
-    model.build_weights()
-    codec_commands.restore(model, run_dir, verbose=False)
-    return model, codec_commands.identity_of(script, ARCH[script], model)
+    """The trained model, opened as the commands open it, and its identity."""
+    model, _, identity = codec_commands.open_codec(argparse.Namespace(verbose=False), run_dir, script)
+    return model, identity
 
 
 @pytest.fixture(scope="module")
@@ -223,10 +222,10 @@ def test_a_checkpoint_of_another_architecture_is_refused(tmp_path):
                           (image_models.ChannelwiseAutoregressive(0.01, 8, 8, 8, 2, 1), "layers")]:  # other layers
         other.build_weights()
         tf.train.CheckpointManager(tf.train.Checkpoint(model=other), str(tmp_path / folder), 1).save()
-        model = image_models.MeanScaleHyperprior(0.01, 8, None)
-        model.build_weights()
+        # The run's flags say mbt2018 with 8 filters: the model opened is that one, the weights are the other's.
+        (tmp_path / folder / "flags.json").write_text(json.dumps(dict(lmbda=0.01, num_filters=8)))
         with pytest.raises(InputError, match="does not hold this model's weights"):
-            codec_commands.restore(model, tmp_path / folder, verbose=False)
+            codec_commands.open_codec(argparse.Namespace(verbose=False), tmp_path / folder, "mbt2018")
 
 
 def test_ms2020_hyper_transforms_are_the_references():
@@ -299,8 +298,9 @@ def test_codecs_train_on_a_gan_source(tmp_path):
 
 
 def test_same_bytes_on_every_run(trained, restored, folders, tmp_path):
-    """The CLI in a separate process (mbt2018), or a second restoration of the model with fresh traces of its
-    functions (ms2020), writes the same file as the shared model."""
+    """The CLI in a separate process (mbt2018), or the script in this process opening the run by its folder
+    (--run: a second restoration, with fresh traces of the model's functions; ms2020), writes the same file as
+    the shared model. --run with an architecture flag other than the run's is refused."""
     script, ckpt, run_dir = trained
     src = folders / "eval" / "a_rgb.png"
     first, second = tmp_path / "0.tfci", tmp_path / "1.tfci"
@@ -308,7 +308,10 @@ def test_same_bytes_on_every_run(trained, restored, folders, tmp_path):
     if script == "mbt2018":
         run_script("mbt2018.py", *model_argv(script, ckpt), "compress", src, second, check=True)
     else:
-        codec_commands.compress_file(script, *restore(script, run_dir), src, second)
+        SCRIPTS[script].main(["--run", str(run_dir), "compress", str(src), str(second)])
+        with pytest.raises(InputError, match=r"--num_filters 16: the run .* was trained with 8"):
+            SCRIPTS[script].main(["--run", str(run_dir), "--num_filters", "16", "compress", str(src),
+                                  str(tmp_path / "2.tfci")])
     assert first.read_bytes() == second.read_bytes()
 
 

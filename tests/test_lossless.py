@@ -12,7 +12,7 @@ import rec
 import resnet_vae
 from conftest import data_path, run_script
 from test_resnet_vae import smooth_images, train_in_process
-from utils import codec_commands, container, hvae, hvae_flags, images
+from utils import container, hvae, hvae_flags, images, training
 from utils import rec as rec_lib
 from utils.cli import InputError
 from utils.runs import run_name
@@ -79,10 +79,14 @@ def test_file_size_is_the_rec_stream_plus_the_residual_information(setup):
     tmp, run_dir, image = setup
     args = rec.parse_args([*MODEL, *FAST, "--checkpoint_dir", str(tmp / "ckpt"), "eval"])
     assert (args.n_beams, args.extra_samples) == (3, 1.2)  # 1 + eps: the lossless default
-    model = hvae.build(args)
-    model.build_weights()
-    rec.restore(model, run_dir, False)
-    coder = rec.Codec(args, model, codec_commands.identity_of("resnet_vae", hvae_flags.model_flags(args), model))
+
+    def build(flags):
+        model = hvae.build(flags)
+        model.build_weights()
+        return model
+
+    model, *_, identity = training.open_run(args, run_dir, build, "resnet_vae", hvae_flags.model_flags)
+    coder = rec.Codec(args, model, identity)
     data, _, codes, _ = coder.encode(image, 1)
     _, _, (latents, residual) = container.unpack(data, "resnet_vae", coder.identity)
     decoded, _ = coder.decode(data, "test")

@@ -1,4 +1,4 @@
-"""The strided 1x1 convolution that TensorFlow 2.14's oneDNN mishandles on AVX-512 CPUs (utils.codec.
+"""The strided 1x1 convolution that TensorFlow 2.14's oneDNN mishandles on AVX-512 CPUs (utils.layers.
 StridedPointwiseConv): the same outputs as tfc's layer, exact weight gradients, and trainings at the sizes that
 crashed.
 

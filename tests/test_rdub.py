@@ -36,6 +36,24 @@ def test_gaussian_bound_meets_analytic_optimum(tmp_path, capsys):
     assert {"loss", "rate", "mse", "val_loss", "val_rate", "val_mse", "lr", "time", "step"} <= set(log[0])
 
 
+def test_a_run_folder_is_opened_from_its_flags_and_restored_strictly(tmp_path, capsys):
+    """eval --run DIR takes the model flags and lambda from the run's flags.json and scores what naming the run by
+    its flags scores; a flag given another value than the run's is refused; and a run whose checkpoint lacks some
+    of the model's weights (its flags.json edited to another prior) is refused, not evaluated with fresh ones."""
+    run_dir = run_main(tmp_path, GAUSS4, ["train", "--epochs", "1", "--steps_per_epoch", "20", "--batchsize", "64"])
+    rdub_mlp.main([*GAUSS4, "--checkpoint_dir", str(tmp_path), "eval", "--num_samples", "2000"])
+    by_flags = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    rdub_mlp.main(["--run", str(run_dir), "eval", "--num_samples", "2000"])
+    by_run = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert by_run["lambda"] == 10 and by_run["loss"] == by_flags["loss"] and by_run["rate"] == by_flags["rate"]
+    with pytest.raises(InputError, match=r"--lambda 3.0: the run .* was trained with 10"):
+        rdub_mlp.parse_args(["--run", str(run_dir), "--lambda", "3", "eval"])
+    flags = json.loads((run_dir / "flags.json").read_text())
+    (run_dir / "flags.json").write_text(json.dumps(dict(flags, prior_type="gmm_3")))
+    with pytest.raises(InputError, match="does not hold this model's weights"):
+        rdub_mlp.main(["--run", str(run_dir), "eval", "--num_samples", "2000"])
+
+
 def test_ntc_bitstream_is_exact_and_matches_estimate(tmp_path, capsys):
     flags = ["--dataset", "banana", "--data_dim", "2", "--prior_type", "deep", "--posterior_type", "uniform",
              "--encoder_units", "32", "--decoder_units", "32", "--nats", "--lambda", "3"]

@@ -4,6 +4,7 @@ reconstruction eval scored, a lower loss than the amortized encoder, and bad inp
 
 Tiny models (8 filters) trained for 2 steps on synthetic images; sga.py runs in-process through main(argv).
 """
+import argparse
 import json
 
 import numpy as np
@@ -16,7 +17,7 @@ import ms2020
 import sga
 from conftest import run_script
 from test_codecs import smooth_image
-from utils import codec_commands, image_models, images, inference, rounding
+from utils import codec_commands, images, inference, rounding
 from utils.cli import InputError
 
 TINY = {"mbt2018": ["--num_filters", "8"],
@@ -78,11 +79,7 @@ def test_hard_relaxation_is_what_the_coder_codes(runs, script):
     """relaxed(latents, round, hard) gives the model's own quantized reconstruction and estimated bits (eval's
     `estimate`), so the loss sga.py optimizes ends, after rounding, at what the file holds."""
     base, names = runs
-    spec = image_models.MODELS[script]
-    flags = json.loads((base / "ckpt" / names[script] / "flags.json").read_text())
-    model = spec.model_class(lmbda=0.01, **{k: flags[k] for k in spec.arch_flags})
-    model.build_weights()
-    codec_commands.restore(model, base / "ckpt" / names[script], verbose=False)
+    model, _, _ = codec_commands.open_codec(argparse.Namespace(verbose=False), base / "ckpt" / names[script], script)
     image = smooth_image(64, 128, 5).astype(np.float32)
     latents = model.latents(tf.constant(image[None]))
     x_hat, bits = model.relaxed(latents, tf.round, hard=True)

@@ -1,4 +1,4 @@
-"""Start-up: TF's C++ import chatter is dropped unless -V (utils/__init__.py), every other line still shows; every
+"""Start-up: TF's C++ import chatter is dropped unless -V (utils/startup.py), every other line still shows; every
 script's --help (and each subcommand's) is complete and answers without importing TensorFlow."""
 import json
 import os
@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from conftest import ROOT
-from utils import drop_noise, quiet_stderr
+from utils.startup import drop_noise, quiet_stderr
 
 # The chatter as TF 2.14 prints it on a CPU machine (timestamps and source lines as seen there).
 CHATTER = b"""\

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from utils import codec_flags, container, image_data, image_eval, images, runs, training
+from utils import container, image_data, image_eval, images, runs, training
 from utils.cli import InputError
+from utils.image_models import MODELS
 from utils.layers import report_params
 from utils.runs import atomic_write_bytes, run_name
 from utils.sources import resolve_path
@@ -23,42 +24,52 @@ from utils.sources import resolve_path
 DECODE_TOLERANCE = 1e-3
 
 
-def main(args, script, model_class):
-    """Runs the subcommand of `args` (utils/codec_flags.py's parser of `script`) for the codec `model_class`, whose
-    constructor takes `lmbda` and the script's architecture flags (these, with lambda, also name the run folder,
-    and identify the model)."""
-    arch_flags = codec_flags.ARCHITECTURES[script][1]
+def arch_of(script, flags):
+    """The codec's architecture flags of `flags` (None: unset, its default taken from another flag)."""
+    return {k: getattr(flags, k, None) for k in MODELS[script].arch_flags}
+
+
+def build(args, script, flags, lmbda=None):
+    """The codec `script`'s model of `flags` (its architecture and lambda; `lmbda` overrides the lambda), its
+    weights created under the command line's strategy, its parameter count reported."""
+    with training.strategy_scope(args):
+        model = MODELS[script].model_class(lmbda=flags.lmbda if lmbda is None else lmbda, **arch_of(script, flags))
+        model.build_weights()
+    report_params(model, script)
+    return model
+
+
+def open_codec(args, run_dir, script, lmbda=None):
+    """(model, checkpoint, identity) of the trained codec run in `run_dir`, opened by training.open_run, with its
+    range-coding tables built from the restored weights. `lmbda`: a lambda other than the run's (sga.py)."""
+    model, _, _, checkpoint, identity = training.open_run(
+        args, run_dir, lambda flags: build(args, script, flags, lmbda), script, lambda flags: arch_of(script, flags))
+    model.make_coders()
+    return model, checkpoint, identity
+
+
+def main(args, script):
+    """Runs the subcommand of `args` (utils/codec_flags.py's parser of `script`) for the codec `script`, whose
+    model (utils/image_models.py's MODELS) takes `lmbda` and the script's architecture flags (these, with lambda,
+    also name the run folder, and identify the model)."""
     training.strategy_from_flags(args)  # before any other TensorFlow work (docs/distributed.md)
     tf.keras.utils.set_random_seed(args.seed)
-
-    def arch_of(flags):
-        return {k: getattr(flags, k) for k in arch_flags}
-
-    def build(flags):
-        with training.strategy_scope(args):
-            model = model_class(lmbda=flags.lmbda, **arch_of(flags))
-            model.build_weights()
-        report_params(model, script)
-        return model
-
-    named = {k: v for k, v in arch_of(args).items() if v is not None}
+    named = {k: v for k, v in arch_of(script, args).items() if v is not None}
     run_dir = runs.run_folder(args, run_name(script, **named, lmbda=args.lmbda))
-    if args.command == "eval":
-        image_eval.check_results_file(run_dir)
-    source = None
     if args.command == "train":
         if bool(args.train_glob) == bool(args.dataset):
             raise InputError("train: give exactly one of --train_glob and --dataset")
         what = "--train_glob" if args.train_glob else "--dataset"
         source = image_data.gan_source(args.train_glob or args.dataset, args.data_dim, what)
-        return train(args, build(args), run_dir, args.train_glob or args.dataset, source, what)
+        return train(args, build(args, script, args), run_dir, args.train_glob or args.dataset, source, what)
+    source = None
     if args.command == "eval":
+        image_eval.check_results_file(run_dir)
         source = image_data.gan_source(args.dataset, args.data_dim)
-    model, _, _, checkpoint, identity = training.open_run(args, run_dir, build, script, arch_of)
+    model, checkpoint, identity = open_codec(args, run_dir, script)
     if not model.range_coded:
         raise InputError(f"{args.command}: this model (--hyper_posterior gaussian) is coded by bits-back: use "
                          f"bb_sga.py")
-    model.make_coders()
     if args.command == "eval":
         return evaluate_codec(args, script, model, identity, run_dir, checkpoint, source)
     if args.command == "compress":

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from utils import Progress, cli, image_data, images, jsonl
+from utils import cli, image_data, images, jsonl
+from utils.progress import Progress
 from utils.cli import InputError
 from utils.runs import atomic_save_npz
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from utils import Progress, cli, images, jsonl, layers, rounding, runs, training
+from utils import cli, codec_commands, images, jsonl, rounding, runs
+from utils.progress import Progress
 from utils.cli import InputError
 from utils.image_models import MODELS
 from utils.runs import FLAGS_NAME
@@ -34,7 +35,6 @@ def load_run(args, model_hint=None):
     if script != args.model:
         raise InputError(f"RUN_NAME {args.run_name} is not a {args.model} run " + (model_hint or (
             f"(--model {args.model}); give --model for the codec it holds ({', '.join(MODELS)})")))
-    spec = MODELS[args.model]
     flags = runs.load_flags(run_dir)
     if "num_filters" not in flags:
         raise InputError(f"RUN_NAME {args.run_name}: its {FLAGS_NAME} is missing or has no num_filters: not a "
@@ -43,18 +43,7 @@ def load_run(args, model_hint=None):
         raise InputError(f"--num_filters {args.num_filters}: the run {args.run_name} was trained with "
                          f"{flags['num_filters']}")
     lmbda = args.lmbda if args.lmbda is not None else float(flags["lmbda"])
-
-    def arch_of(saved):
-        return {k: getattr(saved, k, None) for k in spec.arch_flags}  # sga.py has no --latent_depth etc.: None
-
-    def build(saved):
-        model = spec.model_class(lmbda=lmbda, **arch_of(saved))
-        model.build_weights()
-        layers.report_params(model, args.model)
-        return model
-
-    model, _, _, checkpoint, identity = training.open_run(args, run_dir, build, args.model, arch_of)
-    model.make_coders()
+    model, checkpoint, identity = codec_commands.open_codec(args, run_dir, args.model, lmbda)
     return model, identity, run_dir, checkpoint, lmbda
 
 

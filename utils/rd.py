@@ -7,8 +7,8 @@ import math
 
 import numpy as np
 
-# SciPy is imported in the functions that use it: scipy.stats takes about a second to import, and every script
-# imports this module (utils/__init__.py), --help included.
+# SciPy is imported in the functions that use it: scipy.stats takes about a second to import, and most scripts
+# import this module before they parse their command line, --help included.
 
 LN2 = math.log(2.0)
 

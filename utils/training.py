@@ -246,18 +246,17 @@ def check_run_dir(run_dir, cont):
     return has_ckpt
 
 
-def restore_latest(model, run_dir, strict=False):
-    """Loads the latest checkpoint's model weights (for eval/compress): the moving average of the weights when the
-    run kept one (`--ema`), else the weights; the optimizer state is ignored. `strict`: every weight of `model`
-    must be in the checkpoint (AssertionError otherwise)."""
+def restore_latest(model, run_dir):
+    """Loads the latest checkpoint's model weights (for eval/compress; open_run calls it): the moving average of
+    the weights when the run kept one (`--ema`), else the weights; the optimizer state is ignored. Every weight
+    of `model` that exists must be in the checkpoint (AssertionError otherwise)."""
     latest = tf.train.latest_checkpoint(str(run_dir))
     if latest is None:
         raise InputError(f"no checkpoint in {run_dir}; train the model first (or check --checkpoint_dir)")
     ema = load_flags(run_dir).get("ema")
     average = model.track_average(ema, 1) if ema else None  # restored with the weights, then put in their place
-    status = tf.train.Checkpoint(model=model).restore(latest).expect_partial()
-    if strict:
-        status.assert_existing_objects_matched()
+    # expect_partial: the optimizer's slots and the training state are in the checkpoint but not wanted here.
+    tf.train.Checkpoint(model=model).restore(latest).expect_partial().assert_existing_objects_matched()
     for w, a in zip(model.trainable_variables, average or []):
         w.assign(a)
     return latest
@@ -289,7 +288,7 @@ def open_run(args, run_dir, build, script, arch_of):
     flags = argparse.Namespace(**{**vars(args), **load_flags(run_dir)})
     model = build(flags)
     try:
-        checkpoint = restore_latest(model, run_dir, strict=True)
+        checkpoint = restore_latest(model, run_dir)
     except (AssertionError, ValueError) as e:
         raise InputError(f"the checkpoint in {run_dir} does not hold this model's weights (another architecture, or "
                          f"one of an earlier version of the code: retrain it): {str(e).splitlines()[0][:200]}")
