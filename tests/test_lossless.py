@@ -87,11 +87,11 @@ def test_file_size_is_the_rec_stream_plus_the_residual_information(setup):
     _, _, (latents, residual) = coding.unpack(data, "resnet_vae", coder.identity)
     decoded, _ = coder.decode(data, "test")
     np.testing.assert_array_equal(decoded, image)
-    units = list(codes.values())
-    out, _ = rec.walk(model, coder.top, (28, 28),
-                      lambda layer, q, p_loc, p_scale: rec_lib.decode_layer(p_loc, p_scale, units[layer], seed=0,
-                                                                         layer=layer))
-    info = rec.residual_table(model, out[0]).info(image.ravel()).sum()
+    units = [c for _, c in codes]
+    out, _ = coder.coding_pass(lambda layer, q, p_loc, p_scale: rec_lib.decode_layer(p_loc, p_scale, units[layer],
+                                                                                  seed=0, layer=layer),
+                               top_shape=model.top_shape(28, 28))
+    info = rec.residual_table(model, model.crop(out, 28, 28)[0]).info(image.ravel()).sum()
     assert info <= 8 * len(residual) <= info + 96
     assert 0 < len(data) - len(latents) - len(residual) < 40  # the container's header
 
