@@ -7,11 +7,15 @@ latents are coded top-down, each level's posterior conditioned on the latents al
 them; the decoder recomputes every level's prior from the latents it has decoded, with the same operations on the
 same shapes, so it rebuilds bitwise the encoder's latents and reconstruction (checked by `eval` on every image).
 
+The pass is the model's own (utils/hvae.py): the encoder runs ResNetVAE.bottom_up, and encoder and decoder run
+ResNetVAE.top_down, the pass that training runs, with a callback (Codec.coding_pass) that codes each level's
+latent (encoder) or reads it from the stream (decoder) where training samples the posterior. This script holds
+what is the coder's: which units are coded against which priors, the top level's map to N(0, 1), the residual's
+tables, the file and the commands.
+
 - Levels with a Gaussian prior: one REC layer each, against the prior computed from the decoded levels above.
-- Levels with the channel-wise autoregressive prior (--ar_prior_levels): slice by slice. Given the earlier
-  slices, the flow z_s = (eps_s - (1 - g_s) shift_s) / g_s of eps_s ~ N(m_s, s_s^2) makes slice s Gaussian,
-  N((m_s - (1 - g_s) shift_s) / g_s, (s_s / g_s)^2), with g_s and shift_s computed from the decoded earlier
-  slices (later ones are zeros on both sides and the flow never reads them); each slice is one REC layer.
+- Levels with the channel-wise autoregressive prior (--ar_prior_levels): slice by slice, each slice one REC layer
+  against its Gaussian conditional given the decoded earlier slices (the model's LatentLevel.slice_conditionals).
 - The top level's prior, tfc's deep factorized density, is not Gaussian, and utils/rec.py codes against diagonal
   Gaussians: a fixed per-channel quantile map h (TopMap, from the weights, the same on both sides) makes the
   prior N(0, 1); the posterior pushed through h is coded as a Gaussian against N(0, 1) and decoded back by h^-1.
@@ -56,7 +60,7 @@ TOP_RANGE, TOP_BISECTIONS = 1e4, 48  # the tails are searched in [-range, range]
 TOP_NODES = 32  # Gauss-Hermite nodes of the top posterior's moments under the map
 
 
-# ---- the coding walk (shared by encoder and decoder) ------------------------------------------------
+# ---- the top level's map to N(0, 1), the residual's tables -----------------------------------------
 
 def _piecewise_linear(x, knots, values):
     """Per channel (last axis of x), the piecewise-linear function through (knots[:, c], values[:, c]), knots
@@ -134,8 +138,8 @@ def residual_table(model, out):
 
 class Codec:
     """A restored model with what both sides of the coder need. A lossy model's file holds the REC stream of
-    its latents; a lossless one's (--likelihood dlogistic) also the image given the latents, ANS-coded under
-    the model's discretized logistics."""
+    its latents, coded in the order of the model's top-down pass; a lossless one's (--likelihood dlogistic) also
+    the image given the latents, ANS-coded under the model's discretized logistics."""
 
     def __init__(self, args, model, identity):
         from utils import hvae

@@ -6,6 +6,19 @@ codes its latents into files with relative entropy coding. Both build it from th
 
     hvae_flags.add_model_flags(parser); args = parser.parse_args(); hvae_flags.check_model_flags(args)
     model = hvae.build(args)
+
+The ResNet-VAE has one top-down pass, ResNetVAE.top_down, that both use. It walks the levels from the top,
+computes each level's prior (and its posterior, given the encoder's features from ResNetVAE.bottom_up) and asks a
+callback for the level's latent, handing it a Step:
+
+    features = model.bottom_up(x)                       # x on [0, 255]: padded and preprocessed by the model
+    out = model.top_down(sample, features)              # sample(step) -> the level's latent z (float32)
+    x_hat = model.reconstruction(model.crop(out, height, width))
+
+Training's callback (ResNetVAE.forward) takes step.sample_posterior(), a posterior sample and its KL; rec.py's
+encoder codes z against step.prior (an AR level slice by slice, step.slice_conditionals) and returns the decoded
+latent; its decoder, without features (model.top_down(sample, top_shape=model.top_shape(height, width))), reads
+z from the file.
 """
 import math
 
