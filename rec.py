@@ -74,6 +74,8 @@ def _piecewise_linear(x, knots, values):
     return out
 
 
+# TopMap is the coder's, not the model's: the model's rates use the deep factorized density itself; the map exists
+# because utils/rec.py codes against diagonal Gaussians only.
 class TopMap:
     """The top level's deep factorized prior (per channel, not Gaussian) turned into N(0, 1) for utils/rec.py:
     u = h(z), the strictly increasing piecewise-linear map through the knots (z_k, Phi^-1(F(z_k))) of a fixed
