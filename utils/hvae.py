@@ -411,7 +411,10 @@ class ResNetVAE(HierarchicalVAE):
         takes a posterior sample and keeps its KL (forward); rec.py's encoder codes z with relative entropy
         coding and returns the decoded latent, its decoder (no features; `top_shape` is then needed) reads z
         from the file. Returns the decoder's output on the padded image [batch, H', W', OUTPUTS * channels]
-        (crop and reconstruction make the image of it)."""
+        (crop and reconstruction make the image of it).
+
+        In a tf.function an unseeded random op's seed is the count of ops created before it: adding or moving ops
+        ahead of a callback's sample changes which noise training draws (not its law), and so its losses bitwise."""
         if features is None:
             q = None
         else:
