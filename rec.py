@@ -7,11 +7,15 @@ latents are coded top-down, each level's posterior conditioned on the latents al
 them; the decoder recomputes every level's prior from the latents it has decoded, with the same operations on the
 same shapes, so it rebuilds bitwise the encoder's latents and reconstruction (checked by `eval` on every image).
 
+The pass is the model's own (utils/hvae.py): the encoder runs ResNetVAE.bottom_up, and encoder and decoder run
+ResNetVAE.top_down, the pass that training runs, with a callback (Codec.coding_pass) that codes each level's
+latent (encoder) or reads it from the stream (decoder) where training samples the posterior. This script holds
+what is the coder's: which units are coded against which priors, the top level's map to N(0, 1), the residual's
+tables, the file and the commands.
+
 - Levels with a Gaussian prior: one REC layer each, against the prior computed from the decoded levels above.
-- Levels with the channel-wise autoregressive prior (--ar_prior_levels): slice by slice. Given the earlier
-  slices, the flow z_s = (eps_s - (1 - g_s) shift_s) / g_s of eps_s ~ N(m_s, s_s^2) makes slice s Gaussian,
-  N((m_s - (1 - g_s) shift_s) / g_s, (s_s / g_s)^2), with g_s and shift_s computed from the decoded earlier
-  slices (later ones are zeros on both sides and the flow never reads them); each slice is one REC layer.
+- Levels with the channel-wise autoregressive prior (--ar_prior_levels): slice by slice, each slice one REC layer
+  against its Gaussian conditional given the decoded earlier slices (the model's LatentLevel.slice_conditionals).
 - The top level's prior, tfc's deep factorized density, is not Gaussian, and utils/rec.py codes against diagonal
   Gaussians: a fixed per-channel quantile map h (TopMap, from the weights, the same on both sides) makes the
   prior N(0, 1); the posterior pushed through h is coded as a Gaussian against N(0, 1) and decoded back by h^-1.
@@ -28,6 +32,8 @@ one utils/rec.py stream (which stores --seed, checked on decoding).
 
 See docs/rec.md.
 """
+from utils import startup  # noqa: F401  (first, on purpose: TensorFlow's start-up lines; utils/startup.py)
+
 import itertools
 import math
 import sys
@@ -39,7 +45,7 @@ import scipy.special
 
 # TensorFlow (and the modules that import it: codec, hvae, rec, training) is imported in the functions that use it,
 # so that --help and a bad flag answer at once.
-from utils import ans, codec_flags, container, hvae_flags, image_data, images
+from utils import ans, codec_flags, container, hvae_flags, image_data, images, runs
 from utils.cli import ArgumentParser, InputError, add_force_flag, positive_float, positive_int, run
 from utils.runs import atomic_write_bytes, run_name
 from utils.sources import resolve_path
@@ -56,7 +62,7 @@ TOP_RANGE, TOP_BISECTIONS = 1e4, 48  # the tails are searched in [-range, range]
 TOP_NODES = 32  # Gauss-Hermite nodes of the top posterior's moments under the map
 
 
-# ---- the coding walk (shared by encoder and decoder) ------------------------------------------------
+# ---- the top level's map to N(0, 1), the residual's tables -----------------------------------------
 
 def _piecewise_linear(x, knots, values):
     """Per channel (last axis of x), the piecewise-linear function through (knots[:, c], values[:, c]), knots
@@ -70,6 +76,8 @@ def _piecewise_linear(x, knots, values):
     return out
 
 
+# TopMap is the coder's, not the model's: the model's rates use the deep factorized density itself; the map exists
+# because utils/rec.py codes against diagonal Gaussians only.
 class TopMap:
     """The top level's deep factorized prior (per channel, not Gaussian) turned into N(0, 1) for utils/rec.py:
     u = h(z), the strictly increasing piecewise-linear map through the knots (z_k, Phi^-1(F(z_k))) of a fixed
@@ -125,68 +133,6 @@ class TopMap:
         return mean, np.maximum(np.sqrt(np.sum(weights * (u - mean) ** 2, axis=0)), 1e-12)
 
 
-def level_prior(level, t):
-    """(features, prior mean, prior scale) of a level from the top-down features t (as LatentLevel computes them)."""
-    import tensorflow as tf
-    from utils import hvae
-    feats, p_loc, p_raw = tf.split(level.prior(t), 3, axis=-1)
-    return feats, p_loc, hvae.positive_scale(p_raw)
-
-
-def walk(model, top, shape, code, features=None):
-    """Runs the model top-down, calling code(layer id, (q mean, q scale) or None, prior mean, prior scale) for
-    each coded unit (float64 numpy in and out: the latent) in coding order; `top` is the top level's TopMap.
-    `features` are the encoder's bottom-up features (None when decoding). Returns the decoder's output on the
-    padded image [1, H, W, C'] (model.reconstruction makes x_hat of it) and the coded units' names."""
-    import tensorflow as tf
-    from utils import hvae
-    ids, names = itertools.count(), []
-    m = model.pad_multiple
-    top_shape = (1, shape[0] // m, shape[1] // m, top.z.shape[1])
-
-    def unit(name, q, p_loc, p_scale):
-        names.append(name)
-        q = None if q is None else tuple(np.asarray(a, np.float64) for a in q)
-        return code(next(ids), q, np.asarray(p_loc, np.float64), np.asarray(p_scale, np.float64))
-
-    q = None
-    if features is not None:
-        loc, raw = tf.split(features[-1], 2, axis=-1)
-        q = top.posterior(loc.numpy(), hvae.positive_scale(raw).numpy())
-    z = top.inverse(unit(f"level{model.levels - 1}", q, np.zeros(top_shape), np.ones(top_shape)))
-    t = tf.constant(z, tf.float32)
-    for i in reversed(range(model.levels - 1)):
-        level = model.latents[i]
-        t = model.decoder[i + 1](t)
-        feats, p_loc, p_scale = level_prior(level, t)
-        q = None if features is None else level.distributions(features[i], t)[1]
-        if not level.ar:
-            z = unit(f"level{i}", q, p_loc, p_scale)
-        else:
-            z = code_ar_level(level, i, q, p_loc.numpy(), p_scale.numpy(), unit)
-        t = level.update(t, tf.constant(z, tf.float32), feats)
-    return model.decoder[0](t), names
-
-
-def code_ar_level(level, i, q, p_loc, p_scale, unit):
-    """Codes an autoregressive level slice by slice: slice s against its Gaussian conditional given slices < s."""
-    import tensorflow as tf
-    from utils import hvae
-    slices = level.ar_shift.slices
-    depth = p_loc.shape[-1] // slices
-    z = np.zeros(p_loc.shape)
-    for s in range(slices):
-        cut = slice(s * depth, (s + 1) * depth)
-        zf = tf.constant(z, tf.float32)  # later slices are zeros: the flow's nets for slice s never read them
-        gate = tf.sigmoid(hvae.AR_GATE_OFFSET + level.ar_gate(zf)).numpy()[..., cut].astype(np.float64)
-        shift = level.ar_shift(zf).numpy()[..., cut].astype(np.float64)
-        loc = (p_loc[..., cut] - (1 - gate) * shift) / gate
-        scale = p_scale[..., cut] / gate
-        qs = None if q is None else (q[0][..., cut], q[1][..., cut])
-        z[..., cut] = unit(f"level{i}.slice{s}", qs, loc, scale)
-    return z
-
-
 def residual_table(model, out):
     """The lossless model's count tables, one row per sub-pixel in C order, from its decoder output [H, W, 2C]."""
     from utils import hvae
@@ -196,8 +142,8 @@ def residual_table(model, out):
 
 class Codec:
     """A restored model with what both sides of the coder need. A lossy model's file holds the REC stream of
-    its latents; a lossless one's (--likelihood dlogistic) also the image given the latents, ANS-coded under
-    the model's discretized logistics."""
+    its latents, coded in the order of the model's top-down pass; a lossless one's (--likelihood dlogistic) also
+    the image given the latents, ANS-coded under the model's discretized logistics."""
 
     def __init__(self, args, model, identity):
         from utils import hvae
@@ -206,18 +152,41 @@ class Codec:
         self.config = args.rec_config
         self.top = TopMap(model.top_prior)
 
+    def coding_pass(self, code, features=None, top_shape=None):
+        """Runs the model's top-down pass (ResNetVAE.top_down) with the coder at every level: code(layer id,
+        (q mean, q scale) or None, prior mean, prior scale) is called for each coded unit in coding order (float64
+        numpy in and out: the latent) and returns the unit's latent. `features` are the encoder's bottom-up
+        features (None when decoding; `top_shape` is then needed). Returns the decoder's output on the padded
+        image [1, H', W', C'] and the level of each coded unit, in coding order."""
+        import tensorflow as tf
+        ids, levels = itertools.count(), []
+
+        def unit(level, q, p_loc, p_scale):
+            levels.append(level)
+            q = None if q is None else tuple(np.asarray(a, np.float64) for a in q)
+            return code(next(ids), q, np.asarray(p_loc, np.float64), np.asarray(p_scale, np.float64))
+
+        def sample(step):
+            q = step.posterior
+            if step.top:  # coded through the map to N(0, 1), decoded back by its inverse
+                q = None if q is None else self.top.posterior(*(a.numpy() for a in q))
+                z = self.top.inverse(unit(step.index, q, np.zeros(step.shape), np.ones(step.shape)))
+            elif step.ar:  # one unit per slice, against its Gaussian conditional given the slices coded before it
+                z = step.slice_conditionals(lambda s, cut, loc, scale: unit(
+                    step.index, None if q is None else (q[0][..., cut], q[1][..., cut]), loc, scale))
+            else:
+                z = unit(step.index, q, *step.prior)
+            return tf.constant(z, tf.float32)
+
+        return self.model.top_down(sample, features, top_shape), levels
+
     def encode(self, image, channels):
-        """(file bytes, x_hat float32 [H, W, C], {unit name: LayerCode}, the bottom-up features) of one image
-        [H, W, C] on [0, 255] (uint8 values for a lossless model)."""
+        """(file bytes, x_hat float32 [H, W, C], the coded units as (level, LayerCode) pairs in coding order, the
+        bottom-up features) of one image [H, W, C] on [0, 255] (uint8 values for a lossless model)."""
         import tensorflow as tf
         from utils import rec
         h, w = image.shape[:2]
-        padded = images.pad_to_multiple(tf.constant(image, tf.float32)[None], self.model.pad_multiple)
-        t = padded / 255.0 - 0.5
-        features = []
-        for block in self.model.encoder:
-            t = block(t)
-            features.append(t)
+        features = self.model.bottom_up(tf.constant(image, tf.float32)[None])
         codes = []
 
         def code(layer, q, p_loc, p_scale):
@@ -225,15 +194,15 @@ class Codec:
             codes.append(c)
             return z
 
-        out, names = walk(self.model, self.top, padded.shape[1:3], code, features)
-        out = out[0, :h, :w]
+        out, levels = self.coding_pass(code, features)
+        out = self.model.crop(out, h, w)[0]
         strings = [rec.pack(codes, seed=self.seed, framed=False)]  # the container frames it
         if self.lossless:
             stack = ans.Stack()
             stack.push(np.asarray(image).ravel(), residual_table(self.model, out))
             strings.append(ans.words_to_bytes(stack.words()))
         data = container.pack(MODEL_SCRIPT, self.identity, (h, w), channels, strings)
-        return data, self.model.reconstruction(out).numpy(), dict(zip(names, codes)), features
+        return data, self.model.reconstruction(out).numpy(), list(zip(levels, codes)), features
 
     def decode(self, data, what):
         """(the image, channels) from a file's bytes: x_hat float32 [H, W, C] unclipped, or for a lossless model
@@ -247,12 +216,10 @@ class Codec:
         if reader.seed != self.seed:
             raise InputError(f"{what} was coded with --seed {reader.seed}, not {self.seed}: decode it with the "
                              f"encoder's --seed")
-        m = self.model.pad_multiple
-        shape = (-(-height // m) * m, -(-width // m) * m)
-        out, _ = walk(self.model, self.top, shape,
-                      lambda layer, q, p_loc, p_scale: reader.decode_layer(p_loc, p_scale, layer=layer))
+        out, _ = self.coding_pass(lambda layer, q, p_loc, p_scale: reader.decode_layer(p_loc, p_scale, layer=layer),
+                                  top_shape=self.model.top_shape(height, width))
         reader.finish()
-        out = out[0, :height, :width]
+        out = self.model.crop(out, height, width)[0]
         if not self.lossless:
             return self.model.reconstruction(out).numpy(), channels
         stack = ans.Stack(ans.bytes_to_words(strings[1]))
@@ -261,31 +228,8 @@ class Codec:
             raise InputError(f"{what}: corrupt file (bits left over after the last pixel)")
         return x.reshape(height, width, self.model.image_channels), channels
 
-    def top_kl(self, features, samples):
-        """The model's KL of the top level (nats): a seeded Monte Carlo estimate of E_q log q(z) / p(z) under the
-        deep factorized prior (not Gaussian: no closed form)."""
-        import tensorflow as tf
-        from utils import hvae
-        loc, raw = tf.split(features[-1], 2, axis=-1)
-        scale = hvae.positive_scale(raw)
-        z = loc + scale * tf.random.stateless_normal((samples,) + tuple(loc.shape[1:]), [self.seed, 1])
-        log_q = hvae.per_image(hvae.normal_log_prob(z, loc, scale))
-        return float(tf.reduce_mean(log_q - hvae.per_image(self.model.top_prior.log_prob(z))))
-
 
 # ---- commands -----------------------------------------------------------------------------------
-
-def restore(model, run_dir, verbose):
-    from utils import training
-    try:
-        latest = training.restore_latest(model, run_dir, strict=True)
-    except (AssertionError, ValueError) as e:  # fresh weights would code garbage: every weight must be restored
-        raise InputError(f"the checkpoint in {run_dir} does not hold this model's weights (other architecture "
-                         f"flags?): {str(e).splitlines()[0][:200]}")
-    if verbose:
-        print(f"restored {latest}", file=sys.stderr)
-    return latest
-
 
 def compress(args, coder):
     image, channels, note = images.read_image(resolve_path(args.input, "input image"), "input image")
@@ -300,7 +244,7 @@ def compress(args, coder):
     atomic_write_bytes(args.output, data)
     if args.verbose:
         h, w = image.shape[:2]
-        kl = sum(c.kl for c in codes.values()) / (math.log(2) * h * w)
+        kl = sum(c.kl for _, c in codes) / (math.log(2) * h * w)
         print(f"{args.input} -> {args.output}: {len(data)} bytes, {container.bpp(len(data), h, w):.4f} bpp "
               f"(KL against the coding priors {kl:.4f} bpp)", file=sys.stderr)
 
@@ -337,19 +281,19 @@ def evaluate(args, coder, run_dir, checkpoint, source):
         if not np.array_equal(x_hat, x_enc[:h, :w]):
             raise SystemExit(f"error: rec eval: the decoded {h}x{w} image differs from the encoder's reconstruction "
                              f"(by up to {np.max(np.abs(x_hat - x_enc[:h, :w])):.4g}): nothing was written")
-        top = f"level{levels - 1}"
         per_level = {i: 0.0 for i in range(levels)}
-        for name, c in codes.items():
-            per_level[int(name.split(".")[0][5:])] += c.kl
+        for level, c in codes:
+            per_level[level] += c.kl
         coding_kl = sum(per_level.values())
-        per_level[levels - 1] = coder.top_kl(features, args.top_samples)
+        top_coding_kl = per_level[levels - 1]  # the top level is one unit
+        per_level[levels - 1] = coder.model.top_kl(features, args.top_samples, coder.seed)
         kl_bpp = sum(per_level.values()) / pixels_ln2
         file_bpp = container.bpp(len(data), h, w)
         x_hat = images.to_uint8(x_hat) if cast else np.clip(x_hat, 0, 255)
         return dict(x_hat=images.to_channels(x_hat, channels) if cast or channels == 3 else x_hat.mean(axis=2),
                     file_bpp=file_bpp, kl_bpp=kl_bpp, overhead=file_bpp / kl_bpp - 1,
-                    coding_kl_bpp=coding_kl / pixels_ln2, top_coding_kl_bpp=codes[top].kl / pixels_ln2,
-                    log_ratio_bpp=sum(c.log_ratio for c in codes.values()) / pixels_ln2,
+                    coding_kl_bpp=coding_kl / pixels_ln2, top_coding_kl_bpp=top_coding_kl / pixels_ln2,
+                    log_ratio_bpp=sum(c.log_ratio for _, c in codes) / pixels_ln2,
                     encode_seconds=mid - start, decode_seconds=end - mid,
                     **{f"kl_bpp_level{i}": v / pixels_ln2 for i, v in per_level.items()})
 
@@ -386,7 +330,7 @@ def evaluate_lossless(args, coder, run_dir, checkpoint):
         bpd = {k: 8 * v / image.size for k, v in images.lossless_sizes(images.to_channels(image, channels)).items()}
         return dict(x_hat=images.to_channels(decoded, channels), file_bpd=8 * len(data) / image.size,
                     latent_bpd=8 * len(latents) / image.size, residual_bpd=8 * len(residual) / image.size,
-                    coding_kl_bpd=sum(c.kl for c in codes.values()) / dims_ln2,
+                    coding_kl_bpd=sum(c.kl for _, c in codes) / dims_ln2,
                     nelbo_bpd=kl + nll, kl_bpd=kl, nll_bpd=nll,
                     png_bpd=bpd["png"], webp_bpd=bpd["webp"], encode_seconds=mid - start,
                     decode_seconds=end - mid)
@@ -399,8 +343,8 @@ def evaluate_lossless(args, coder, run_dir, checkpoint):
                   elbo_samples=args.elbo_samples)
     items = image_data.eval_items(args.dataset, None, args.batchsize, args.seed)
     npz = image_eval.results_npz(args, run_dir, None)
-    return image_eval.evaluate_images(items, measure, npz.with_name(f"{SCRIPT}-{npz.name}"), run_dir / image_eval.RESULTS_NAME,
-                                 record, args.verbose, rate_key="file_bpd")
+    return image_eval.evaluate_images(items, measure, npz.with_name(f"{SCRIPT}-{npz.name}"),
+                                      run_dir / image_eval.RESULTS_NAME, record, args.verbose, rate_key="file_bpd")
 
 
 # ---- flags ----------------------------------------------------------------------------------------
@@ -437,6 +381,7 @@ def parse_args(argv):
     e.add_argument("--elbo_samples", type=positive_int, default=16,
                    help="posterior draws averaged into each image's negative ELBO (lossless models)")
     args = p.parse_args(argv)
+    runs.adopt_run_flags(args, p)
     hvae_flags.check_model_flags(args)
     lossless = args.likelihood == "dlogistic"
     if args.n_beams is None:
@@ -461,18 +406,15 @@ def parse_args(argv):
 def main(argv):
     args = parse_args(argv)
     import tensorflow as tf
-    from utils import codec_commands, hvae, image_eval
+    from utils import hvae, image_eval
     tf.keras.utils.set_random_seed(args.seed)
     tf.config.experimental.enable_op_determinism()  # the decoder must recompute the priors bit for bit
     source = image_data.gan_source(args.dataset, args.data_dim) if args.command == "eval" else None
-    flags = hvae_flags.model_flags(args)
-    run_dir = Path(args.checkpoint_dir) / run_name(MODEL_SCRIPT, **hvae_flags.run_flags(args))
+    run_dir = runs.run_folder(args, run_name(MODEL_SCRIPT, **hvae_flags.run_flags(args)))
     if args.command == "eval":
         image_eval.check_results_file(run_dir)
-    model = hvae.build(args)
-    model.build_weights()
-    checkpoint = restore(model, run_dir, args.verbose)
-    coder = Codec(args, model, codec_commands.identity_of(MODEL_SCRIPT, flags, model))
+    model, checkpoint, identity = hvae.open_hvae(args, run_dir)
+    coder = Codec(args, model, identity)
     if args.command == "compress":
         return compress(args, coder)
     if args.command == "decompress":

@@ -221,18 +221,15 @@ def main(argv):
     tf.keras.utils.set_random_seed(args.seed)
     source = image_data.gan_source(args.dataset, args.data_dim)
     run_dir = runs.run_folder(args, run_name(SCRIPT, **hvae_flags.run_flags(args)))
-
-    def build(flags):
+    if args.command == "train":
         with training.strategy_scope(args):
-            model = hvae.build(flags)
+            model = hvae.build(args)
             model.build_weights()
         layers.report_params(model, SCRIPT)
-        return model
-
-    if args.command == "train":
-        return train(args, build(args), run_dir, source)
+        return train(args, model, run_dir, source)
     image_eval.check_results_file(run_dir)
-    model, _, _, checkpoint, _ = training.open_run(args, run_dir, build, SCRIPT, hvae_flags.model_flags)
+    model, checkpoint, _ = hvae.open_hvae(args, run_dir)
+    layers.report_params(model, SCRIPT)
     return evaluate(args, model, run_dir, source, checkpoint)
 
 

@@ -12,7 +12,7 @@ import rec
 import resnet_vae
 from conftest import data_path, run_script
 from test_resnet_vae import smooth_images, train_in_process
-from utils import container, hvae, hvae_flags, images, training
+from utils import container, hvae, hvae_flags, images
 from utils import rec as rec_lib
 from utils.cli import InputError
 from utils.runs import run_name
@@ -79,23 +79,17 @@ def test_file_size_is_the_rec_stream_plus_the_residual_information(setup):
     tmp, run_dir, image = setup
     args = rec.parse_args([*MODEL, *FAST, "--checkpoint_dir", str(tmp / "ckpt"), "eval"])
     assert (args.n_beams, args.extra_samples) == (3, 1.2)  # 1 + eps: the lossless default
-
-    def build(flags):
-        model = hvae.build(flags)
-        model.build_weights()
-        return model
-
-    model, *_, identity = training.open_run(args, run_dir, build, "resnet_vae", hvae_flags.model_flags)
+    model, _, identity = hvae.open_hvae(args, run_dir)
     coder = rec.Codec(args, model, identity)
     data, _, codes, _ = coder.encode(image, 1)
     _, _, (latents, residual) = container.unpack(data, "resnet_vae", coder.identity)
     decoded, _ = coder.decode(data, "test")
     np.testing.assert_array_equal(decoded, image)
-    units = list(codes.values())
-    out, _ = rec.walk(model, coder.top, (28, 28),
-                      lambda layer, q, p_loc, p_scale: rec_lib.decode_layer(p_loc, p_scale, units[layer], seed=0,
-                                                                         layer=layer))
-    info = rec.residual_table(model, out[0]).info(image.ravel()).sum()
+    units = [c for _, c in codes]
+    out, _ = coder.coding_pass(lambda layer, q, p_loc, p_scale: rec_lib.decode_layer(p_loc, p_scale, units[layer],
+                                                                                  seed=0, layer=layer),
+                               top_shape=model.top_shape(28, 28))
+    info = rec.residual_table(model, model.crop(out, 28, 28)[0]).info(image.ravel()).sum()
     assert info <= 8 * len(residual) <= info + 96
     assert 0 < len(data) - len(latents) - len(residual) < 40  # the container's header
 

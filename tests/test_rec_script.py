@@ -97,8 +97,9 @@ def test_foreign_and_truncated_files_are_refused(setup, tmp_path):
 
 
 def test_ar_level_slices_are_the_flows_conditionals():
-    """The slice-by-slice Gaussian priors rec.py codes an AR level against multiply to the flow's density:
-    sum_s log N(z_s; conditional) = log N(eps; prior) + log det (the rate resnet_vae.py trains on)."""
+    """The slice-by-slice Gaussian priors rec.py codes an AR level against (the model's slice_conditionals)
+    multiply to the flow's density: sum_s log N(z_s; conditional) = log N(eps; prior) + log det (the rate
+    resnet_vae.py trains on)."""
     tf.keras.utils.set_random_seed(1)
     level = hvae.LatentLevel(filters=4, channels=8, ar_slices=4, name="ar_level")
     t = tf.random.normal([1, 4, 4, 4])
@@ -106,20 +107,64 @@ def test_ar_level_slices_are_the_flows_conditionals():
     for net in level.ar_gate.nets + level.ar_shift.nets:  # untrained nets are near zero: make them matter
         for w in net.trainable_weights:
             w.assign(w * 4)
-    _, p_loc, p_scale = rec.level_prior(level, t)
+    _, (p_loc, p_scale) = level.prior_params(t)
     z = np.random.default_rng(0).normal(size=(1, 4, 4, 8))
     total = []
 
-    def unit(name, q, loc, scale):
-        cut = slice(len(total) * 2, len(total) * 2 + 2)
+    def sample_slice(s, cut, loc, scale):
+        assert (s, cut) == (len(total), slice(2 * s, 2 * s + 2))
         total.append(np.sum(-0.5 * ((z[..., cut] - loc) / scale) ** 2 - np.log(scale) - 0.5 * np.log(2 * np.pi)))
         return z[..., cut]
 
-    rec.code_ar_level(level, 0, None, p_loc.numpy(), p_scale.numpy(), unit)
+    assert np.array_equal(level.slice_conditionals((p_loc, p_scale), sample_slice), z)
     eps, log_det = level.ar_noise(tf.constant(z, tf.float32))
     flow = float(tf.reduce_sum(hvae.normal_log_prob(eps, p_loc, p_scale) + log_det))
     assert len(total) == 4 and abs(np.exp(log_det.numpy()).min() - 1) > 0.1  # the gates are far from 1
     assert sum(total) == pytest.approx(flow, rel=1e-5, abs=1e-3)
+
+
+def test_the_coder_walks_the_models_levels_in_the_models_order(setup, monkeypatch):
+    """Training (forward), rec.py's encoder and its decoder all run the model's one top-down pass, and its
+    callback sees the same levels with the same shapes in the same order, top first; the coder codes the same
+    units (one per Gaussian level, one per slice of an AR level) with the same prior shapes on both sides."""
+    from utils import rec as rec_lib
+    tmp, run_dir, image = setup
+    args = rec.parse_args([*MODEL, *FAST, "--lambda", "0.01", "--checkpoint_dir", str(tmp / "ckpt"), "eval"])
+    model, _, identity = hvae.open_hvae(args, run_dir)
+    coder = rec.Codec(args, model, identity)
+    passes, units = [], {"encode": [], "decode": []}
+    top_down = model.top_down
+
+    def spy(sample, *a, **k):
+        seen = []
+        passes.append(seen)
+
+        def recording(step):
+            z = sample(step)
+            seen.append((step.index, step.top, step.ar, tuple(step.shape), tuple(z.shape)))
+            return z
+
+        return top_down(recording, *a, **k)
+
+    monkeypatch.setattr(model, "top_down", spy)
+    encode_layer, decode_layer = rec_lib.encode_layer, rec_lib.Reader.decode_layer
+    monkeypatch.setattr(rec_lib, "encode_layer", lambda mu, sig, m, s, **k: (
+        units["encode"].append((k["layer"], m.shape)), encode_layer(mu, sig, m, s, **k))[1])
+    monkeypatch.setattr(rec_lib.Reader, "decode_layer", lambda self, m, s, layer: (
+        units["decode"].append((layer, m.shape)), decode_layer(self, m, s, layer=layer))[1])
+
+    x = image[5:21, 3:27]  # 16x24: padded to 16x24 (multiples of 8), the top map 2x3
+    model.forward(tf.constant(x[None], tf.float32))
+    data, _, codes, _ = coder.encode(x, 3)
+    coder.decode(data, "test")
+    trained, encoded, decoded = passes
+    expected = [(2, True, False, (1, 2, 3, 4)), (1, False, False, (1, 4, 6, 4)), (0, False, True, (1, 8, 12, 2))]
+    assert [s[:4] for s in trained] == expected
+    assert all(s[3] == s[4] for s in trained)  # each latent has its level's shape
+    assert encoded == decoded == trained
+    assert [level for level, _ in codes] == [2, 1, 0, 0]  # level 0: its two slices
+    assert units["encode"] == units["decode"] == [(0, (1, 2, 3, 4)), (1, (1, 4, 6, 4)), (2, (1, 8, 12, 1)),
+                                                  (3, (1, 8, 12, 1))]
 
 
 def test_top_map_makes_the_deep_factorized_prior_standard_normal():

@@ -6,6 +6,19 @@ codes its latents into files with relative entropy coding. Both build it from th
 
     hvae_flags.add_model_flags(parser); args = parser.parse_args(); hvae_flags.check_model_flags(args)
     model = hvae.build(args)
+
+The ResNet-VAE has one top-down pass, ResNetVAE.top_down, that both use. It walks the levels from the top,
+computes each level's prior (and its posterior, given the encoder's features from ResNetVAE.bottom_up) and asks a
+callback for the level's latent, handing it a Step:
+
+    features = model.bottom_up(x)                       # x on [0, 255]: padded and preprocessed by the model
+    out = model.top_down(sample, features)              # sample(step) -> the level's latent z (float32)
+    x_hat = model.reconstruction(model.crop(out, height, width))
+
+Training's callback (ResNetVAE.forward) takes step.sample_posterior(), a posterior sample and its KL; rec.py's
+encoder codes z against step.prior (an AR level slice by slice, step.slice_conditionals) and returns the decoded
+latent; its decoder, without features (model.top_down(sample, top_shape=model.top_shape(height, width))), reads
+z from the file.
 """
 import math
 
@@ -164,10 +177,14 @@ class LatentLevel(tf.keras.layers.Layer):
             self.ar_shift = SliceAutoregressive(c, ar_slices, name="ar_shift")
             self.ar_gate = SliceAutoregressive(c, ar_slices, name="ar_gate")
 
+    def prior_params(self, t):
+        """(features, (p mean, p scale)) from the top-down features t; p is the AR flow's base with an AR prior."""
+        feats, p_loc, p_raw = tf.split(self.prior(t), 3, axis=-1)
+        return feats, (p_loc, positive_scale(p_raw))
+
     def distributions(self, h, t):
         """(features, (q mean, q scale), (p mean, p scale)); p is the AR flow's base with an AR prior."""
-        feats, p_loc, p_raw = tf.split(self.prior(t), 3, axis=-1)
-        p_scale = positive_scale(p_raw)
+        feats, (p_loc, p_scale) = self.prior_params(t)
         bu_loc, bu_raw = tf.split(self.bottom_up(h), 2, axis=-1)
         td_loc, td_raw = tf.split(self.top_down(t), 2, axis=-1)
         q_loc, q_scale = bu_loc + td_loc, positive_scale(bu_raw) + positive_scale(td_raw)
@@ -181,20 +198,73 @@ class LatentLevel(tf.keras.layers.Layer):
         gate = tf.sigmoid(AR_GATE_OFFSET + self.ar_gate(z))
         return gate * z + (1 - gate) * self.ar_shift(z), tf.math.log(gate)
 
-    def update(self, t, z, feats, embedding=None):
-        """t after the level: t + merge([z, feats]), the merge modulated with lambda conditioning."""
-        return t + modulated(self.modulation, self.merge(tf.concat([z, feats], axis=-1)), embedding)
+    def slice_conditionals(self, prior, sample_slice):
+        """An AR level slice by slice, for a coder: given slices < s, the flow z_s = (eps_s - (1 - g_s) shift_s) / g_s
+        of eps_s ~ N(m_s, s_s^2) makes slice s Gaussian, N((m_s - (1 - g_s) shift_s) / g_s, (s_s / g_s)^2), with
+        g_s and shift_s computed from the earlier slices (later ones are zeros: the flow's nets for slice s never
+        read them). Calls sample_slice(s, channels (a slice of the last axis), mean, scale) for s = 0, 1, ...
+        (float64 numpy; it returns slice s of the latent) and returns the latent (float64 numpy). The product of
+        the conditionals is the flow's density: N(eps; prior) times the Jacobian's determinant."""
+        p_loc, p_scale = (np.asarray(a, np.float64) for a in prior)
+        slices = self.ar_shift.slices
+        depth = p_loc.shape[-1] // slices
+        z = np.zeros(p_loc.shape)
+        for s in range(slices):
+            cut = slice(s * depth, (s + 1) * depth)
+            zf = tf.constant(z, tf.float32)
+            gate = tf.sigmoid(AR_GATE_OFFSET + self.ar_gate(zf)).numpy()[..., cut].astype(np.float64)
+            shift = self.ar_shift(zf).numpy()[..., cut].astype(np.float64)
+            z[..., cut] = sample_slice(s, cut, (p_loc[..., cut] - (1 - gate) * shift) / gate, p_scale[..., cut] / gate)
+        return z
 
-    def call(self, h, t, embedding=None):
-        """(updated t, KL per image in nats)."""
-        feats, (q_loc, q_scale), (p_loc, p_scale) = self.distributions(h, t)
+    def sample_posterior(self, posterior, prior):
+        """(z ~ q, the level's KL per image in nats): analytic for a Gaussian prior; single-sample
+        log q(z) - log p(z) for the AR flow."""
+        q_loc, q_scale = posterior
+        p_loc, p_scale = prior
         z = sample_normal(q_loc, q_scale)
         if self.ar:
             eps, log_det = self.ar_noise(z)
             kl = per_image(normal_log_prob(z, q_loc, q_scale) - normal_log_prob(eps, p_loc, p_scale) - log_det)
         else:
             kl = per_image(normal_kl(q_loc, q_scale, p_loc, p_scale))
+        return z, kl
+
+    def update(self, t, z, feats, embedding=None):
+        """t after the level: t + merge([z, feats]), the merge modulated with lambda conditioning."""
+        return t + modulated(self.modulation, self.merge(tf.concat([z, feats], axis=-1)), embedding)
+
+    def call(self, h, t, embedding=None):
+        """(updated t, KL per image in nats): the level alone, as ResNetVAE.forward's pass runs it."""
+        feats, q, p = self.distributions(h, t)
+        z, kl = self.sample_posterior(q, p)
         return self.update(t, z, feats, embedding), kl
+
+
+class Step:
+    """One latent level as ResNetVAE.top_down hands it to its callback, in the pass's order (the top first).
+
+    index: the level, bottom-up (levels - 1 is the top); top: whether it is the top level; shape: the latent's
+    shape (static, as far as known); posterior: (mean, scale) of q(z_i | x, z_>i), or None when the pass runs
+    without the encoder's features (decoding); prior: (mean, scale) of the level's Gaussian prior given the
+    latents above (at an AR level, the flow's base), None at the top, whose prior is the model's `top_prior`
+    density; ar: whether the level's prior is the autoregressive flow."""
+
+    def __init__(self, model, index, shape, posterior, prior=None, level=None):
+        self.model, self.level = model, level
+        self.index, self.top, self.shape = index, level is None, tuple(shape)
+        self.posterior, self.prior = posterior, prior
+        self.ar = level is not None and level.ar
+
+    def sample_posterior(self):
+        """(z ~ q, KL per image in nats): what training and evaluation do at every level."""
+        if self.top:
+            return self.model.sample_top_posterior(self.posterior)
+        return self.level.sample_posterior(self.posterior, self.prior)
+
+    def slice_conditionals(self, sample_slice):
+        """An AR level's Gaussian conditionals slice by slice (LatentLevel.slice_conditionals)."""
+        return self.level.slice_conditionals(self.prior, sample_slice)
 
 
 class HierarchicalVAE(training.LossModel):
@@ -266,6 +336,7 @@ class ResNetVAE(HierarchicalVAE):
         self.levels = levels
         self.img_dim = img_dim if flat_z0 else None
         f, top = num_filters, latent_channels[-1]
+        self.top_channels = top
         self.encoder = [EncoderBlock(f, conditioned=cond, name=f"encoder{i}") for i in range(levels - 1)]
         self.encoder.append(EncoderBlock(2 * top, gdn=False, conditioned=cond, name=f"encoder{levels - 1}"))
         self.latents = [LatentLevel(f, c, ar_slices if i < ar_prior_levels else None, conditioned=cond,
@@ -285,31 +356,100 @@ class ResNetVAE(HierarchicalVAE):
         """The reconstruction on [0, 255] from the decoder's output."""
         return (out + 0.5) * 255.0
 
-    def forward(self, x, lmbda=None):
-        """x [batch, H, W, image_channels] in [0, 255] -> (the decoder's output [batch, H, W, OUTPUTS * channels],
-        KL per image and level in nats [batch, L]). Sides that are not multiples of pad_multiple are padded (edge
-        replication) and the output cropped back. A variable-rate model (lmb_range) needs lmbda [batch]."""
-        shape = tf.shape(x)
-        emb = None if self.embedding is None else self.embedding(lmbda)
+    def crop(self, out, height, width):
+        """The decoder's output on the padded image [batch, H', W', C'] cropped to the image's height and width."""
+        return out[:, :height, :width, :]
+
+    def top_shape(self, height, width, batch=1):
+        """The top latent's shape for images of height x width (their sides padded to multiples of
+        pad_multiple)."""
+        m = self.pad_multiple
+        return (batch, -(-height // m), -(-width // m), self.top_channels)
+
+    def bottom_up(self, x, embedding=None):
+        """The encoder's features [h_0, ..., h_{L-1}] of images x [batch, H, W, image_channels] on [0, 255] (padded
+        and preprocessed here); h_{L-1} holds the top posterior's parameters (top_posterior)."""
         h = self.padded_input(x)
         features = []
         for block in self.encoder:
-            h = block(h, emb)
+            h = block(h, embedding)
             features.append(h)
-        loc, raw = tf.split(features[-1], 2, axis=-1)
-        scale = positive_scale(raw)
-        z = sample_normal(loc, scale)
+        return features
+
+    def top_posterior(self, h_top):
+        """(mean, scale) of q(z_{L-1} | x) from the encoder's top features."""
+        loc, raw = tf.split(h_top, 2, axis=-1)
+        return loc, positive_scale(raw)
+
+    def top_log_prior(self, z):
+        """log p(z_{L-1}) per image under the top prior (deep factorized, or the MAF of --flat_z0)."""
         if self.img_dim is not None:
-            log_p = self.top_prior.log_prob(tf.reshape(z, [-1, self.flat_dim]))
+            return self.top_prior.log_prob(tf.reshape(z, [-1, self.flat_dim]))
+        return per_image(self.top_prior.log_prob(z))
+
+    def sample_top_posterior(self, posterior):
+        """(z ~ q(z_{L-1} | x), its single-sample KL per image in nats: log q(z) - log p(z))."""
+        loc, scale = posterior
+        z = sample_normal(loc, scale)
+        log_p = self.top_log_prior(z)
+        return z, per_image(normal_log_prob(z, loc, scale)) - log_p
+
+    def top_kl(self, features, samples, seed):
+        """The top level's KL (nats, summed over the batch) as a seeded Monte Carlo estimate of
+        E_q log q(z) / p(z) over `samples` draws (the top prior is not Gaussian: no closed form)."""
+        loc, scale = self.top_posterior(features[-1])
+        z = loc + scale * tf.random.stateless_normal((samples,) + tuple(loc.shape[1:]), [seed, 1])
+        log_q = per_image(normal_log_prob(z, loc, scale))
+        return float(tf.reduce_mean(log_q - self.top_log_prior(z)))
+
+    def top_down(self, sample, features=None, top_shape=None, embedding=None):
+        """The model's top-down pass, the one that training, evaluation and rec.py's coder run.
+
+        Walks the levels from the top down; at each it computes the level's prior from the latents above, and
+        its posterior where the encoder's `features` (bottom_up) are given, and asks sample(Step) for the level's
+        latent z (float32, the level's shape), which the pass then conditions the levels below on. Training
+        takes a posterior sample and keeps its KL (forward); rec.py's encoder codes z with relative entropy
+        coding and returns the decoded latent, its decoder (no features; `top_shape` is then needed) reads z
+        from the file. Returns the decoder's output on the padded image [batch, H', W', OUTPUTS * channels]
+        (crop and reconstruction make the image of it).
+
+        In a tf.function an unseeded random op's seed is the count of ops created before it: adding or moving ops
+        ahead of a callback's sample changes which noise training draws (not its law), and so its losses bitwise."""
+        if features is None:
+            q = None
         else:
-            log_p = per_image(self.top_prior.log_prob(z))
-        kls = [per_image(normal_log_prob(z, loc, scale)) - log_p]
-        t = z
+            q = self.top_posterior(features[-1])
+            top_shape = q[0].shape
+        t = sample(Step(self, self.levels - 1, top_shape, q))
         for i in reversed(range(self.levels - 1)):
-            t, kl = self.latents[i](features[i], self.decoder[i + 1](t, emb), emb)
+            level = self.latents[i]
+            t = self.decoder[i + 1](t, embedding)
+            if features is None:
+                feats, p = level.prior_params(t)
+                q = None
+            else:
+                feats, q, p = level.distributions(features[i], t)
+            z = sample(Step(self, i, p[0].shape, q, p, level))
+            t = level.update(t, z, feats, embedding)
+        return self.decoder[0](t)
+
+    def forward(self, x, lmbda=None):
+        """x [batch, H, W, image_channels] in [0, 255] -> (the decoder's output [batch, H, W, OUTPUTS * channels],
+        KL per image and level in nats [batch, L]): bottom_up, then top_down with a posterior sample at every
+        level. Sides that are not multiples of pad_multiple are padded (edge replication) and the output cropped
+        back. A variable-rate model (lmb_range) needs lmbda [batch]."""
+        shape = tf.shape(x)
+        emb = None if self.embedding is None else self.embedding(lmbda)
+        features = self.bottom_up(x, emb)
+        kls = []
+
+        def sample(step):
+            z, kl = step.sample_posterior()
             kls.append(kl)
-        out = self.decoder[0](t)[:, :shape[1], :shape[2], :]
-        return out, tf.stack(kls[::-1], axis=1)  # bottom-up order
+            return z
+
+        out = self.top_down(sample, features, embedding=emb)
+        return self.crop(out, shape[1], shape[2]), tf.stack(kls[::-1], axis=1)  # bottom-up order
 
 
 class DLogisticResNetVAE(ResNetVAE):
@@ -525,6 +665,19 @@ def check_channels(model, dataset):
     if channels != model.image_channels:
         raise InputError(f"--dataset {dataset} has {channels}-channel images but the model takes "
                          f"{model.image_channels} (--image_channels)")
+
+
+def open_hvae(args, run_dir):
+    """(model, checkpoint, identity) of the trained run of resnet_vae.py in `run_dir`, opened by
+    training.open_run (the model from the run's flags, built under the command line's strategy)."""
+    def built(flags):
+        with training.strategy_scope(args):
+            model = build(flags)
+            model.build_weights()
+        return model
+
+    model, _, _, checkpoint, identity = training.open_run(args, run_dir, built, "resnet_vae", model_flags)
+    return model, checkpoint, identity
 
 
 def build(args):

@@ -2,7 +2,9 @@
 
 The encoder turns a posterior q = N(mu, sig^2) and a prior p = N(m, s^2) over one layer of latents into a short
 list of integers from which a decoder that knows only p rebuilds, bitwise exactly, a latent z distributed close to
-q, at a cost close to KL(q || p) nats. A hierarchical VAE drives it one layer at a time:
+q, at a cost close to KL(q || p) nats. A hierarchical VAE drives it one layer at a time (rec.py does so from
+the callback of the ResNet-VAE's own top-down pass, utils/hvae.py's ResNetVAE.top_down; this module knows no
+model):
 
     code, z = encode_layer(post_loc, post_scale, prior_loc, prior_scale, seed=s, layer=l, config=cfg)
     ...  the next layer's prior from z ...
