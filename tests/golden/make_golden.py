@@ -119,7 +119,7 @@ def run_cases(runs, work):
     def _():
         """Latents of the mbt2018 run optimized for a higher lambda, in a .tfci that mbt2018.py decompress reads."""
         results = work / "sga"
-        sga.main([*ckpt, *MBT, "--lambda", "1", "--method", "sga", "--iterations", "4", "--lr", "0.5", "compress",
+        sga.main([*ckpt, *MBT, "--lambda", "1", "--method", "sga", "--iterations", "2", "--lr", "0.5", "compress",
                   MBT_RUN, str(RGB_A), "--results_dir", str(results)])
         tfci, png = results / f"{RGB_A.stem}.tfci", work / "sga.png"
         mbt2018.main([*ckpt, *LAMBDA, *MBT, "decompress", str(tfci), str(png)])
@@ -129,8 +129,8 @@ def run_cases(runs, work):
     def _():
         """Lossy bits-back: SGA on y, then q(z | y_hat) re-optimized (which the decoder repeats)."""
         results = work / "bb_sga"
-        bb_sga.main([*ckpt, "--lambda", "1", "--method", "sga", "--iterations", "3", "--lr", "0.5",
-                     "--rate_iterations", "3", "compress", MBT_BB_RUN, str(RGB_B), "--results_dir", str(results)])
+        bb_sga.main([*ckpt, "--lambda", "1", "--method", "sga", "--iterations", "2", "--lr", "0.5",
+                     "--rate_iterations", "2", "compress", MBT_BB_RUN, str(RGB_B), "--results_dir", str(results)])
         bbi, png = results / f"{RGB_B.stem}.bbi", work / "bb_sga.png"
         bb_sga.main([*ckpt, "decompress", str(bbi), str(png), "--run_name", MBT_BB_RUN])
         return record(bbi, png_array(png))
@@ -206,12 +206,16 @@ def retrain():
         Image.fromarray(smooth_image(h, w, seed, c)).save(path)
     np.save(DIGITS, mnist.test_images("mnist", 3).reshape(3, 28, 28))
 
-    with tempfile.TemporaryDirectory() as tmp:
-        train = Path(tmp)
+    # Relative paths from tests/golden, so that the flags.json files name no machine's folders.
+    cwd = os.getcwd()
+    os.chdir(HERE)
+    train = Path("train")
+    try:
+        train.mkdir()
         for i in range(4):
             Image.fromarray(smooth_image(64, 64, 100 + i)).save(train / f"rgb{i}.png")
         rgb = str(train / "rgb*.png")
-        ckpt = ["--checkpoint_dir", str(RUNS)]
+        ckpt = ["--checkpoint_dir", RUNS.name]
         steps = ["--batchsize", "2", "--epochs", "1", "--steps_per_epoch", "2", "--lr", "1e-3"]
         for module, flags in ((mbt2018, MBT), (mbt2018, MBT_BB), (ms2020, MS)):
             module.main([*ckpt, *LAMBDA, *flags, "train", "--train_glob", rgb, "--patchsize", "64", *steps])
@@ -222,6 +226,9 @@ def retrain():
                          "--max_validation_steps", "1"])
         mcbits.main([*MCBITS, "train", *ckpt, "--epochs", "1", "--steps_per_epoch", "2", "--batchsize", "20",
                      "--max_validation_steps", "1"])
+    finally:
+        shutil.rmtree(train, ignore_errors=True)
+        os.chdir(cwd)
     # mcbits.py compress and decompress read weights.npz only: its training checkpoint (Adam's state, for --cont)
     # would double the folder's size for nothing.
     for p in (RUNS / mcbits_run_name()).iterdir():
