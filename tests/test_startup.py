@@ -1,5 +1,6 @@
 """Start-up: TF's C++ import chatter is dropped unless -V (utils/startup.py), every other line still shows; every
 script's --help (and each subcommand's) is complete and answers without importing TensorFlow."""
+import ast
 import json
 import os
 import re
@@ -65,6 +66,20 @@ def test_a_script_starts_quietly_and_speaks_with_V():
     # cuBLAS double registration of the 2.14 wheel, and the CPU or GPU notices).
     loud = _failing_command("-V")
     assert TF_LOG_LINE.search(loud), loud
+
+
+def test_every_script_imports_startup_first():
+    """Start-up is explicit: each script's first import is `from utils import startup`, so that it runs before
+    anything that could load TensorFlow; and `import utils` loads no module of the package by itself."""
+    for path in ROOT.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        first = next(node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom)))
+        assert isinstance(first, ast.ImportFrom) and first.module == "utils" and \
+            [a.name for a in first.names] == ["startup"], f"{path.name}: its first import is not utils.startup"
+    proc = subprocess.run([sys.executable, "-c", "import sys, utils; "
+                           "print(sorted(m for m in sys.modules if m.startswith('utils')))"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.stdout.split() == ["['utils']"], proc.stdout + proc.stderr
 
 
 # ---- --help ---------------------------------------------------------------------------------------

@@ -282,7 +282,8 @@ def open_run(args, run_dir, build, script, arch_of):
     an earlier version of the code) would keep their fresh values and give wrong files or a wrong bound."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise InputError(f"no run folder {run_dir} (check --checkpoint_dir, the model flags, or --run)")
+        raise InputError(f"no checkpoint in {run_dir}: no such run folder (check --checkpoint_dir and the model "
+                         f"flags, or give --run)")
     if not (run_dir / FLAGS_NAME).exists():
         raise InputError(f"{run_dir} has no {FLAGS_NAME}: is it a trained run folder?")
     flags = argparse.Namespace(**{**vars(args), **load_flags(run_dir)})
