@@ -8,6 +8,8 @@ solution. Per lambda, a run folder `<save_dir>/ba-lamb=<lamb>-bins=<bins>` gets 
 iteration: step, R, D, lagrangian) and `results.jsonl` (the final point). Rates are nats per sample; D is the MSE
 per dimension. On a terminal, a progress bar per lambda (iterations, with the current R, D and Lagrangian) runs on
 stderr; -V shows the bars also when stderr is a log (one line per lambda, when it is done).
+
+The algorithm (the histogram discretization and the Blahut-Arimoto iterations) is utils/ba.py, this script's engine.
 """
 from utils import startup  # noqa: F401  (first, on purpose: TensorFlow's start-up lines; utils/startup.py)
 

@@ -10,7 +10,12 @@ entropy model, decodes and checks it, and reports the rate from the bytes writte
   python rdub_mlp.py -V --dataset gaussian --data_dim 16 --latent_dim 16 --decoder_units 0 --prior_type gmm_1 \\
       --encoder_activation none --lambda 10 --rpd train --epochs 20 --steps_per_epoch 1000 --lr 5e-4
   python rdub_mlp.py ...same model flags... eval
+
+The model (the beta-VAE, its rate and distortion estimates, NTC's range coding of the test set) is utils/rdub_mlp.py,
+this script's engine; the script holds the flags, the run folders, training and eval.
 """
+from utils import startup  # noqa: F401  (first, on purpose: TensorFlow's start-up lines; utils/startup.py)
+
 import json
 import math
 import sys
@@ -19,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-# TensorFlow (and the modules that import it: flows, priors, rdvae, training) is imported in the functions that
-# use it, so that --help and a bad flag answer at once.
+# TensorFlow (and the modules that import it: flows, priors, training, the engine utils/rdub_mlp.py) is imported in
+# the functions that use it, so that --help and a bad flag answer at once.
 from utils import jsonl, rd, runs, train_flags
 from utils.cli import ArgumentParser, InputError, int_list, output_dir, positive_float, positive_int, run
 from utils.nn import ACTIVATIONS, PRIOR_TYPES
@@ -103,7 +108,7 @@ def build(args):
     """The source, the model and the run folder from the flags; raises InputError on any bad combination."""
     from utils import flows
     from utils.priors import make_prior
-    from utils.rdvae import RDVAE
+    from utils.rdub_mlp import RDVAE
     source = make_source(args.dataset, args.data_dim, args.gparams_path)
     if isinstance(source, ImageFile):
         raise InputError(f"--dataset {args.dataset} holds images {source.shape}; rdub_mlp.py takes vectors [N, dim]")
@@ -192,36 +197,10 @@ def heldout_batches(source, args):
         yield source.test_set(min(args.batchsize, args.num_samples - start), seed=args.seed * 1000003 + i)
 
 
-def ntc_bitstream(model, x):
-    """Quantizes, range-codes, decodes and checks `x`; returns (bytes, estimated bits, mse of the decode).
-
-    The whole set is one bitstream (coding rank 2), so the coder's few bytes of flush overhead are shared.
-    """
-    import tensorflow as tf
-    import tensorflow_compression as tfc
-    @tf.function
-    def code(x):
-        # Stateless: the range-coding tables are built in this graph, much faster than eagerly.
-        em = tfc.ContinuousBatchedEntropyModel(model.prior.distribution(noisy=True), coding_rank=2,
-                                               compression=True, stateless=True)
-        y = model.posterior(x)
-        string = em.compress(y)
-        y_hat = em.decompress(string, tf.shape(x)[:1])
-        _, bits = em(y, training=False)
-        return string, y_hat, em.quantize(y), bits
-
-    string, y_hat, expected, bits = code(tf.constant(x))
-    if not np.array_equal(y_hat.numpy(), expected.numpy()):
-        raise RuntimeError("range decoding did not reproduce the quantized latents")
-    x_hat = model.reconstruct(y_hat).numpy()
-    if not np.array_equal(x_hat, model.reconstruct(expected).numpy()):
-        raise RuntimeError("the reconstruction from the decoded bitstream differs from the encoder's")
-    return len(string.numpy()), float(bits), np.mean((x - x_hat) ** 2, axis=-1)
-
-
 def evaluate(args, source, run_dir):
     import tensorflow as tf
     from utils import training
+    from utils.rdub_mlp import ntc_bitstream
 
     def build_model(flags):
         with training.strategy_scope(args):

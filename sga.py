@@ -19,15 +19,20 @@ Images of one shape are optimized together as one batch (each image's loss is it
 nothing but speed). Per image, the record holds the file's bpp (bytes) and the model's estimate (`bpp_est`),
 PSNR and MS-SSIM of the decoded file, and the same for the amortized encoder on the same image (`base_*`);
 the loss trajectory goes to trajectory.jsonl every 10 iterations.
+
+The optimizer (SGA and the other relaxations, the early stop, opening the run) is utils/sga.py, this script's
+engine; the codec's networks and coders are utils/image_models.py and utils/codec.py.
 """
+from utils import startup  # noqa: F401  (first, on purpose: TensorFlow's start-up lines; utils/startup.py)
+
 import sys
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
-# TensorFlow (and the modules that import it: codec, inference) is imported in the functions that use it, so that
-# --help and a bad flag answer at once.
+# TensorFlow (and the modules that import it: codec_commands, the engine utils/sga.py) is imported in the functions
+# that use it, so that --help and a bad flag answer at once.
 from utils import container, images, jsonl
 from utils.cli import ArgumentParser, InputError, positive_float, positive_int, run
 from utils.codec_flags import ARCHITECTURES, SGA_DEFAULT_LR, SGA_METHODS
@@ -98,18 +103,18 @@ def baseline(model, identity, script, image, channels):
 
 
 def compress(args):
-    from utils import image_eval, inference
+    from utils import image_eval, sga
     if args.lr is None:
         args.lr = SGA_DEFAULT_LR[args.method]
-    items = inference.read_images(args.eval_imgs, args.crop)
-    results = inference.check_results_dir(args.results_dir, items, ".tfci", (
-        inference.TRAJECTORY_NAME, image_eval.RESULTS_NAME, BASELINE_NAME))
-    model, identity, run_dir, checkpoint, lmbda = inference.load_run(args)
+    items = sga.read_images(args.eval_imgs, args.crop)
+    results = sga.check_results_dir(args.results_dir, items, ".tfci", (
+        sga.TRAJECTORY_NAME, image_eval.RESULTS_NAME, BASELINE_NAME))
+    model, identity, run_dir, checkpoint, lmbda = sga.load_run(args)
     if not model.range_coded:
         raise InputError(f"RUN_NAME {args.run_name}: a bits-back model (--hyper_posterior gaussian): use bb_sga.py")
     results.mkdir(parents=True, exist_ok=True)
     script = args.model
-    fields = inference.dataset_fields(args.eval_imgs, args.crop)
+    fields = sga.dataset_fields(args.eval_imgs, args.crop)
     label = fields["dataset"]
     record = dict(method=f"{script}+{args.method}", inference=args.method, run=run_dir.name,
                   checkpoint=str(checkpoint), **fields,
@@ -123,9 +128,9 @@ def compress(args):
         x = np.stack([items[k][1] for k in members]).astype(np.float32)
         if args.verbose:
             print(f"batch {b + 1}/{len(batches)}: {len(members)} image(s) of {shape[0]}x{shape[1]}", file=sys.stderr)
-        opt = inference.LatentOptimizer(model, x, lmbda, args.method, args.lr, args.seed + b)
-        latents, iterations_run = inference.optimize(opt, names, args.iterations, results / inference.TRAJECTORY_NAME,
-                                                     record, args.verbose)
+        opt = sga.LatentOptimizer(model, x, lmbda, args.method, args.lr, args.seed + b)
+        latents, iterations_run = sga.optimize(opt, names, args.iterations, results / sga.TRAJECTORY_NAME,
+                                               record, args.verbose)
         for j, k in enumerate(members):
             name, image, channels = items[k]
             data, decoded, bpp_est = code_image(model, identity, script, [t[j] for t in latents], image, channels)

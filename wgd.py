@@ -14,6 +14,9 @@ draws of a built-in source).
 Per lambda, `<save_dir>/wgd-lamb=<lamb>-particles=<k>` (plus `-hybrid=True`) gets `log.jsonl` (every --log_every
 steps: minibatch means of lagrangian, R, D, and lr, time), `results.jsonl` (the held-out bound, method wgd),
 `particles.npz` and `flags.json`. Rates are nats per sample; D is the MSE per dimension.
+
+The algorithm (the particle steps, the exact particle-channel rate and distortion) is utils/wgd.py, this script's
+engine.
 """
 from utils import startup  # noqa: F401  (first, on purpose: TensorFlow's start-up lines; utils/startup.py)
 

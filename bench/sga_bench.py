@@ -17,7 +17,7 @@ from harness import kodak_image, timed  # first: imports utils before TF
 import numpy as np
 import tensorflow as tf
 
-from utils import inference
+from utils import sga
 from utils.image_models import MODELS
 
 
@@ -35,7 +35,7 @@ def main():
         model.build_weights()
         model.make_coders()
         for name, x in [("kodak 768x512", image[None]), ("6 crops 256x256", crops)]:
-            opt = inference.LatentOptimizer(model, x.astype(np.float32), 0.01, "sga", 0.005, seed=0)
+            opt = sga.LatentOptimizer(model, x.astype(np.float32), 0.01, "sga", 0.005, seed=0)
             megapixels = x.shape[0] * x.shape[1] * x.shape[2] / 1e6
             tau = tf.constant(0.5)
             step = timed(lambda: opt.step(tau).numpy(), args.steps) / megapixels

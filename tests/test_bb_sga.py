@@ -5,6 +5,7 @@ matches the model's expected net rate; and bad input.
 
 A tiny bits-back model (8 filters) trained for 2 steps on synthetic images; few SGA and rate iterations.
 """
+import argparse
 import json
 
 import numpy as np
@@ -16,6 +17,7 @@ import bb_sga
 import mbt2018
 from test_codecs import smooth_image
 from utils import ans, images
+from utils import bb_sga as bb_sga_engine  # the script is `bb_sga`
 from utils.cli import InputError
 
 
@@ -105,19 +107,18 @@ def test_the_decoder_gives_the_initial_bits_back(run):
     """encode then decode one image directly: the y_hat popped equals the one pushed, and the words left after
     pushing z back under the decoder's own q are the initial ones."""
     base, name = run
-    from utils import inference
+    from utils import sga
 
-    class Args:
-        checkpoint_dir, run_name, model, num_filters, lmbda, verbose = str(base / "ckpt"), name, "mbt2018", None, \
-            None, False
-    model, *_ = inference.load_run(Args)
-    grid = bb_sga.ZGrid(model, 2.0 ** -6)
-    posterior = bb_sga.RatePosterior(model, 5, float(np.float32(0.003)), 7)
+    args = argparse.Namespace(checkpoint_dir=str(base / "ckpt"), run_name=name, model="mbt2018", num_filters=None,
+                              lmbda=None, verbose=False)
+    model, *_ = sga.load_run(args)
+    grid = bb_sga_engine.ZGrid(model, 2.0 ** -6)
+    posterior = bb_sga_engine.RatePosterior(model, 5, float(np.float32(0.003)), 7)
     x = tf.constant(smooth_image(64, 128, 9)[None], tf.float32)
     y_hat = np.round(model.analysis(x / 255).numpy())
-    words, initial, net_bits = bb_sga.encode(model, grid, y_hat, posterior(y_hat), seed=7)
-    z_shape, y_shape = bb_sga.latent_shapes(model, 64, 128)
-    y_dec, restored = bb_sga.decode(model, grid, words, z_shape, y_shape, posterior)
+    words, initial, net_bits = bb_sga_engine.encode(model, grid, y_hat, posterior(y_hat), seed=7)
+    z_shape, y_shape = bb_sga_engine.latent_shapes(model, 64, 128)
+    y_dec, restored = bb_sga_engine.decode(model, grid, words, z_shape, y_shape, posterior)
     np.testing.assert_array_equal(y_dec, y_hat)
     np.testing.assert_array_equal(restored, initial)
     assert 0 < net_bits < 32 * len(words)

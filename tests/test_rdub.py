@@ -8,6 +8,7 @@ import rdub_mlp
 from conftest import run_script
 from utils import jsonl, training
 from utils.cli import InputError
+from utils.rdub_mlp import ntc_bitstream
 
 GAUSS4 = ["--dataset", "gaussian", "--data_dim", "4", "--decoder_units", "0", "--prior_type", "gmm_1",
           "--encoder_activation", "none", "--lambda", "10"]
@@ -75,7 +76,7 @@ def test_ntc_bitstream_is_exact_and_matches_estimate(tmp_path, capsys):
     source, model, _ = rdub_mlp.build(args)
     training.restore_latest(model, run_dir)
     x = source.test_set(500, seed=5)
-    nbytes, _, mse = rdub_mlp.ntc_bitstream(model, x)
+    nbytes, _, mse = ntc_bitstream(model, x)
     assert nbytes > 0 and mse.shape == (500,) and np.isfinite(mse).all()
 
 

@@ -17,7 +17,8 @@ import ms2020
 import sga
 from conftest import run_script
 from test_codecs import smooth_image
-from utils import codec_commands, images, inference, rounding
+from utils import codec_commands, images, rounding
+from utils import sga as sga_engine  # the script is `sga`
 from utils.cli import InputError
 
 TINY = {"mbt2018": ["--num_filters", "8"],
@@ -120,7 +121,7 @@ def test_sga_files_decode_with_plain_decompress_and_beat_the_amortized_encoder(r
     (anchor,) = [json.loads(line) for line in (res / sga.BASELINE_NAME).read_text().splitlines()]
     assert anchor["inference"] == "amortized" and anchor["dataset"] == record["dataset"] == "imgs"
     assert anchor["bpp"] == pytest.approx(np.mean(arrays["base_bpp"])) and anchor["psnr"] == record["base_psnr"]
-    traj = [json.loads(line) for line in (res / inference.TRAJECTORY_NAME).read_text().splitlines()]
+    traj = [json.loads(line) for line in (res / sga_engine.TRAJECTORY_NAME).read_text().splitlines()]
     assert sorted({r["iteration"] for r in traj}) == [10, 20, 30] and len(traj) == 9
     assert traj[0]["tau"] == 0.5 and traj[0]["inference"] == "sga"
 
@@ -135,7 +136,7 @@ def test_other_methods_code_real_files(runs, method):
     record = sga.main(sga_argv(base, names["mbt2018"], *verbose, method=method, iterations="20", imgs="im2.png"))
     arrays = np.load(next((base / f"res-{method}").glob("*.npz")))
     assert [p.name for p in (base / f"res-{method}").glob("*.tfci")] == ["im2.tfci"]
-    if method in inference.EARLY_STOP:
+    if method in sga_engine.EARLY_STOP:
         loss = arrays["bpp_est"] + 0.01 * arrays["mse"]
         base_loss = arrays["base_bpp_est"] + 0.01 * arrays["base_mse"]
         assert np.all(loss <= base_loss * (1 + 1e-3))

@@ -1,9 +1,12 @@
-"""Encoder-side inference: Adam on an image's latents through a codec's relaxed quantizer (sga.py, bb_sga.py).
+"""SGA, sga.py's engine: encoder-side inference by Adam on an image's latents through a codec's relaxed quantizer
+(Yang, Bamler & Mandt, NeurIPS 2020); bb_sga.py's first stage imports it from here.
 
 `LatentOptimizer` holds the latents of a batch of same-shape images as variables, starting from the encoders'
 output, and minimizes each image's bpp + lambda * MSE through `model.relaxed` (the codec contract in
-utils/codec.py) with the quantizer replaced by one of utils/rounding.py's relaxations; `optimize` runs it,
-logs the trajectory and applies the early stop of MAP and STE.
+utils/codec.py) with the quantizer replaced by one of utils/rounding.py's relaxations (stochastic Gumbel
+annealing, deterministic annealing, STE, uniform noise, or none); `optimize` runs it, logs the trajectory and
+applies the early stop of MAP and STE. `load_run`, `read_images`, `dataset_fields` and `check_results_dir` are
+what both scripts' compress commands open and check before optimizing.
 """
 from pathlib import Path
 
