@@ -11,7 +11,7 @@ import tensorflow as tf
 import rec
 import resnet_vae
 from conftest import data_path, run_script
-from test_resnet_vae import smooth_images, train_in_process
+from test_resnet_vae import save_run, smooth_images, train_in_process
 from utils import container, hvae, hvae_flags, images
 from utils import rec as rec_lib
 from utils.cli import InputError
@@ -52,7 +52,7 @@ def setup(tmp_path_factory):
     x = tf.constant(x, tf.float32)
     assert float(model.losses_of(x)["loss"]) < float(fresh.losses_of(x)["loss"]) - 1  # bits per dimension
     run_dir = tmp / "ckpt" / run_name("resnet_vae", **hvae_flags.run_flags(args))
-    tf.train.Checkpoint(model=model).save(str(run_dir / "ckpt"))
+    save_run(args, model, run_dir)
     image = grey_images(1, seed=5)[0]
     images.write_png(tmp / "digit.png", image[..., 0])
     return tmp, run_dir, image

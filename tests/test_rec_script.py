@@ -8,7 +8,7 @@ import tensorflow as tf
 
 import rec
 from conftest import run_script
-from test_resnet_vae import smooth_images, train_in_process
+from test_resnet_vae import save_run, smooth_images, train_in_process
 from utils import hvae, hvae_flags, images, jsonl
 from utils.cli import InputError
 from utils.runs import run_name
@@ -25,7 +25,7 @@ def save_model(ckpt, lmbda, seed, steps=STEPS):
     args = rec.parse_args([*MODEL, "--lambda", str(lmbda), "eval"])
     model = train_in_process(args, smooth_images(4, 32, seed=seed), steps, seed=seed)
     run_dir = ckpt / run_name("resnet_vae", **hvae_flags.model_flags(args), lmbda=lmbda)
-    tf.train.Checkpoint(model=model).save(str(run_dir / "ckpt"))
+    save_run(args, model, run_dir)
     return run_dir
 
 

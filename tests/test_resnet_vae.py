@@ -9,7 +9,7 @@ import tensorflow as tf
 
 import resnet_vae
 from conftest import run_script
-from utils import hvae, jsonl, layers
+from utils import hvae, jsonl, layers, runs
 from utils.cli import InputError
 
 TINY = ["--num_filters", "8", "--latent_channels", "2,4,4", "--lambda", "0.01"]
@@ -42,6 +42,13 @@ def train_in_process(args, images, steps, seed=0):
     for _ in range(steps):
         step(x)
     return model
+
+
+def save_run(args, model, run_dir):
+    """Saves `model` as resnet_vae.py's training leaves its run folder: a checkpoint and the flags.json of `args`
+    (what open_run builds the model from)."""
+    tf.train.Checkpoint(model=model).save(str(run_dir / "ckpt"))
+    runs.save_flags(run_dir, args)
 
 
 # Trainable parameters of the paper's code (mandt-lab/RD-sandwich, resnet_vae.py), built with TF 2.14.1 and

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 import resnet_vae
-from test_resnet_vae import smooth_images, train_in_process
+from test_resnet_vae import save_run, smooth_images, train_in_process
 from utils import hvae_flags, images
 from utils.cli import InputError
 from utils.runs import run_name
@@ -34,7 +34,7 @@ def trained(tmp_path_factory):
     args = resnet_vae.parse_args([*MODEL, "eval"])
     model = train_in_process(args, smooth_images(8, 32, seed=0), 300)
     run_dir = tmp / "ckpt" / run_name("resnet_vae", **hvae_flags.run_flags(args))
-    tf.train.Checkpoint(model=model).save(str(run_dir / "ckpt"))
+    save_run(args, model, run_dir)
     np.save(tmp / "imgs.npy", smooth_images(3, 32, seed=9))
     return tmp, model, run_dir
 
