@@ -8,14 +8,17 @@ this one process, so that the check does not depend on the internals of utils/ a
 
     python tests/golden/make_golden.py                 # --check: print the hashes, compare, exit 1 on a mismatch
     python tests/golden/make_golden.py --threads 1     # TensorFlow's intra- and inter-op threads, set first
+    python tests/golden/make_golden.py --cases mbt2018/ sga/   # only the cases whose names start so
     python tests/golden/make_golden.py --write         # rewrite expected.json from this run
     python tests/golden/make_golden.py --retrain --write   # retrain the tiny run folders and the inputs, too
+    python tests/golden/make_golden.py --retrain mbt2018 ms2020 --write   # retrain only these models' run folders
 
 A mismatch means a file format or the numerics behind it changed. If that is deliberate, rewrite expected.json
 with --write and commit it in a commit of its own whose message says which format changed and why; never
 regenerate to silence a refactor that was meant to change nothing. --retrain replaces the checked-in run folders
 (different weights, so every hash changes): only when a model's architecture or checkpoint layout changes on
-purpose. It needs MNIST under $RDS_DATA_DIR for mcbits' training run and its digits.
+purpose. It needs MNIST under $RDS_DATA_DIR for mcbits' training run and its digits. Given model names, --retrain
+retrains only their run folders and keeps the inputs (and every other run folder) as they are.
 """
 import argparse
 import hashlib
@@ -45,11 +48,18 @@ VAE_LOSSLESS = ["--likelihood", "dlogistic", "--image_channels", "1", "--num_fil
 REC_FAST = ["--n_beams", "3"]
 MCBITS = ["--hidden_units", "8", "--latent_dim", "2"]
 LAMBDA = ["--lambda", "0.01"]
-MBT_RUN = "mbt2018-num_filters=4-lmbda=0.01"
+# The two range-coded image codecs are trained further, at a high lambda (rate is cheap), so that their files carry
+# a few hundred bytes (of a 96x128 input: y has only H/16 x W/16 x 4 elements) and their scale indexes spread over
+# the table (mbt2018's from 8 to its top, 63): a change in how the indexes are predicted or rounded then changes
+# bytes. (Two steps at lambda 0.01 left every index near 1, and an offset of +0.25 in their rounding changed
+# nothing.) sga.py optimizes the latents of the same mbt2018 run.
+CODEC_LAMBDA = ["--lambda", "1"]
+CODEC_STEPS = ["--batchsize", "2", "--epochs", "1", "--steps_per_epoch", "300", "--lr", "1e-2"]
+MBT_RUN = "mbt2018-num_filters=4-lmbda=1.0"
 MBT_BB_RUN = "mbt2018-num_filters=4-hyper_posterior=gaussian-lmbda=0.01"
 
 # Checked-in inputs (written by --retrain from fixed seeds).
-RGB_A, RGB_B = INPUTS / "rgb_24x40.png", INPUTS / "rgb_32x32.png"
+RGB_A, RGB_B = INPUTS / "rgb_96x128.png", INPUTS / "rgb_32x32.png"  # A: mbt2018, sga, ms2020; B: bb_sga
 REC_RGB = INPUTS / "rgb_12x20.png"
 REC_GREY = INPUTS / "grey_12x20.png"
 DIGITS = INPUTS / "mnist_test_0-2.npy"
@@ -90,8 +100,9 @@ def record(written, decoded, source=None):
     return out
 
 
-def run_cases(runs, work):
-    """Every case, in a fixed order; returns {case: record} and {case: CPU seconds}. `runs`: a copy of RUNS (the scripts may write there)."""
+def run_cases(runs, work, only=None):
+    """Every case (or those whose names start with one of `only`), in a fixed order; returns {case: record} and
+    {case: CPU seconds}. `runs`: a copy of RUNS (the scripts may write there)."""
     import bb_sga
     import mbt2018
     import mcbits
@@ -107,12 +118,12 @@ def run_cases(runs, work):
             cases[name] = fn
         return add
 
-    for script, module, flags, src in (("mbt2018", mbt2018, MBT, RGB_A), ("ms2020", ms2020, MS, RGB_B)):
+    for script, module, flags, src in (("mbt2018", mbt2018, MBT, RGB_A), ("ms2020", ms2020, MS, RGB_A)):
         @case(f"{script}/{src.stem}")
         def _(script=script, module=module, flags=flags, src=src):
             tfci, png = work / f"{script}.tfci", work / f"{script}.png"
-            module.main([*ckpt, *LAMBDA, *flags, "compress", str(src), str(tfci)])
-            module.main([*ckpt, *LAMBDA, *flags, "decompress", str(tfci), str(png)])
+            module.main([*ckpt, *CODEC_LAMBDA, *flags, "compress", str(src), str(tfci)])
+            module.main([*ckpt, *CODEC_LAMBDA, *flags, "decompress", str(tfci), str(png)])
             return record(tfci, png_array(png))
 
     @case(f"sga/{RGB_A.stem}")
@@ -122,7 +133,7 @@ def run_cases(runs, work):
         sga.main([*ckpt, *MBT, "--lambda", "1", "--method", "sga", "--iterations", "2", "--lr", "0.5", "compress",
                   MBT_RUN, str(RGB_A), "--results_dir", str(results)])
         tfci, png = results / f"{RGB_A.stem}.tfci", work / "sga.png"
-        mbt2018.main([*ckpt, *LAMBDA, *MBT, "decompress", str(tfci), str(png)])
+        mbt2018.main([*ckpt, *CODEC_LAMBDA, *MBT, "decompress", str(tfci), str(png)])
         return record(tfci, png_array(png))
 
     @case(f"bb_sga/{RGB_B.stem}")
@@ -163,6 +174,8 @@ def run_cases(runs, work):
 
     out, seconds = {}, {}
     for name, fn in cases.items():
+        if only and not name.startswith(tuple(only)):
+            continue
         start = time.process_time()
         out[name] = fn()
         seconds[name] = time.process_time() - start
@@ -187,8 +200,15 @@ def smooth_image(h, w, seed, channels=3):
     return x[..., 0] if channels == 1 else x
 
 
-def retrain():
-    """Rewrites the inputs and trains every tiny run folder with the scripts' own `train` commands (2 steps)."""
+# --retrain's model names: the run folders each retrains (by name prefix), in training order.
+MODELS = {"mbt2018": ("mbt2018-num_filters=4-lmbda=",), "bb_sga": (MBT_BB_RUN,), "ms2020": ("ms2020-",),
+          "rec": ("resnet_vae-",), "mcbits": ("mcbits-",)}
+
+
+def retrain(models=None):
+    """Trains tiny run folders with the scripts' own `train` commands: those of `models` (names of MODELS), or every
+    one, after rewriting the inputs, when None (otherwise only missing inputs are written). mbt2018 and ms2020:
+    CODEC_STEPS at CODEC_LAMBDA (300 steps, learning rate 1e-2, lambda 1); the others: two steps at lambda 0.01."""
     import numpy as np
     from PIL import Image
 
@@ -198,13 +218,20 @@ def retrain():
     import resnet_vae
     from utils import mnist
 
-    shutil.rmtree(RUNS, ignore_errors=True)
-    shutil.rmtree(INPUTS, ignore_errors=True)
-    INPUTS.mkdir(parents=True)
-    for path, (h, w), seed, c in ((RGB_A, (24, 40), 1, 3), (RGB_B, (32, 32), 2, 3), (REC_RGB, (12, 20), 3, 3),
+    if models is None:
+        shutil.rmtree(RUNS, ignore_errors=True)
+        shutil.rmtree(INPUTS, ignore_errors=True)
+        models = list(MODELS)
+    INPUTS.mkdir(parents=True, exist_ok=True)
+    for path, (h, w), seed, c in ((RGB_A, (96, 128), 5, 3), (RGB_B, (32, 32), 2, 3), (REC_RGB, (12, 20), 3, 3),
                                   (REC_GREY, (12, 20), 4, 1)):
-        Image.fromarray(smooth_image(h, w, seed, c)).save(path)
-    np.save(DIGITS, mnist.test_images("mnist", 3).reshape(3, 28, 28))
+        if not path.exists():  # a partial retraining keeps the inputs there are
+            Image.fromarray(smooth_image(h, w, seed, c)).save(path)
+    if not DIGITS.exists():
+        np.save(DIGITS, mnist.test_images("mnist", 3).reshape(3, 28, 28))
+    for p in list(RUNS.iterdir()) if RUNS.exists() else []:
+        if any(p.name.startswith(prefix) for m in models for prefix in MODELS[m]):
+            shutil.rmtree(p)
 
     # Relative paths from tests/golden, so that the flags.json files name no machine's folders.
     cwd = os.getcwd()
@@ -217,23 +244,29 @@ def retrain():
         rgb = str(train / "rgb*.png")
         ckpt = ["--checkpoint_dir", RUNS.name]
         steps = ["--batchsize", "2", "--epochs", "1", "--steps_per_epoch", "2", "--lr", "1e-3"]
-        for module, flags in ((mbt2018, MBT), (mbt2018, MBT_BB), (ms2020, MS)):
-            module.main([*ckpt, *LAMBDA, *flags, "train", "--train_glob", rgb, "--patchsize", "64", *steps])
-        resnet_vae.main([*ckpt, *LAMBDA, *VAE, "train", "--dataset", rgb, "--patchsize", "16", *steps,
+        image_codecs = (("mbt2018", mbt2018, MBT, CODEC_LAMBDA, CODEC_STEPS),
+                        ("bb_sga", mbt2018, MBT_BB, LAMBDA, steps), ("ms2020", ms2020, MS, CODEC_LAMBDA, CODEC_STEPS))
+        for name, module, flags, lmbda, how in image_codecs:
+            if name in models:
+                module.main([*ckpt, *lmbda, *flags, "train", "--train_glob", rgb, "--patchsize", "64", *how])
+        if "rec" in models:
+            resnet_vae.main([*ckpt, *LAMBDA, *VAE, "train", "--dataset", rgb, "--patchsize", "16", *steps,
+                             "--max_validation_steps", "1"])
+            # grey levels: resnet_vae.py reads every set but MNIST's as RGB
+            resnet_vae.main([*ckpt, *VAE_LOSSLESS, "train", "--dataset", "mnist", "--patchsize", "16", *steps,
+                             "--max_validation_steps", "1"])
+        if "mcbits" in models:
+            mcbits.main([*MCBITS, "train", *ckpt, "--epochs", "1", "--steps_per_epoch", "2", "--batchsize", "20",
                          "--max_validation_steps", "1"])
-        # grey levels: resnet_vae.py reads every set but MNIST's as RGB
-        resnet_vae.main([*ckpt, *VAE_LOSSLESS, "train", "--dataset", "mnist", "--patchsize", "16", *steps,
-                         "--max_validation_steps", "1"])
-        mcbits.main([*MCBITS, "train", *ckpt, "--epochs", "1", "--steps_per_epoch", "2", "--batchsize", "20",
-                     "--max_validation_steps", "1"])
     finally:
         shutil.rmtree(train, ignore_errors=True)
         os.chdir(cwd)
     # mcbits.py compress and decompress read weights.npz only: its training checkpoint (Adam's state, for --cont)
-    # would double the folder's size for nothing.
-    for p in (RUNS / mcbits_run_name()).iterdir():
-        if p.name == "checkpoint" or p.name.startswith("ckpt-"):
-            p.unlink()
+    # would double the folder's size for nothing. (The image codecs' checkpoints keep theirs, as `train` wrote them.)
+    if "mcbits" in models:
+        for p in (RUNS / mcbits_run_name()).iterdir():
+            if p.name == "checkpoint" or p.name.startswith("ckpt-"):
+                p.unlink()
 
 
 # ---- command line -------------------------------------------------------------------------------
@@ -258,13 +291,18 @@ def main(argv=None):
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--check", action="store_true", help="compare with expected.json (the default)")
     mode.add_argument("--write", action="store_true", help="rewrite expected.json from this run")
-    p.add_argument("--retrain", action="store_true", help="first rewrite the inputs and retrain the run folders "
-                   "(needs --write: every hash changes)")
+    p.add_argument("--retrain", nargs="*", choices=list(MODELS), metavar="MODEL",
+                   help="first retrain these models' run folders (of " + ", ".join(MODELS) + "); with no names, "
+                   "rewrite the inputs and retrain every run folder (needs --write: the hashes change)")
     p.add_argument("--threads", type=int, default=0, help="TensorFlow's intra- and inter-op threads (0: its default)")
     p.add_argument("--json", help="also write this run's records to this file")
+    p.add_argument("--cases", nargs="+", metavar="PREFIX", help="run and compare only the cases whose names start "
+                   "with one of these (mbt2018/, sga/, ...); not with --write")
     args = p.parse_args(argv)
-    if args.retrain and not args.write:
-        p.error("--retrain changes every hash: give --write as well")
+    if args.cases and args.write:
+        p.error("--write rewrites every case: leave out --cases")
+    if args.retrain is not None and not args.write:
+        p.error("--retrain changes the hashes: give --write as well")
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as mcbits.py sets it for itself, before NumPy loads
@@ -275,13 +313,13 @@ def main(argv=None):
         tf.config.threading.set_inter_op_parallelism_threads(args.threads)
 
     start = time.time()
-    if args.retrain:
-        retrain()
+    if args.retrain is not None:
+        retrain(args.retrain or None)
     with tempfile.TemporaryDirectory() as tmp:
         runs, work = Path(tmp) / "runs", Path(tmp) / "work"
         shutil.copytree(RUNS, runs)
         work.mkdir()
-        got, seconds = run_cases(runs, work)
+        got, seconds = run_cases(runs, work, args.cases)
     for case, r in got.items():
         print(f"{case:26s} {r['file_bytes']:5d} B  file {r['file_sha256'][:16]}  decoded {r['decoded_sha256'][:16]}  "
               f"{seconds[case]:5.1f} CPU-s")
@@ -292,7 +330,10 @@ def main(argv=None):
         EXPECTED.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
         print(f"wrote {EXPECTED.relative_to(ROOT)}")
         return 0
-    bad = compare(got, json.loads(EXPECTED.read_text()))
+    expected = json.loads(EXPECTED.read_text())
+    if args.cases:
+        expected = {k: v for k, v in expected.items() if k.startswith(tuple(args.cases))}
+    bad = compare(got, expected)
     for line in bad:
         print(f"MISMATCH {line}")
     if bad:
