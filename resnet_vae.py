@@ -84,11 +84,10 @@ def warn_if_untrained_size(run_dir, model):
                       f"rates may be far off (train with --patchsize >= {4 * model.pad_multiple}, or fewer levels)")
 
 
-def evaluate(args, model, run_dir, source, checkpoint):
+def evaluate(args, model, run_dir, source, checkpoint, lambdas):
     from utils import hvae, image_eval
     hvae.check_channels(model, args.dataset)
     lossless = isinstance(model, hvae.DLogisticResNetVAE)
-    lambdas = None if lossless else eval_lambdas(args, model)
     if source is None:
         warn_if_untrained_size(run_dir, model)
     if lossless:
@@ -107,15 +106,19 @@ def evaluate(args, model, run_dir, source, checkpoint):
     return records[-1]
 
 
-def eval_lambdas(args, model):
-    """The lambdas to evaluate: the run's own for a fixed-rate model; for a variable-rate one --lambdas (inside
-    the trained range unless --extrapolate) or --num_lambdas log-spaced over the range."""
-    if model.lmb_range is None:
+def eval_lambdas(args):
+    """The lambdas to evaluate, from the model flags (checked before the run is opened): the run's own for a
+    fixed-rate model; for a variable-rate one --lambdas (inside the trained range unless --extrapolate) or
+    --num_lambdas log-spaced over the range; None for a lossless model."""
+    if args.likelihood == "dlogistic":
+        return None
+    lmb_range = hvae_flags.model_flags(args).get("lmb_range")  # as the model holds it
+    if lmb_range is None:
         if args.lambdas is not None or args.num_lambdas is not None:
             raise InputError("--lambdas and --num_lambdas evaluate a variable-rate model (--lmb_range); this run "
                              f"was trained at --lambda {args.lmbda}")
         return [args.lmbda]
-    lo, hi = model.lmb_range
+    lo, hi = lmb_range
     if args.lambdas is None:
         return [float(v) for v in np.geomspace(lo, hi, 16 if args.num_lambdas is None else args.num_lambdas)]
     if not args.lambdas or min(args.lambdas) <= 0:
@@ -228,9 +231,10 @@ def main(argv):
         layers.report_params(model, SCRIPT)
         return train(args, model, run_dir, source)
     image_eval.check_results_file(run_dir)
+    lambdas = eval_lambdas(args)
     model, checkpoint, _ = hvae.open_hvae(args, run_dir)
     layers.report_params(model, SCRIPT)
-    return evaluate(args, model, run_dir, source, checkpoint)
+    return evaluate(args, model, run_dir, source, checkpoint, lambdas)
 
 
 if __name__ == "__main__":
