@@ -69,8 +69,8 @@ def build_parser():
                        description="Optimize and code every image of EVAL_IMGS to <image name>.bbi in "
                                    "--results_dir, decode and check each file, and evaluate them.")
     c.add_argument("run_name", metavar="RUN_NAME",
-                   help="a --hyper_posterior gaussian run folder, e.g. mbt2018-num_filters=192-hyper_posterior="
-                        "gaussian-lmbda=0.01")
+                   help="a --hyper_posterior gaussian run folder of --checkpoint_dir, e.g. mbt2018-num_filters=192-"
+                        "hyper_posterior=gaussian-lmbda=0.01, or a run folder's path")
     c.add_argument("eval_imgs", metavar="EVAL_IMGS",
                    help="an image, a glob or folder, a named set (kodak), or an .npy of uint8 images [N, H, W, 3]")
     c.add_argument("--results_dir", default="results", help="where the files <image name>.bbi and the records go")

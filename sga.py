@@ -62,7 +62,7 @@ def build_parser():
                                    "name>.tfci in --results_dir, and evaluate the files against the amortized "
                                    "encoder's.")
     c.add_argument("run_name", metavar="RUN_NAME", help="a run folder of --checkpoint_dir, e.g. "
-                                                         "mbt2018-num_filters=192-lmbda=0.01")
+                   "mbt2018-num_filters=192-lmbda=0.01, or a run folder's path")
     c.add_argument("eval_imgs", metavar="EVAL_IMGS",
                    help="an image, a glob or folder, a named set (kodak), or an .npy of uint8 images [N, H, W, 3]")
     c.add_argument("--results_dir", default="results", help="where the files <image name>.tfci and the records go")

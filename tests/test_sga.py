@@ -89,6 +89,17 @@ def test_hard_relaxation_is_what_the_coder_codes(runs, script):
     assert float(bits[0]) == pytest.approx(float(bits_est), rel=1e-4)
 
 
+def test_run_name_may_be_the_run_folders_path(runs):
+    """RUN_NAME is a run folder of --checkpoint_dir or, when it is not one, a run folder's own path; the model
+    and lambda come from that run's flags.json."""
+    base, names = runs
+    folder = base / "ckpt" / names["mbt2018"]
+    args = argparse.Namespace(checkpoint_dir=str(base / "elsewhere"), run_name=str(folder), model="mbt2018",
+                              num_filters=None, lmbda=None, verbose=False)
+    model, _, run_dir, _, lmbda = sga_engine.load_run(args)
+    assert run_dir == folder and lmbda == 0.01 and model.lmbda == 0.01
+
+
 def sga_argv(base, run_name, *extra, method="sga", iterations="30", imgs="*.png"):
     return ["--checkpoint_dir", str(base / "ckpt"), "--method", method, "--iterations", iterations, *extra,
             "compress", run_name, str(base / "imgs" / imgs), "--results_dir", str(base / f"res-{method}")]

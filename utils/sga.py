@@ -30,6 +30,8 @@ def load_run(args, model_hint=None):
     flags.json (`args.model`, `args.num_filters` and `args.lmbda` as the scripts' flags; `args.lmbda` None is
     the run's own). `model_hint`: what a run of another codec is told, for a script without --model."""
     run_dir = Path(args.checkpoint_dir) / args.run_name
+    if not run_dir.is_dir() and Path(args.run_name).is_dir():  # a run folder's own path
+        run_dir = Path(args.run_name)
     if not run_dir.is_dir():
         raise InputError(f"RUN_NAME {args.run_name}: no run folder {run_dir} (check --checkpoint_dir)")
     # A flags.json holds the flags, not the script that saved them; the folder's name, which the codec script
