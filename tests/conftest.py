@@ -8,11 +8,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    # Two workers share two cores: one intra-op thread each (the scripts they start inherit it), instead of two
-    # each oversubscribing them. A test that checks threads sets its own (tests/golden).
-    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
 from utils import startup  # noqa: E402,F401  (before any test module loads TensorFlow, as the scripts do)
 
 
