@@ -19,6 +19,7 @@ import csv
 import io
 import math
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,9 @@ def distortion(record):
     return record["mse"] / 255.0 ** 2 if record.get("per_pixel") else record["mse"]
 
 
+RATE_KEYS = ("rate", "R", "R_lb")  # the rate of a record of each kind: upper bounds and codecs, BA and WGD, rdlb
+
+
 def collect(root):
     """{label: [records]} for every results.jsonl under root, with the run's flags in record['_flags'].
 
@@ -60,6 +64,9 @@ def collect(root):
         flags = runs.load_flags(path.parent)
         config = LAMBDA_KEY.sub("", path.parent.name)
         for record in jsonl.read(path):
+            if any(k in record and record[k] is None for k in RATE_KEYS):  # a non-finite estimate is written null
+                print(f"note: {path}: a record without a finite rate (a diverged run?) is left out", file=sys.stderr)
+                continue
             key = (record.get("method", "?"), config)
             groups.setdefault(key, []).append({**record, "_flags": flags, "_dir": path.parent})
     per_method = {}

@@ -42,6 +42,22 @@ def test_collects_methods_in_common_units(tmp_path):
     assert {r["label"] for r in by_method["rdub"]} == {"upper bound (beta-VAE)"}
 
 
+def test_a_diverged_record_is_left_out_with_a_note(tmp_path):
+    """A record whose estimate was not finite (written null) is left out, with a note naming its file; the
+    others are drawn."""
+    root = tmp_path / "ck"
+    flags = {"dataset": "banana", "data_dim": 2, "gparams_path": None}
+    for lamb, rate in ((1.0, None), (3.0, 0.5)):
+        write_run(root, f"rdub_mlp-data_dim=2-lmbda={lamb}", flags,
+                  [{"method": "rdub", "lambda": lamb, "rate": rate, "rate_stderr": None if rate is None else 0.01,
+                    "mse": None if rate is None else 0.2, "mse_stderr": 0.0, "data_dim": 2, "rate_unit": "nats",
+                    "per_dim": False}])
+    proc = run_script("plot_rd.py", "--checkpoint_dir", root, "--out", tmp_path / "rd", check=True)
+    assert "rdub_mlp-data_dim=2-lmbda=1.0/results.jsonl: a record without a finite rate" in proc.stderr
+    rows = list(csv.DictReader(open(tmp_path / "rd.csv")))
+    assert [(r["method"], float(r["lamb"])) for r in rows] == [("rdub", 3.0)]
+
+
 def test_empty_folder_is_a_clear_error(tmp_path):
     proc = run_script("plot_rd.py", "--checkpoint_dir", tmp_path, check=False)
     assert proc.returncode == 2 and "no results.jsonl" in proc.stderr
