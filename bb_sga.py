@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-# TensorFlow (and the modules that import it: codec, the engines utils/bb_sga.py and utils/sga.py) is imported in
+# TensorFlow (and the modules that import it: image_eval, the engines utils/bb_sga.py and utils/sga.py) is imported in
 # the functions that use it, so that --help and a bad flag answer at once.
 from utils import cli, container, images
 from utils.cli import InputError, positive_float, positive_int, run
@@ -92,7 +92,8 @@ def pack(identity, image_shape, channels, args, words):
 
 
 def unpack(data, identity, what):
-    shape, channels, (params, words) = container.unpack(data, "bb_sga", identity, what, "--checkpoint_dir and --run_name")
+    shape, channels, (params, words) = container.unpack(data, "bb_sga", identity, what,
+                                                        "--checkpoint_dir and --run_name")
     reader = container.HeaderReader(params, what)
     method, log_width = reader.take(2)
     rate_iterations = reader.varint()
@@ -176,8 +177,8 @@ def compress(args):
     remaining = iter(outputs)
     npz = results / (f"bb_{args.method}-lmbda={args.lmbda_used!r}-iterations={args.iterations}+{run_dir.name}"
                      f"-dataset={label}.npz")
-    return image_eval.evaluate_images(items, lambda image, channels: next(remaining), npz, results / image_eval.RESULTS_NAME,
-                                 record, args.verbose)
+    return image_eval.evaluate_images(items, lambda image, channels: next(remaining), npz,
+                                      results / image_eval.RESULTS_NAME, record, args.verbose)
 
 
 def code_image(model, identity, grid, posterior, y_hat, image, channels, args, path):

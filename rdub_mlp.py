@@ -104,11 +104,9 @@ def parse_args(argv):
     return args
 
 
-def build(args):
-    """The source, the model and the run folder from the flags; raises InputError on any bad combination."""
-    from utils import flows
-    from utils.priors import make_prior
-    from utils.rdub_mlp import RDVAE
+def setup(args):
+    """(the source, the run folder) from the flags, with the source's dimensions filled in; raises InputError on a
+    bad combination of the source and the layer flags."""
     source = make_source(args.dataset, args.data_dim, args.gparams_path)
     if isinstance(source, ImageFile):
         raise InputError(f"--dataset {args.dataset} holds images {source.shape}; rdub_mlp.py takes vectors [N, dim]")
@@ -124,21 +122,29 @@ def build(args):
                          f"got {args.latent_dim} and {args.data_dim}")
     if not no_decoder and any(u < 1 for u in args.decoder_units):
         raise InputError(f"--decoder_units {args.decoder_units}: sizes must be >= 1, or '0' alone for no decoder")
+    name = runs.run_name("rdub_mlp", data_dim=args.data_dim, latent_dim=args.latent_dim, lmbda=args.lmbda,
+                         encoder_units=args.encoder_units or "none", decoder_units=args.decoder_units or "none",
+                         prior_type=args.prior_type, posterior_type=args.posterior_type,
+                         **({"maf_stacks": args.maf_stacks} if args.prior_type == "maf" else {}),
+                         **({"iaf_stacks": args.iaf_stacks} if args.posterior_type == "iaf" else {}))
+    return source, runs.run_folder(args, name)
+
+
+def make_model(args):
+    """The beta-VAE of the model flags (setup's dimensions filled in); raises InputError on a bad prior."""
+    from utils import flows
+    from utils.priors import make_prior
+    from utils.rdub_mlp import RDVAE
+    no_decoder = args.decoder_units == [0]
     prior = make_prior(args.prior_type, args.latent_dim, args.maf_stacks, args.ar_hidden_units, args.ar_activation)
     if args.posterior_type == "uniform" and not prior.factorized:
         raise InputError(f"--posterior_type uniform (NTC) needs a factorized prior, not --prior_type {args.prior_type}")
     iaf_mades = (flows.make_mades(args.iaf_stacks, args.latent_dim, args.ar_hidden_units, args.ar_activation)
                  if args.posterior_type == "iaf" else [])
     rate_scale = (1.0 if args.nats else 1.0 / math.log(2.0)) / (args.data_dim if args.rpd else 1)
-    model = RDVAE(args.data_dim, args.latent_dim, args.encoder_units, None if no_decoder else args.decoder_units,
-                  args.encoder_activation, args.decoder_activation, args.posterior_type, prior, iaf_mades,
-                  args.lmbda, rate_scale)
-    name = runs.run_name("rdub_mlp", data_dim=args.data_dim, latent_dim=args.latent_dim, lmbda=args.lmbda,
-                         encoder_units=args.encoder_units or "none", decoder_units=args.decoder_units or "none",
-                         prior_type=args.prior_type, posterior_type=args.posterior_type,
-                         **({"maf_stacks": args.maf_stacks} if args.prior_type == "maf" else {}),
-                         **({"iaf_stacks": args.iaf_stacks} if args.posterior_type == "iaf" else {}))
-    return source, model, runs.run_folder(args, name)
+    return RDVAE(args.data_dim, args.latent_dim, args.encoder_units, None if no_decoder else args.decoder_units,
+                 args.encoder_activation, args.decoder_activation, args.posterior_type, prior, iaf_mades,
+                 args.lmbda, rate_scale)
 
 
 def units_of(args):
@@ -204,10 +210,10 @@ def evaluate(args, source, run_dir):
 
     def build_model(flags):
         with training.strategy_scope(args):
-            return build(flags)[1]  # RDVAE creates every weight when it is built
+            return make_model(flags)  # RDVAE creates every weight when it is built
 
-    model, _, _, ckpt, _ = training.open_run(args, run_dir, build_model, "rdub_mlp",
-                                             lambda flags: {k: getattr(flags, k) for k in MODEL_FLAGS})
+    model, ckpt, _ = training.open_run(args, run_dir, build_model, "rdub_mlp",
+                                       lambda flags: {k: getattr(flags, k) for k in MODEL_FLAGS})
     split = eval_split(source)
     if split == "train":
         warnings.warn(f"eval: {source.path} has no split=test twin, so these figures are on the training "
@@ -255,9 +261,11 @@ def main(argv):
     from utils import training
     np.random.seed(args.seed)
     tf.random.set_seed(args.seed)
-    with training.strategy_scope(args):  # first: the strategy is set up before any other TensorFlow work
-        source, model, run_dir = build(args)
+    training.strategy_from_flags(args)  # first: the strategy is set up before any other TensorFlow work
+    source, run_dir = setup(args)
     if args.command == "train":
+        with training.strategy_scope(args):
+            model = make_model(args)
         train(args, source, model, run_dir)
     else:
         evaluate(args, source, run_dir)

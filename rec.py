@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import scipy.special
 
-# TensorFlow (and the modules that import it: codec, hvae, rec, training) is imported in the functions that use it,
+# TensorFlow (and the modules that import it: hvae, image_eval, rec, training) is imported in the functions that use it,
 # so that --help and a bad flag answer at once.
 from utils import ans, codec_flags, container, hvae_flags, image_data, images, runs
 from utils.cli import ArgumentParser, InputError, add_force_flag, positive_float, positive_int, run
@@ -305,8 +305,8 @@ def evaluate(args, coder, run_dir, checkpoint, source):
     items = image_data.eval_items(args.dataset, source, args.batchsize, args.seed)
     npz = image_eval.results_npz(args, run_dir, source)
     npz = npz.with_name(f"{SCRIPT}-{npz.name}")  # beside resnet_vae.py eval's .npz in the run folder
-    return image_eval.evaluate_images(items, measure, npz, run_dir / image_eval.RESULTS_NAME, record, args.verbose, source,
-                                 rate_key="file_bpp")
+    return image_eval.evaluate_images(items, measure, npz, run_dir / image_eval.RESULTS_NAME, record, args.verbose,
+                                      source, rate_key="file_bpp")
 
 
 def evaluate_lossless(args, coder, run_dir, checkpoint):

@@ -48,8 +48,8 @@ import warnings
 
 import numpy as np
 
-# TensorFlow (and the modules that import it: codec, hvae, training) is imported in the functions that use it, so
-# that --help and a bad flag answer at once.
+# TensorFlow (and the modules that import it: codec_commands, hvae, image_eval, training) is imported in the
+# functions that use it, so that --help and a bad flag answer at once.
 from utils import codec_flags, hvae_flags, image_data, images, runs
 from utils.cli import ArgumentParser, InputError, float_list, positive_int, run
 from utils.runs import atomic_write_bytes, load_flags, run_name
@@ -158,7 +158,8 @@ def evaluate_at(args, model, run_dir, source, checkpoint, lmbda, cast):
         record.update(lmb_range=list(model.lmb_range))
         npz = npz.with_name(f"{npz.stem}-lmbda={lmbda:.6g}.npz")
     items = image_data.eval_items(args.dataset, source, args.batchsize, args.seed)
-    return image_eval.evaluate_images(items, measure, npz, run_dir / image_eval.RESULTS_NAME, record, args.verbose, source)
+    return image_eval.evaluate_images(items, measure, npz, run_dir / image_eval.RESULTS_NAME, record, args.verbose,
+                                      source)
 
 
 def evaluate_lossless(args, model, run_dir, checkpoint):
@@ -225,9 +226,7 @@ def main(argv):
     source = image_data.gan_source(args.dataset, args.data_dim)
     run_dir = runs.run_folder(args, run_name(SCRIPT, **hvae_flags.run_flags(args)))
     if args.command == "train":
-        with training.strategy_scope(args):
-            model = hvae.build(args)
-            model.build_weights()
+        model = hvae.build_weighted(args, args)
         layers.report_params(model, SCRIPT)
         return train(args, model, run_dir, source)
     image_eval.check_results_file(run_dir)

@@ -143,8 +143,8 @@ def compress(args):
         atomic_write_bytes(path, data)
     remaining = iter(outputs)
     npz = results / f"{args.method}-lmbda={lmbda!r}-iterations={args.iterations}+{run_dir.name}-dataset={label}.npz"
-    out = image_eval.evaluate_images(items, lambda image, channels: next(remaining), npz, results / image_eval.RESULTS_NAME,
-                                record, args.verbose)
+    out = image_eval.evaluate_images(items, lambda image, channels: next(remaining), npz,
+                                     results / image_eval.RESULTS_NAME, record, args.verbose)
     # The amortized encoder on the same images, as a record of its own: the anchor of a BD-rate (bd_rate.py).
     jsonl.append(results / BASELINE_NAME, dict(
         record, method=script, inference="amortized", **{k: out[f"base_{k}"] for k in ("bpp", "bpp_est", "psnr")},

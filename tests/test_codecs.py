@@ -317,7 +317,8 @@ def test_same_bytes_on_every_run(trained, restored, folders, tmp_path):
 
 def test_damaged_foreign_and_wrong_model_files_are_refused(restored, folders, tmp_path):
     script, model, identity = restored
-    good = codec_commands.compress_image(script, model, identity, images.read_image(folders / "eval" / "a_rgb.png")[0], 3)
+    image = images.read_image(folders / "eval" / "a_rgb.png")[0]
+    good = codec_commands.compress_image(script, model, identity, image, 3)
     flipped = bytearray(good)
     flipped[-3] ^= 0x10
     other_script = "ms2020" if script == "mbt2018" else "mbt2018"

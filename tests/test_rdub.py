@@ -73,7 +73,8 @@ def test_ntc_bitstream_is_exact_and_matches_estimate(tmp_path, capsys):
 
     # And the round trip itself, on fresh data, from the restored model.
     args = rdub_mlp.parse_args([*flags, "--checkpoint_dir", str(tmp_path), "eval"])
-    source, model, _ = rdub_mlp.build(args)
+    source, _ = rdub_mlp.setup(args)
+    model = rdub_mlp.make_model(args)
     training.restore_latest(model, run_dir)
     x = source.test_set(500, seed=5)
     nbytes, _, mse = ntc_bitstream(model, x)

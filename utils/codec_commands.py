@@ -42,7 +42,7 @@ def build(args, script, flags, lmbda=None):
 def open_codec(args, run_dir, script, lmbda=None):
     """(model, checkpoint, identity) of the trained codec run in `run_dir`, opened by training.open_run, with its
     range-coding tables built from the restored weights. `lmbda`: a lambda other than the run's (sga.py)."""
-    model, _, _, checkpoint, identity = training.open_run(
+    model, checkpoint, identity = training.open_run(
         args, run_dir, lambda flags: build(args, script, flags, lmbda), script, lambda flags: arch_of(script, flags))
     model.make_coders()
     return model, checkpoint, identity

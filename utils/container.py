@@ -12,8 +12,9 @@ A file is a header followed by the range-coded strings of one image, back to bac
     crc32    4 bytes  over everything before it and the whole payload
 
 The whole header is 20 bytes plus the varints (about 30 bytes for one Kodak image; 26 for a 128x128 image with
-two short strings), and it is counted in the file's rate. Parsing checks, in order: magic, version, truncation, checksum, then the model, so that each failure
-reads as what it is: a foreign file, a newer format, a cut-off file, damaged bytes, or the wrong model.
+two short strings), and it is counted in the file's rate. Parsing checks, in order: magic, version, truncation,
+checksum, then the model, so that each failure reads as what it is: a foreign file, a newer format, a cut-off
+file, damaged bytes, or the wrong model.
 """
 import hashlib
 import json

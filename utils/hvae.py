@@ -667,17 +667,18 @@ def check_channels(model, dataset):
                          f"{model.image_channels} (--image_channels)")
 
 
+def build_weighted(args, flags):
+    """The model of `flags`, its weights created under the strategy of the command line `args`."""
+    with training.strategy_scope(args):
+        model = build(flags)
+        model.build_weights()
+    return model
+
+
 def open_hvae(args, run_dir):
     """(model, checkpoint, identity) of the trained run of resnet_vae.py in `run_dir`, opened by
-    training.open_run (the model from the run's flags, built under the command line's strategy)."""
-    def built(flags):
-        with training.strategy_scope(args):
-            model = build(flags)
-            model.build_weights()
-        return model
-
-    model, _, _, checkpoint, identity = training.open_run(args, run_dir, built, "resnet_vae", model_flags)
-    return model, checkpoint, identity
+    training.open_run (the model built from the run's flags)."""
+    return training.open_run(args, run_dir, lambda flags: build_weighted(args, flags), "resnet_vae", model_flags)
 
 
 def build(args):

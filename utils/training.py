@@ -48,7 +48,6 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import NamedTuple
 
 import tensorflow as tf
 
@@ -262,21 +261,12 @@ def restore_latest(model, run_dir):
     return latest
 
 
-class TrainedRun(NamedTuple):
-    """A trained run opened by `open_run`."""
-    model: tf.keras.Model
-    run_dir: Path
-    flags: argparse.Namespace  # the command line's, with the run's saved flags over them
-    checkpoint: str  # the checkpoint restored
-    identity: bytes  # utils.container.model_id: what a coded file names its model by
-
-
 def open_run(args, run_dir, build, script, arch_of):
     """Opens the trained run in `run_dir`, the one way every script loads a run: reads its flags.json, builds the
     model with `build(flags)` (`flags`: the command line `args` with the run's saved flags over them, so that a
     flag added after the run was trained has its current default; the model's weights created), restores every
     weight of it from the latest checkpoint, and computes its identity from `script`, its architecture flags
-    `arch_of(flags)` (a dict; those set) and the weights.
+    `arch_of(flags)` (a dict; those set) and the weights. Returns (model, checkpoint, identity).
 
     Strict, because a partial restore is silent: weights missing from the checkpoint (another architecture, or
     an earlier version of the code) would keep their fresh values and give wrong files or a wrong bound."""
@@ -297,7 +287,7 @@ def open_run(args, run_dir, build, script, arch_of):
         print(f"restored {checkpoint}", file=sys.stderr)
     arch = {k: v for k, v in arch_of(flags).items() if v is not None}  # None: unset, its default from another
     identity = container.model_id(script, arch, [w.numpy() for w in model.trainable_weights])
-    return TrainedRun(model, run_dir, flags, checkpoint, identity)
+    return model, checkpoint, identity
 
 
 def _steps_per_execution(steps_per_epoch):
