@@ -15,6 +15,7 @@ noise.
     python mbt2018.py --checkpoint_dir ckpt --lambda 0.01 eval --dataset kodak
     python mbt2018.py --checkpoint_dir ckpt --lambda 0.01 compress kodim01.png kodim01.tfci
     python mbt2018.py --checkpoint_dir ckpt --lambda 0.01 decompress kodim01.tfci kodim01-decoded.png
+    python mbt2018.py --checkpoint_dir ckpt --lambda 0.01 export mbt2018-export   # a SavedModel: docs/deploy.md
 """
 from utils import startup  # noqa: F401  (first, on purpose: TensorFlow's start-up lines; utils/startup.py)
 

@@ -19,6 +19,7 @@ as the paper does. The model is in utils/image_models.py, which sga.py shares.
     python ms2020.py --checkpoint_dir ckpt --lambda 0.01 eval --dataset kodak
     python ms2020.py --checkpoint_dir ckpt --lambda 0.01 compress kodim01.png kodim01.tfci
     python ms2020.py --checkpoint_dir ckpt --lambda 0.01 decompress kodim01.tfci kodim01-decoded.png
+    python ms2020.py --checkpoint_dir ckpt --lambda 0.01 export ms2020-export   # a SavedModel: docs/deploy.md
 """
 from utils import startup  # noqa: F401  (first, on purpose: TensorFlow's start-up lines; utils/startup.py)
 

@@ -8,7 +8,7 @@
 # --smoke: tiny sizes (the CPU recipe's width, few steps, small rdlb batch, 8-filter codecs on a Kodak crop), and
 # without a GPU the "GPU" side runs on the CPU and says so; it exercises every part of this script on a CPU machine.
 # Each part runs under its own timeout, capped by what is left of the whole run's budget ($GPU_CHECK_BUDGET seconds:
-# 470 by default, 1800 with --smoke);
+# 530 by default, 1800 with --smoke);
 # a part that fails, times out or finds the budget spent shows as FAILED/TIMEOUT/SKIPPED in the summary table.
 # Cross-device decoding runs first (it decides the exit status), then rdlb, then the training speeds.
 # Exit status: 1 if cross-device decoding failed (or its part did not finish), 2 on bad usage or no GPU without
@@ -52,18 +52,16 @@ if [ "$SMOKE" = 1 ]; then
   RDLB_K=256; RDLB_GPU_STEPS=4; RDLB_CPU_STEPS=4; RDLB_LOG=2
   XD_MODEL_mbt2018="--num_filters 8"
   XD_MODEL_ms2020="--num_filters 8 --latent_depth 16 --hyperprior_depth 8 --num_slices 2 --max_support_slices 1"
-  XD_FLAGS=(--patchsize 64 --batchsize 1)
-  XD_IMAGE="$LOG/kodak_crop.png"
-  "$PY" -c "import sys; from PIL import Image; Image.open(sys.argv[1]).crop((0, 0, 128, 64)).save(sys.argv[2])" \
-    "$RDS_DATA_DIR/kodak/kodim01.png" "$XD_IMAGE" || exit 2
-  XD_FLAGS+=(--image "$XD_IMAGE")
+  XD_FLAGS=(--patchsize 64 --batchsize 1 --images 2)
   T_GPU=600; T_CPU=600; T_RDLB=240; T_XD=300; BUDGET=${GPU_CHECK_BUDGET:-1800}
 else
   WIDTH=paper; BENCH_FLAGS=""; GPU_STEPS=10; CPU_STEPS=1; IMAGES=1
   RDLB_K=2048; RDLB_GPU_STEPS=30; RDLB_CPU_STEPS=6; RDLB_LOG=3
-  XD_MODEL_mbt2018=""; XD_MODEL_ms2020=""  # the codecs' defaults: the paper's widths
-  XD_FLAGS=()
-  T_GPU=90; T_CPU=120; T_RDLB=45; T_XD=120; BUDGET=${GPU_CHECK_BUDGET:-470}
+  # The CPU recipe's widths: the CPU decodes all 24 Kodak images within the part's time.
+  XD_MODEL_mbt2018="--num_filters 64"
+  XD_MODEL_ms2020="--num_filters 64 --latent_depth 160 --hyperprior_depth 64"
+  XD_FLAGS=(--patchsize 128)
+  T_GPU=90; T_CPU=120; T_RDLB=45; T_XD=180; BUDGET=${GPU_CHECK_BUDGET:-530}
 fi
 
 DEADLINE=$((SECONDS + BUDGET))
@@ -93,17 +91,20 @@ verdict() {  # verdict STATUS VALUE: the value when the part printed it (even if
   case "$1" in 0) echo "none printed" ;; 124) echo "TIMEOUT" ;; 125) echo "SKIPPED" ;; *) echo "FAILED (exit $1)" ;; esac
 }
 
-# 1. cross-device decoding: eval on the GPU, decompress in a separate CPU process, bit for bit.
+# 1. cross-device decoding: Kodak compressed on the GPU, decompressed there and in separate CPU processes; every
+#    image must decode to the GPU's own PNG (bench/decode_matrix.py, on a run trained for one step).
+XD_CONFIGS=$([ -n "$GPU" ] && echo "gpu,t$(nproc)" || echo "t2,t1")
 for c in mbt2018 ms2020; do
   model=XD_MODEL_$c
-  part "cross_device_$c" "$T_XD" gpu "$PY" bench/cross_device.py --codec $c --encode_device gpu --decode_device cpu \
-    --model_flags "${!model}" --timeout $((T_XD / 2)) "${XD_FLAGS[@]}"  # a timeout per process: it runs two
+  part "cross_device_$c" "$T_XD" gpu "$PY" bench/decode_matrix.py --codec $c --configs "$XD_CONFIGS" \
+    --encode_configs "${XD_CONFIGS%%,*}" --model_flags "${!model}" "${XD_FLAGS[@]}"
   rc=$?
+  cells=$(grep "^| ${XD_CONFIGS%%,*} |" "$LOG/cross_device_$c.log" 2>/dev/null | tr -s ' ')
   if [ $rc = 0 ]; then
-    row "$c cross-device decoding" "GPU side -> CPU" "identical"
+    row "$c cross-device decoding" "GPU side -> CPU" "identical: $cells"
   else
     STATUS_XD=1
-    row "$c cross-device decoding" "GPU side -> CPU" "$(verdict $rc "") $(grep -m1 -o 'FAILED for.*' "$LOG/cross_device_$c.log" 2>/dev/null | cut -c1-120)"
+    row "$c cross-device decoding" "GPU side -> CPU" "$(verdict $rc "") $cells"
   fi
 done
 

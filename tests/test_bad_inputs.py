@@ -79,7 +79,7 @@ ROWS = [
     ("wgd", ["--samples", "gaussian", "--lamb", "1", "nan"], "argument --lamb"),
     ("ba", ["--samples", "gaussian", "--lamb", "inf"], "argument --lamb"),
     # flags that end up in a file header
-    ("ms2020", ["--num_slices", "255", "eval"], "argument --num_slices"),
+    ("ms2020", ["--num_slices", "254", "eval"], "argument --num_slices"),
     ("bb_sga", ["--z_bin_width", "2", "decompress", "{file}", "{tmp}/x.png", "--run_name", MBT_RUN],
      "--z_bin_width 2.0: must be a power of 2"),
     ("bb_sga", ["--rate_lr", "1e300", "decompress", "{file}", "{tmp}/x.png", "--run_name", MBT_RUN], "--rate_lr"),
@@ -96,6 +96,10 @@ ROWS = [
      "--patchsize 20: must be a multiple of 8"),
     ("resnet_vae", [*TINY_RVAE, "--flat_z0", "--img_dim", "32", "--checkpoint_dir", "{tmp}/c", "train", "--dataset",
                     "kodak", "--patchsize", "64"], "--patchsize 64: --flat_z0 fixes the image size"),
+    # export folders: one that exists, one --force would wrongly delete, a file
+    ("mbt2018", ["--checkpoint_dir", "{ckpt}", "export", "{folder}"], "output {folder}: exists; pass --force"),
+    ("ms2020", ["--checkpoint_dir", "{ckpt}", "export", "{imgs}", "--force"], "a folder that is not a SavedModel"),
+    ("mbt2018", ["--checkpoint_dir", "{ckpt}", "export", "{file}"], "output {file}: is a file"),
 ]
 
 SUBPROCESS = {0, 34, 40}  # rows also run as a user would: a file command, a JSON input, a float flag

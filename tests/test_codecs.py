@@ -17,6 +17,7 @@ import ms2020
 from conftest import data_path, run_script
 from utils import codec_commands, container, gan_sources, image_eval, image_models, images, layers
 from utils.cli import InputError, run
+from utils.runs import atomic_save_npz
 
 SCRIPTS = {"mbt2018": mbt2018, "ms2020": ms2020}
 TINY = {"mbt2018": ["--num_filters", "8"],
@@ -341,6 +342,36 @@ def test_damaged_foreign_and_wrong_model_files_are_refused(restored, folders, tm
         with pytest.raises(InputError, match=message):
             codec_commands.decompress_file(script, model, identity, f, out)
         assert not out.exists()
+
+
+def test_tables_are_saved_with_the_run_and_a_decoder_that_computes_otherwise_refuses(trained, restored, folders):
+    """The first command that opens a run saves its range-coding tables (coding_tables.npz, under the identity
+    of its weights), and later ones take them as saved. A decoder whose tables differ from the encoder's (y's
+    moved by one symbol: the range decoder reads the same bits and tfc's own sanity check passes) decodes other
+    symbols, and the file's check makes decompress refuse the file instead of returning a wrong image. Tables
+    saved under another identity (the run trained on since) are rebuilt and saved again."""
+    script, _, run_dir = trained
+    _, model, identity = restored
+    path = run_dir / codec_commands.TABLES_NAME
+    saved = codec_commands.load_tables(run_dir, identity)
+    assert saved is not None and {"z_cdf", "z_cdf_offset", "y_cdf", "y_cdf_offset"} <= set(saved)
+    assert all(np.array_equal(v, saved[k]) for k, v in model.coding_tables().items())
+    image = images.read_image(folders / "eval" / "a_rgb.png")[0]
+    data = codec_commands.compress_image(script, model, identity, image, 3)
+    original = path.read_bytes()
+    try:
+        moved = dict(saved, y_cdf_offset=saved["y_cdf_offset"] + 1)
+        atomic_save_npz(path, identity=np.frombuffer(identity, np.uint8), **moved)
+        other, other_id = restore(script, run_dir)
+        assert other_id == identity
+        np.testing.assert_array_equal(other.coders[1].cdf_offset.numpy(), moved["y_cdf_offset"])
+        with pytest.raises(InputError, match="cannot be decoded here: "):
+            codec_commands.decompress_bytes(script, other, identity, data, "the file")
+        atomic_save_npz(path, identity=np.zeros(container.ID_BYTES, np.uint8), **moved)
+        restore(script, run_dir)
+        assert path.read_bytes() == original  # rebuilt from the weights: the very tables first saved
+    finally:
+        path.write_bytes(original)
 
 
 def test_cli_errors_are_one_line_and_exit_2(folders, tmp_path, capsys):

@@ -35,15 +35,22 @@ class ImageCodec(training.LossModel):
     - `forward(x, ems, training)`: (x_hat, bits per image) for a batch x in [0, 255], with noise when training
       and real quantization otherwise;
     - `latents(x)`: the encoders' continuous latents [y, z] of a padded batch;
-    - `encode_latents(latents, ems)`: the list of string tensors (each of shape [batch]) coding them, rounded
-      as the entropy models quantize (y around its predicted means, z around the model's offsets);
+    - `encode_latents(latents, ems)`: (the list of string tensors, each of shape [batch], coding them; the list
+      of the integer symbols coded), rounded as the entropy models quantize (y around its predicted means, z
+      around the model's offsets);
     - `relaxed(latents, soften, hard)`: (x_hat, bits per image) with every quantization `round(v - o) + o`
       replaced by `soften(v - o) + o`, and the bits the model's density of the softened values; with
       `soften=tf.round, hard=True` this is what `encode_latents` codes (sga.py optimizes the latents through it);
-    - `decode(strings, shape, ems)`: the padded reconstruction from those strings, `shape` = padded [H, W]
-      (a decoder needs nothing else: the latent shapes follow from it).
+    - `decode(strings, shape, ems)`: (the padded reconstruction from those strings, the symbols decoded, in the
+      order `encode_latents` lists them), `shape` = padded [H, W] (a decoder needs nothing else: the latent
+      shapes follow from it).
     `forward(training=False)` and `encode`/`decode` must quantize identically, so that `estimate` reconstructs
     exactly what `decompress` does.
+
+    A file's strings end with CHECK_BYTES bytes fingerprinting the symbols the encoder coded. The decoder's scale
+    indexes and means come from floating-point networks: where they differ from the encoder's (another machine,
+    thread count or kernel library), range decoding gives other symbols, and `decompress` refuses the file
+    (CHECK_MESSAGE) instead of returning a wrong image.
     """
     METRICS = ("loss", "bpp", "mse")
     range_coded = True  # False: eval, compress and decompress are another script's (bb_sga.py)
@@ -82,9 +89,6 @@ class ImageCodec(training.LossModel):
         y = self.analysis(x / 255)
         return [y, self.hyper_analysis(y)]
 
-    def encode(self, x, ems):
-        return self.encode_latents(self.latents(x), ems)
-
     # ---- densities of relaxed latents (relaxed) ----
 
     def relaxed_z(self, z, soften):
@@ -102,32 +106,64 @@ class ImageCodec(training.LossModel):
 
     # ---- coding ----
 
-    def make_coders(self):
-        """Builds the range-coding tables from the current weights; call after restoring a checkpoint."""
-        self.coders = self.entropy_models(compression=True)
+    def make_coders(self, tables=None):
+        """Builds the range-coding tables from the current weights (call after restoring a checkpoint), or, given
+        `tables` (what `coding_tables` returned, saved with the run), takes those instead of recomputing them.
+
+        z's quantization offsets come from an iterative search for its prior's medians, whose last digits change
+        with the CPU's kernels (oneDNN on or off); recomputed by the decoder, they move z's grid by ~1e-6 and with
+        it every parameter of y. The saved tables make encoder and decoder share them exactly."""
+        em_z, em_y = self.entropy_models(compression=True)
+        if tables is not None:
+            # tfc's entropy models take precomputed tables through _init_compression (its SavedModel path);
+            # z's offset is kept beside its tables, stateless, as a tensor.
+            em_z._init_compression(tables["z_cdf"], tables["z_cdf_offset"], None)
+            if "z_offset" in tables:
+                em_z._quantization_offset = tf.constant(tables["z_offset"])
+            em_y._init_compression(tables["y_cdf"], tables["y_cdf_offset"], None)
+        self.coders = em_z, em_y
+
+    def coding_tables(self):
+        """The range-coding tables of `make_coders`, as numpy arrays (saved with the run)."""
+        em_z, em_y = self.coders
+        tables = dict(z_cdf=em_z.cdf.numpy(), z_cdf_offset=em_z.cdf_offset.numpy(), y_cdf=em_y.cdf.numpy(),
+                      y_cdf_offset=em_y.cdf_offset.numpy())
+        if em_z.quantization_offset is not None:
+            tables["z_offset"] = em_z.quantization_offset.numpy()
+        return tables
 
     def _padded(self, image):
         return images.pad_to_multiple(image[None], self.pad_multiple)
 
+    def coded_strings(self, latents):
+        """The strings [batch, n] coding latents, the last of each image its symbols' check."""
+        strings, symbols = self.encode_latents(latents, self.coders)
+        return tf.stack(strings + [symbols_check(symbols)], axis=1)
+
     @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.float32)])
     def compress(self, image):
         """One image [H, W, 3] on [0, 255] (uint8 values, or continuous for a GAN source) -> 1-d string tensor."""
-        return tf.concat(self.encode(self._padded(image), self.coders), 0)
+        return self.coded_strings(self.latents(self._padded(image)))[0]
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([2], tf.int32)])
     def decompress(self, strings, shape):
         """Strings and the image's [H, W] -> the float reconstruction [H, W, 3] (to_uint8 makes the image)."""
         m = self.pad_multiple
         padded = (shape + m - 1) // m * m
-        return self.decode(strings, padded, self.coders)[0, :shape[0], :shape[1], :]
+        x_hat, symbols = self.decode(strings[:-1], padded, self.coders)
+        # A scalar condition: an assert that compares the strings would print their bytes, which TF's error
+        # message cannot hold.
+        same = tf.reduce_all(tf.equal(symbols_check(symbols), strings[-1:]))
+        with tf.control_dependencies([tf.debugging.Assert(same, [CHECK_MESSAGE])]):
+            return tf.identity(x_hat[0, :shape[0], :shape[1], :])
 
     def compress_latents(self, latents):
-        """The string tensors ([batch] each) coding latents, e.g. refined by sga.py, for `pack`."""
+        """The strings [batch, n] coding latents, e.g. refined by sga.py, for `pack`."""
         return self._compress_latents(*latents)
 
     @tf.function(reduce_retracing=True)
     def _compress_latents(self, *latents):
-        return tf.stack(self.encode_latents(list(latents), self.coders), axis=1)
+        return self.coded_strings(list(latents))
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.float32)])
     def estimate(self, image):
@@ -135,6 +171,27 @@ class ImageCodec(training.LossModel):
         x_hat, bits = self.forward(self._padded(image), self.coders, training=False)
         shape = tf.shape(image)
         return x_hat[0, :shape[0], :shape[1], :], tf.reduce_sum(bits)
+
+
+# A file's last string: the first CHECK_BYTES bytes of the FarmHash fingerprint of every symbol coded, as int32
+# in coding order (tf.fingerprint gives the same bytes on every platform). Four bytes make a wrong decode pass
+# unnoticed with probability 2^-32.
+CHECK_BYTES = 4
+CHECK_MESSAGE = ("the decoded symbols differ from those the encoder coded: this decoder computed other "
+                 "entropy-model parameters than the encoder did")  # no quote marks: TF's error message escapes them
+_BYTES = [bytes([i]) for i in range(256)]
+
+
+def symbols_check(symbols):
+    """The check string [batch] of a list of symbol tensors [batch, ...] (rounded floats or integers)."""
+    flat = tf.concat([tf.reshape(tf.cast(s, tf.int32), [tf.shape(s)[0], -1]) for s in symbols], axis=1)
+    digest = tf.fingerprint(flat)[:, :CHECK_BYTES]
+    return tf.strings.reduce_join(tf.gather(tf.constant(_BYTES), tf.cast(digest, tf.int32)), axis=1)
+
+
+def symbols_of(values, center):
+    """The integer symbols a quantizer codes for `values` rounded around `center` (None: the integers)."""
+    return tf.round(values if center is None else values - center)
 
 
 # The floor on a latent's probability, as tfc's entropy models bound their likelihoods: it keeps the bits of a

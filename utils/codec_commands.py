@@ -6,18 +6,23 @@ model class (utils/image_models.py). Training goes through utils.training.fit; e
 bytes (the file container is utils/container.py) and measures with utils/image_eval.py.
 """
 import json
+import re
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
-from utils import container, image_data, image_eval, images, runs, training
+from utils import codec, container, image_data, image_eval, images, runs, training
 from utils.cli import InputError
 from utils.image_models import MODELS
 from utils.layers import report_params
-from utils.runs import atomic_write_bytes, run_name
+from utils.runs import atomic_save_npz, atomic_write_bytes, run_name
 from utils.sources import resolve_path
+
+# The run's range-coding tables, saved by the first command that builds them (utils/codec.py, make_coders).
+TABLES_NAME = "coding_tables.npz"
 
 # Largest difference (on [0, 255]) eval accepts between the decoded reconstruction and the model's quantized one:
 # float noise between two traced graphs, far below what a single wrongly decoded latent moves.
@@ -41,11 +46,44 @@ def build(args, script, flags, lmbda=None):
 
 def open_codec(args, run_dir, script, lmbda=None):
     """(model, checkpoint, identity) of the trained codec run in `run_dir`, opened by training.open_run, with its
-    range-coding tables built from the restored weights. `lmbda`: a lambda other than the run's (sga.py)."""
+    range-coding tables: those saved in the run folder for these weights, else built from them and saved there,
+    so that every process that codes with the run uses the same tables. `lmbda`: a lambda other than the run's
+    (sga.py)."""
     model, checkpoint, identity = training.open_run(
         args, run_dir, lambda flags: build(args, script, flags, lmbda), script, lambda flags: arch_of(script, flags))
-    model.make_coders()
+    if model.range_coded:
+        tables = load_tables(run_dir, identity)
+        model.make_coders(tables)
+        if tables is None:
+            save_tables(run_dir, model, identity)
     return model, checkpoint, identity
+
+
+def load_tables(run_dir, identity):
+    """The range-coding tables saved in `run_dir` for the model `identity`, or None (none saved, or saved for
+    other weights: the run trained on since)."""
+    path = Path(run_dir) / TABLES_NAME
+    try:
+        with np.load(path) as saved:
+            if saved["identity"].tobytes() != identity:
+                return None
+            return {k: saved[k] for k in saved.files if k != "identity"}
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        print(f"note: {path} is unreadable; the range-coding tables are rebuilt from the weights", file=sys.stderr)
+        return None
+
+
+def save_tables(run_dir, model, identity):
+    """Saves the model's range-coding tables (its coders built) in `run_dir`, with the identity they belong to. A
+    run folder that cannot be written keeps none: each process then builds its own (a note says so)."""
+    path = Path(run_dir) / TABLES_NAME
+    try:
+        atomic_save_npz(path, identity=np.frombuffer(identity, np.uint8), **model.coding_tables())
+    except OSError as e:
+        print(f"note: could not save the range-coding tables in {path} ({e.strerror}): each process builds its "
+              f"own, and another machine's may not decode this one's files", file=sys.stderr)
 
 
 def main(args, script):
@@ -68,8 +106,12 @@ def main(args, script):
         source = image_data.gan_source(args.dataset, args.data_dim)
     model, checkpoint, identity = open_codec(args, run_dir, script)
     if not model.range_coded:
-        raise InputError(f"{args.command}: this model (--hyper_posterior gaussian) is coded by bits-back: use "
-                         f"bb_sga.py")
+        why = (": its coder is constriction's ANS stack, run in Python, which a SavedModel cannot hold"
+               if args.command == "export" else "")
+        raise InputError(f"{args.command}: this model (--hyper_posterior gaussian) is coded by bits-back{why}: "
+                         f"use bb_sga.py")
+    if args.command == "export":
+        return export_codec(args, script, model, identity, run_dir, checkpoint)
     if args.command == "eval":
         return evaluate_codec(args, script, model, identity, run_dir, checkpoint, source)
     if args.command == "compress":
@@ -101,7 +143,12 @@ def decompress_bytes(script, model, identity, data, what):
     try:
         x_hat = model.decompress(tf.constant(strings, tf.string), tf.constant(shape, tf.int32)).numpy()
     except tf.errors.InvalidArgumentError as e:
-        raise InputError(f"{what}: corrupt file (range decoding failed: {e.message.splitlines()[0]})")
+        # The container's checksum held, so the bytes are the encoder's: the decoder's model computed otherwise.
+        failed = re.search(r"assertion failed: \[([^\]]*)\]", e.message)
+        why = failed.group(1) if failed else e.message.strip().splitlines()[-1]
+        if codec.CHECK_MESSAGE not in why:
+            why = f"range decoding failed ({why}): this decoder computed other entropy-model parameters than the encoder"
+        raise InputError(f"{what}: cannot be decoded here: {why} (docs/deploy.md, 'What decodes where')")
     return x_hat, channels
 
 
@@ -127,6 +174,17 @@ def decompress_file(script, model, identity, src, dst, verbose=False):
     if verbose:
         print(f"{src} -> {dst}: {rgb.shape[0]}x{rgb.shape[1]}, {'RGB' if channels == 3 else 'grayscale'}",
               file=sys.stderr)
+
+
+def export_codec(args, script, model, identity, run_dir, checkpoint):
+    """`export`: the SavedModel of the run (utils/export.py), with what it is in assets.extra/codec.json."""
+    from utils import export
+    flags = {"lambda": args.lmbda, **{k: v for k, v in arch_of(script, args).items() if v is not None}}
+    info = dict(script=script, identity=identity.hex(), flags=flags, run=run_dir.name,
+                checkpoint=Path(str(checkpoint)).name, pad_multiple=model.pad_multiple)
+    out = export.export(model, args.output, info, force=args.force)
+    if args.verbose:
+        print(f"exported {run_dir.name} ({Path(str(checkpoint)).name}) to {out}", file=sys.stderr)
 
 
 def evaluate_codec(args, script, model, identity, run_dir, checkpoint, source=None):

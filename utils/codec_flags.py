@@ -76,8 +76,8 @@ def add_ms2020_flags(parser):
     parser.add_argument("--num_filters", type=positive_int, default=192, help="channels of the transforms")
     parser.add_argument("--latent_depth", type=positive_int, default=320, help="channels of the latents y")
     parser.add_argument("--hyperprior_depth", type=positive_int, default=192, help="channels of the hyper-latents z")
-    # A file holds one string per slice and one for z, at most 255 (utils/container.py).
-    parser.add_argument("--num_slices", type=int_in(1, 254), default=10, help="slices of y coded in sequence")
+    # A file holds one string per slice, one for z and the symbols' check, at most 255 (utils/container.py).
+    parser.add_argument("--num_slices", type=int_in(1, 253), default=10, help="slices of y coded in sequence")
     parser.add_argument("--max_support_slices", type=int, default=5,
                         help="decoded slices each slice is conditioned on (-1: all before it)")
 
@@ -123,6 +123,13 @@ def build_parser(script, description):
     d.add_argument("input", help="the .tfci file")
     d.add_argument("output", help="the PNG file to write")
     cli.add_force_flag(d)
+    x = sub.add_parser("export", help="write the trained run as a SavedModel that runs with TensorFlow and "
+                                      "tensorflow-compression alone (docs/deploy.md)",
+                       description="Write the trained run as a SavedModel with compress and decompress functions "
+                                   "(tensorflow-compression's convention) that runs with TensorFlow and "
+                                   "tensorflow-compression alone (docs/deploy.md).")
+    x.add_argument("output", help="the SavedModel folder to write")
+    x.add_argument("--force", action="store_true", help="replace an existing SavedModel folder")
     return p
 
 
@@ -148,6 +155,20 @@ def check_files(args):
     if args.command in ("compress", "decompress"):
         cli.input_file(resolve_path(args.input, "input") if args.command == "compress" else args.input, "input")
         cli.output_file(args.output, "output", force=args.force)
+    if args.command == "export":
+        check_export_dir(args.output, args.force)
+
+
+def check_export_dir(path, force):
+    """Refuses an export folder that cannot be written, or one that exists (without --force; and even with it,
+    one that holds anything but a SavedModel, which --force would delete)."""
+    out = cli.output_dir(path, "output")
+    if out.exists():
+        if not force:
+            raise InputError(f"output {out}: exists; pass --force to replace it")
+        if any(out.iterdir()) and not (out / "saved_model.pb").is_file():
+            raise InputError(f"output {out}: a folder that is not a SavedModel; --force replaces only a SavedModel "
+                             f"(or an empty folder)")
 
 
 def trains_on_crops(dataset):

@@ -11,6 +11,8 @@ A file is a header followed by the range-coded strings of one image, back to bac
     count    1 byte   number of strings, then each string's length as a varint
     crc32    4 bytes  over everything before it and the whole payload
 
+A range-coded image's last string is the check of the symbols it codes (utils/codec.py; version 2 on).
+
 The whole header is 20 bytes plus the varints (about 30 bytes for one Kodak image; 26 for a 128x128 image with
 two short strings), and it is counted in the file's rate. Parsing checks, in order: magic, version, truncation,
 checksum, then the model, so that each failure reads as what it is: a foreign file, a newer format, a cut-off
@@ -26,7 +28,7 @@ import numpy as np
 from utils.cli import InputError
 
 MAGIC = b"RDSc"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a range-coded image's strings end with its symbols' check (utils/codec.py)
 KINDS = {"mbt2018": 1, "ms2020": 2, "resnet_vae": 3, "mcbits": 4, "bb_sga": 5}
 ID_BYTES = 8
 

@@ -98,13 +98,16 @@ class MeanScaleHyperprior(codec.ImageCodec):
         em_z, em_y = ems
         y, z = latents
         mean, index = self.hyper_params(em_z.quantize(z), training=False)
-        return [em_z.compress(z), em_y.compress(y, index, loc=mean)]
+        return ([em_z.compress(z), em_y.compress(y, index, loc=mean)],
+                [codec.symbols_of(z, em_z.quantization_offset), codec.symbols_of(y, mean)])
 
     def decode(self, strings, shape, ems):
         em_z, em_y = ems
         z_hat = em_z.decompress(strings[:1], shape // self.pad_multiple)
         mean, index = self.hyper_params(z_hat, training=False)
-        return self.synthesis(em_y.decompress(strings[1:2], index, loc=mean)) * 255
+        y_hat = em_y.decompress(strings[1:2], index, loc=mean)
+        return (self.synthesis(y_hat) * 255,
+                [codec.symbols_of(z_hat, em_z.quantization_offset), codec.symbols_of(y_hat, mean)])
 
 
 class BitsBackHyperprior(codec.ImageCodec):
@@ -280,24 +283,28 @@ class ChannelwiseAutoregressive(codec.ImageCodec):
         em_z, em_y = ems
         y, z = latents
         y_slices = tf.split(y, self.num_slices, axis=-1)
-        strings = [em_z.compress(z)]
+        strings, symbols = [em_z.compress(z)], [codec.symbols_of(z, em_z.quantization_offset)]
 
         def code_slice(k, mean, index):
             strings.append(em_y.compress(y_slices[k], index, loc=mean))
-            return tf.round(y_slices[k] - mean) + mean, 0.0
+            symbols.append(codec.symbols_of(y_slices[k], mean))
+            return symbols[-1] + mean, 0.0
 
         self.slices(em_z.quantize(z), code_slice, training=False)
-        return strings
+        return strings, symbols
 
     def decode(self, strings, shape, ems):
         em_z, em_y = ems
         z_hat = em_z.decompress(strings[:1], shape // self.pad_multiple)
+        symbols = [codec.symbols_of(z_hat, em_z.quantization_offset)]
 
         def code_slice(k, mean, index):
-            return em_y.decompress(strings[k + 1:k + 2], index, loc=mean), 0.0
+            y_hat = em_y.decompress(strings[k + 1:k + 2], index, loc=mean)
+            symbols.append(codec.symbols_of(y_hat, mean))
+            return y_hat, 0.0
 
         y_hat, _ = self.slices(z_hat, code_slice, training=False)
-        return self.synthesis(y_hat) * 255
+        return self.synthesis(y_hat) * 255, symbols
 
 
 class ModelSpec(NamedTuple):
