@@ -1,5 +1,5 @@
 """`make smoke`: every top-level script at its paper's (or its documented CPU recipe's) architecture, patch size and
-batch, trained for a step or two, then its eval, compress and decompress where it has them.
+batch, trained for a step or two, then its eval, compress, decompress and export where it has them.
 
 The test suite runs tiny models; this runs the real sizes, where TensorFlow's CPU kernels take other paths. It
 stops at the first step that crashes, writes a NaN or infinity into a record, or decodes a file to an image of the
@@ -45,7 +45,7 @@ RVAE_MNIST = "--likelihood dlogistic --image_channels 1 --latent_channels 8,16 -
 BB_RUN = "mbt2018-num_filters=192-hyper_posterior=gaussian-lmbda=0.01"  # the bits-back model's run folder
 SHORT = "--epochs 1 --steps_per_epoch 2 --max_validation_steps 1"
 IMG = "--dataset bsds500"
-COMMANDS = ("train", "eval", "compress", "decompress")  # named in the progress lines
+COMMANDS = ("train", "eval", "compress", "decompress", "export")  # named in the progress lines
 KODIM = "{data}/kodak/kodim01.png"  # 768x512: the codecs' and the bound's pad-and-crop paths
 
 
@@ -78,12 +78,18 @@ def steps():
         ("codecs", "mbt2018.py", f"{c} --lambda 0.01 eval --dataset {KODIM} --results_dir {{w}}/res"),
         ("codecs", "mbt2018.py", f"{c} --lambda 0.01 compress {KODIM} {{w}}/k.tfci"),
         ("codecs", "mbt2018.py", f"{c} --lambda 0.01 decompress {{w}}/k.tfci {{w}}/k-mbt.png"),
+        ("codecs", "mbt2018.py", f"{c} --lambda 0.01 export {{w}}/mbt2018-export"),
+        ("codecs", "docs/deploy_codec.py", f"{{w}}/mbt2018-export compress {KODIM} {{w}}/k.tfc"),
+        ("codecs", "docs/deploy_codec.py", "{w}/mbt2018-export decompress {w}/k.tfc {w}/k-mbt-export.png"),
         ("codecs", "sga.py", f"{c} --iterations 2 compress mbt2018-num_filters=192-lmbda=0.01 {KODIM} "
                              "--results_dir {w}/sga"),
         ("codecs", "ms2020.py", f"{c} --lambda 0.01 train {IMG} --patchsize 256 --batchsize 8 {SHORT}"),
         ("codecs", "ms2020.py", f"{c} --lambda 0.01 eval --dataset {KODIM} --results_dir {{w}}/res"),
         ("codecs", "ms2020.py", f"{c} --lambda 0.01 compress {KODIM} {{w}}/k2.tfci"),
         ("codecs", "ms2020.py", f"{c} --lambda 0.01 decompress {{w}}/k2.tfci {{w}}/k-ms.png"),
+        ("codecs", "ms2020.py", f"{c} --lambda 0.01 export {{w}}/ms2020-export"),
+        ("codecs", "docs/deploy_codec.py", f"{{w}}/ms2020-export compress {KODIM} {{w}}/k2.tfc"),
+        ("codecs", "docs/deploy_codec.py", "{w}/ms2020-export decompress {w}/k2.tfc {w}/k-ms-export.png"),
         ("codecs", "mbt2018.py", f"{c} --hyper_posterior gaussian --lambda 0.01 train {IMG} --patchsize 256 "
                                  f"--batchsize 8 {SHORT}"),
         ("codecs", "bb_sga.py", f"{c} --iterations 2 --rate_iterations 2 compress "
@@ -120,6 +126,8 @@ def steps():
 
 # Each decoded image must have its source's size: (decoded, source); paths relative to the work folder.
 ROUND_TRIPS = [("k-mbt.png", KODIM), ("k-ms.png", KODIM), ("k-bb.png", KODIM), ("digit-rec.png", "digit.png")]
+# The export's decode of its own file must be the script's decode of the package file, pixel for pixel.
+SAME = [("k-mbt-export.png", "k-mbt.png"), ("k-ms-export.png", "k-ms.png")]
 
 
 def write_inputs(work, data):
@@ -193,6 +201,12 @@ def main():
         src = Path(source.format(data=data)) if "{data}" in source else work / source
         if Image.open(out).size != Image.open(src).size:
             print(f"FAILED: {decoded} is {Image.open(out).size}, its source {Image.open(src).size}")
+            return 1
+    import numpy as np
+    for exported, scripted in SAME:
+        if (work / exported).exists() and not np.array_equal(np.asarray(Image.open(work / exported)),
+                                                             np.asarray(Image.open(work / scripted))):
+            print(f"FAILED: {exported} (the export's decode) differs from {scripted} (the script's)")
             return 1
     print(f"smoke passed: {len(chosen)} steps in {time.monotonic() - start:.0f} s ({work})")
     if not args.keep:
