@@ -347,9 +347,10 @@ def test_damaged_foreign_and_wrong_model_files_are_refused(restored, folders, tm
 def test_tables_are_saved_with_the_run_and_a_decoder_that_computes_otherwise_refuses(trained, restored, folders):
     """The first command that opens a run saves its range-coding tables (coding_tables.npz, under the identity
     of its weights), and later ones take them as saved. A decoder whose tables differ from the encoder's (y's
-    moved by one symbol: the range decoder reads the same bits and tfc's own sanity check passes) decodes other
-    symbols, and the file's check makes decompress refuse the file instead of returning a wrong image. Tables
-    saved under another identity (the run trained on since) are rebuilt and saved again."""
+    moved by one symbol: tfc's range decoder would read the same bits and return other symbols without noticing),
+    or that computes other scale indexes (the scale network's last bias moved by 0.5, as another machine's
+    arithmetic would move a few), refuses the file before decoding it, with the file's check. Tables saved under
+    another identity (the run trained on since) are rebuilt and saved again."""
     script, _, run_dir = trained
     _, model, identity = restored
     path = run_dir / codec_commands.TABLES_NAME
@@ -358,6 +359,14 @@ def test_tables_are_saved_with_the_run_and_a_decoder_that_computes_otherwise_ref
     assert all(np.array_equal(v, saved[k]) for k, v in model.coding_tables().items())
     image = images.read_image(folders / "eval" / "a_rgb.png")[0]
     data = codec_commands.compress_image(script, model, identity, image, 3)
+    scale_net = model.hyper_synthesis if script == "mbt2018" else model.scale_nets[0]
+    bias = scale_net.layers[-1].bias_parameter  # the variable (its .bias is a read-only tensor)
+    bias.assign_add(tf.fill(bias.shape, 0.5))
+    try:
+        with pytest.raises(InputError, match="cannot be decoded here: this decoder computed other scale indexes"):
+            codec_commands.decompress_bytes(script, model, identity, data, "the file")
+    finally:
+        bias.assign_sub(tf.fill(bias.shape, 0.5))
     original = path.read_bytes()
     try:
         moved = dict(saved, y_cdf_offset=saved["y_cdf_offset"] + 1)
@@ -365,7 +374,7 @@ def test_tables_are_saved_with_the_run_and_a_decoder_that_computes_otherwise_ref
         other, other_id = restore(script, run_dir)
         assert other_id == identity
         np.testing.assert_array_equal(other.coders[1].cdf_offset.numpy(), moved["y_cdf_offset"])
-        with pytest.raises(InputError, match="cannot be decoded here: "):
+        with pytest.raises(InputError, match="cannot be decoded here: the range-coding tables differ"):
             codec_commands.decompress_bytes(script, other, identity, data, "the file")
         atomic_save_npz(path, identity=np.zeros(container.ID_BYTES, np.uint8), **moved)
         restore(script, run_dir)

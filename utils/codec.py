@@ -4,6 +4,8 @@ the Gaussian conditional's scale table and bit counts they share.
 Images enter the models as float32 in [0, 255]; the loss is bits per pixel + lambda * MSE on that scale. The
 commands that train, evaluate and code with a model are utils/codec_commands.py's.
 """
+import hashlib
+
 import numpy as np
 import tensorflow as tf
 import tensorflow_compression as tfc
@@ -35,22 +37,25 @@ class ImageCodec(training.LossModel):
     - `forward(x, ems, training)`: (x_hat, bits per image) for a batch x in [0, 255], with noise when training
       and real quantization otherwise;
     - `latents(x)`: the encoders' continuous latents [y, z] of a padded batch;
-    - `encode_latents(latents, ems)`: (the list of string tensors, each of shape [batch], coding them; the list
-      of the integer symbols coded), rounded as the entropy models quantize (y around its predicted means, z
-      around the model's offsets);
+    - `encode_latents(latents, ems)`: (the list of string tensors, each of shape [batch], coding them, z's
+      first; the list of the scale indexes each of y's strings was coded with, in order), rounded as the entropy
+      models quantize (y around its predicted means, z around the model's offsets);
     - `relaxed(latents, soften, hard)`: (x_hat, bits per image) with every quantization `round(v - o) + o`
       replaced by `soften(v - o) + o`, and the bits the model's density of the softened values; with
       `soften=tf.round, hard=True` this is what `encode_latents` codes (sga.py optimizes the latents through it);
-    - `decode(strings, shape, ems)`: (the padded reconstruction from those strings, the symbols decoded, in the
-      order `encode_latents` lists them), `shape` = padded [H, W] (a decoder needs nothing else: the latent
-      shapes follow from it).
+    - `decode(strings, shape, ems, check)`: the padded reconstruction from those strings, `shape` = padded
+      [H, W] (a decoder needs nothing else: the latent shapes follow from it), each of y's strings decoded by
+      `decode_y` (which checks its scale indexes against the file's `check` first).
     `forward(training=False)` and `encode`/`decode` must quantize identically, so that `estimate` reconstructs
     exactly what `decompress` does.
 
-    A file's strings end with CHECK_BYTES bytes fingerprinting the symbols the encoder coded. The decoder's scale
-    indexes and means come from floating-point networks: where they differ from the encoder's (another machine,
-    thread count or kernel library), range decoding gives other symbols, and `decompress` refuses the file
-    (CHECK_MESSAGE) instead of returning a wrong image.
+    A file's strings end with a check (`coded_strings`): TABLES_BYTES bytes fingerprinting the range-coding
+    tables, then INDEX_BYTES per y string fingerprinting the scale indexes it was coded with. The decoder's
+    indexes come from floating-point networks; where they differ from the encoder's (another machine, thread count
+    or kernel library), tfc's range decoder returns other symbols or, on some inputs, runs for hours. So the
+    decoder compares each fingerprint before it decodes: a file coded with other tables or indexes is refused
+    (TABLES_MESSAGE, INDEX_MESSAGE) before any wrong decoding. With the same tables and indexes, range decoding
+    is exact integer arithmetic.
     """
     METRICS = ("loss", "bpp", "mse")
     range_coded = True  # False: eval, compress and decompress are another script's (bb_sga.py)
@@ -122,6 +127,10 @@ class ImageCodec(training.LossModel):
                 em_z._quantization_offset = tf.constant(tables["z_offset"])
             em_y._init_compression(tables["y_cdf"], tables["y_cdf_offset"], None)
         self.coders = em_z, em_y
+        digest = hashlib.sha256()
+        for name, array in sorted(self.coding_tables().items()):
+            digest.update(name.encode() + np.ascontiguousarray(array).tobytes())
+        self.tables_check = digest.digest()[:TABLES_BYTES]
 
     def coding_tables(self):
         """The range-coding tables of `make_coders`, as numpy arrays (saved with the run)."""
@@ -136,9 +145,17 @@ class ImageCodec(training.LossModel):
         return images.pad_to_multiple(image[None], self.pad_multiple)
 
     def coded_strings(self, latents):
-        """The strings [batch, n] coding latents, the last of each image its symbols' check."""
-        strings, symbols = self.encode_latents(latents, self.coders)
-        return tf.stack(strings + [symbols_check(symbols)], axis=1)
+        """The strings [batch, n] coding latents, the last of each image its check."""
+        strings, indexes = self.encode_latents(latents, self.coders)
+        tables = tf.fill(tf.shape(strings[0]), self.tables_check)
+        return tf.stack(strings + [tf.strings.join([tables] + [index_check(i) for i in indexes])], axis=1)
+
+    def decode_y(self, em_y, strings, index, mean, k, check):
+        """y's k-th string decoded, once its scale indexes are found to be the encoder's (else the file is
+        refused: range decoding with other indexes can run for hours)."""
+        same = tf.equal(index_check(index)[0], tf.strings.substr(check, TABLES_BYTES + INDEX_BYTES * k, INDEX_BYTES))
+        with tf.control_dependencies([tf.debugging.Assert(same, [INDEX_MESSAGE])]):
+            return em_y.decompress(strings, index, loc=mean)
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.float32)])
     def compress(self, image):
@@ -150,12 +167,13 @@ class ImageCodec(training.LossModel):
         """Strings and the image's [H, W] -> the float reconstruction [H, W, 3] (to_uint8 makes the image)."""
         m = self.pad_multiple
         padded = (shape + m - 1) // m * m
-        x_hat, symbols = self.decode(strings[:-1], padded, self.coders)
-        # A scalar condition: an assert that compares the strings would print their bytes, which TF's error
-        # message cannot hold.
-        same = tf.reduce_all(tf.equal(symbols_check(symbols), strings[-1:]))
-        with tf.control_dependencies([tf.debugging.Assert(same, [CHECK_MESSAGE])]):
-            return tf.identity(x_hat[0, :shape[0], :shape[1], :])
+        check = strings[-1]
+        # The asserts take a scalar condition: comparing the strings themselves would print their bytes, which TF's
+        # error message cannot hold.
+        same = tf.equal(tf.strings.substr(check, 0, TABLES_BYTES), self.tables_check)
+        with tf.control_dependencies([tf.debugging.Assert(same, [TABLES_MESSAGE])]):
+            x_hat = self.decode(strings[:-1], padded, self.coders, check)
+        return x_hat[0, :shape[0], :shape[1], :]
 
     def compress_latents(self, latents):
         """The strings [batch, n] coding latents, e.g. refined by sga.py, for `pack`."""
@@ -173,25 +191,25 @@ class ImageCodec(training.LossModel):
         return x_hat[0, :shape[0], :shape[1], :], tf.reduce_sum(bits)
 
 
-# A file's last string: the first CHECK_BYTES bytes of the FarmHash fingerprint of every symbol coded, as int32
-# in coding order (tf.fingerprint gives the same bytes on every platform). Four bytes make a wrong decode pass
-# unnoticed with probability 2^-32.
-CHECK_BYTES = 4
-CHECK_MESSAGE = ("the decoded symbols differ from those the encoder coded: this decoder computed other "
-                 "entropy-model parameters than the encoder did")  # no quote marks: TF's error message escapes them
+# A file's last string, the check: the first TABLES_BYTES bytes of a SHA-256 of the range-coding tables, then
+# for each y string the first INDEX_BYTES bytes of the FarmHash fingerprint of its scale indexes as int32
+# (tf.fingerprint gives the same bytes on every platform). A mismatch passes unnoticed with probability 2^-32 for
+# the tables and 2^-16 for one string's indexes: few bytes, as ms2020 has one per slice.
+TABLES_BYTES, INDEX_BYTES = 4, 2
+# No quote marks in these: TF's error message escapes them.
+TABLES_MESSAGE = ("the range-coding tables differ from the encoder ones (a copy of the run whose coding tables "
+                  "were built apart from the encoder ones)")
+INDEX_MESSAGE = ("this decoder computed other scale indexes than the encoder did (floating-point differences "
+                 "between their machines, kernels or devices)")
 _BYTES = [bytes([i]) for i in range(256)]
 
 
-def symbols_check(symbols):
-    """The check string [batch] of a list of symbol tensors [batch, ...] (rounded floats or integers)."""
-    flat = tf.concat([tf.reshape(tf.cast(s, tf.int32), [tf.shape(s)[0], -1]) for s in symbols], axis=1)
-    digest = tf.fingerprint(flat)[:, :CHECK_BYTES]
+def index_check(index):
+    """The INDEX_BYTES-byte check string [batch] of scale indexes [batch, ...], as the entropy model clips
+    and rounds them."""
+    index = tf.cast(tf.round(tf.clip_by_value(index, 0.0, NUM_SCALES - 1.0)), tf.int32)
+    digest = tf.fingerprint(tf.reshape(index, [tf.shape(index)[0], -1]))[:, :INDEX_BYTES]
     return tf.strings.reduce_join(tf.gather(tf.constant(_BYTES), tf.cast(digest, tf.int32)), axis=1)
-
-
-def symbols_of(values, center):
-    """The integer symbols a quantizer codes for `values` rounded around `center` (None: the integers)."""
-    return tf.round(values if center is None else values - center)
 
 
 # The floor on a latent's probability, as tfc's entropy models bound their likelihoods: it keeps the bits of a

@@ -146,7 +146,7 @@ def decompress_bytes(script, model, identity, data, what):
         # The container's checksum held, so the bytes are the encoder's: the decoder's model computed otherwise.
         failed = re.search(r"assertion failed: \[([^\]]*)\]", e.message)
         why = failed.group(1) if failed else e.message.strip().splitlines()[-1]
-        if codec.CHECK_MESSAGE not in why:
+        if why not in (codec.TABLES_MESSAGE, codec.INDEX_MESSAGE):
             why = f"range decoding failed ({why}): this decoder computed other entropy-model parameters than the encoder"
         raise InputError(f"{what}: cannot be decoded here: {why} (docs/deploy.md, 'What decodes where')")
     return x_hat, channels

@@ -11,7 +11,8 @@ A file is a header followed by the range-coded strings of one image, back to bac
     count    1 byte   number of strings, then each string's length as a varint
     crc32    4 bytes  over everything before it and the whole payload
 
-A range-coded image's last string is the check of the symbols it codes (utils/codec.py; version 2 on).
+A range-coded image's last string is its check: of the tables and scale indexes it was coded with (utils/codec.py;
+version 2 on).
 
 The whole header is 20 bytes plus the varints (about 30 bytes for one Kodak image; 26 for a 128x128 image with
 two short strings), and it is counted in the file's rate. Parsing checks, in order: magic, version, truncation,

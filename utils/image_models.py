@@ -98,16 +98,13 @@ class MeanScaleHyperprior(codec.ImageCodec):
         em_z, em_y = ems
         y, z = latents
         mean, index = self.hyper_params(em_z.quantize(z), training=False)
-        return ([em_z.compress(z), em_y.compress(y, index, loc=mean)],
-                [codec.symbols_of(z, em_z.quantization_offset), codec.symbols_of(y, mean)])
+        return [em_z.compress(z), em_y.compress(y, index, loc=mean)], [index]
 
-    def decode(self, strings, shape, ems):
+    def decode(self, strings, shape, ems, check):
         em_z, em_y = ems
         z_hat = em_z.decompress(strings[:1], shape // self.pad_multiple)
         mean, index = self.hyper_params(z_hat, training=False)
-        y_hat = em_y.decompress(strings[1:2], index, loc=mean)
-        return (self.synthesis(y_hat) * 255,
-                [codec.symbols_of(z_hat, em_z.quantization_offset), codec.symbols_of(y_hat, mean)])
+        return self.synthesis(self.decode_y(em_y, strings[1:2], index, mean, 0, check)) * 255
 
 
 class BitsBackHyperprior(codec.ImageCodec):
@@ -283,28 +280,25 @@ class ChannelwiseAutoregressive(codec.ImageCodec):
         em_z, em_y = ems
         y, z = latents
         y_slices = tf.split(y, self.num_slices, axis=-1)
-        strings, symbols = [em_z.compress(z)], [codec.symbols_of(z, em_z.quantization_offset)]
+        strings, indexes = [em_z.compress(z)], []
 
         def code_slice(k, mean, index):
             strings.append(em_y.compress(y_slices[k], index, loc=mean))
-            symbols.append(codec.symbols_of(y_slices[k], mean))
-            return symbols[-1] + mean, 0.0
+            indexes.append(index)
+            return tf.round(y_slices[k] - mean) + mean, 0.0
 
         self.slices(em_z.quantize(z), code_slice, training=False)
-        return strings, symbols
+        return strings, indexes
 
-    def decode(self, strings, shape, ems):
+    def decode(self, strings, shape, ems, check):
         em_z, em_y = ems
         z_hat = em_z.decompress(strings[:1], shape // self.pad_multiple)
-        symbols = [codec.symbols_of(z_hat, em_z.quantization_offset)]
 
         def code_slice(k, mean, index):
-            y_hat = em_y.decompress(strings[k + 1:k + 2], index, loc=mean)
-            symbols.append(codec.symbols_of(y_hat, mean))
-            return y_hat, 0.0
+            return self.decode_y(em_y, strings[k + 1:k + 2], index, mean, k, check), 0.0
 
         y_hat, _ = self.slices(z_hat, code_slice, training=False)
-        return self.synthesis(y_hat) * 255, symbols
+        return self.synthesis(y_hat) * 255
 
 
 class ModelSpec(NamedTuple):
