@@ -110,3 +110,13 @@ def test_export_codes_as_the_script_does(script, tmp_path):
     keras_decoded = np.load(client / f"{name}-keras.npy")
     assert np.array_equal(keras_decoded, decoded)
 
+
+
+def test_the_bits_back_model_is_refused_with_the_reason(tmp_path):
+    import mbt2018
+    from utils.cli import InputError
+    run = tmp_path / "bb"
+    shutil.copytree(GOLDEN_RUNS / "mbt2018-num_filters=4-hyper_posterior=gaussian-lmbda=0.01", run)
+    with pytest.raises(InputError, match="export: .* bits-back: its coder is constriction's ANS stack, run in Python"):
+        mbt2018.main(["--run", str(run), "export", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
