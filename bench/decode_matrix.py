@@ -11,8 +11,8 @@ threads with oneDNN, `t1-noonednn` one thread with TF_ENABLE_ONEDNN_OPTS=0; `gpu
 the default placement and threads, oneDNN on. Each configuration runs in its own processes, through the codec's
 own commands (utils/codec_commands.py: the run opened, its range-coding tables built from the weights, compress
 to a file, decompress to a PNG):
-- encode under A: every image (the Kodak set, or its first --images) to a file;
-- decode under B: every file of A to a PNG.
+- encode under A: every image (the Kodak set, or its first --images) to a file, then every file to a PNG;
+- decode under B (another process for every B other than A): every file of A to a PNG.
 A cell (A, B) counts the images whose PNG decoded under B equals, pixel for pixel, the one decoded under A; a
 file that fails to decode (the range decoder refuses it) counts as a miss. Prints the matrix, rows the encoding
 configuration, columns the decoding one; exit 1 if any cell misses an image.
@@ -85,21 +85,28 @@ def role_train(a):
 
 
 def role_encode(a):
+    """Compresses the images under this configuration, then decodes the files itself (the reference PNGs)."""
     from utils import images
     commands, (model, _, identity) = open_codec(a)
     out = a.work / a.config
     out.mkdir()
     for path in images.list_images(a.dataset)[:a.images]:
         commands.compress_file(a.codec, model, identity, str(path), out / f"{path.stem}.tfci")
+    decode_all(a, commands, model, identity, a.config)
 
 
 def role_decode(a):
-    from utils.cli import InputError as DecodeRefused
     commands, (model, _, identity) = open_codec(a)
-    out = a.work / a.source / a.config
+    decode_all(a, commands, model, identity, a.source)
+
+
+def decode_all(a, commands, model, identity, source):
+    """Decodes every file `source` encoded into PNGs under source/<this configuration>; prints the refusals."""
+    from utils.cli import InputError as DecodeRefused
+    out = a.work / source / a.config
     out.mkdir()
     failed = {}
-    for path in sorted((a.work / a.source).glob("*.tfci")):
+    for path in sorted((a.work / source).glob("*.tfci")):
         try:
             commands.decompress_file(a.codec, model, identity, str(path), out / f"{path.stem}.png")
         except DecodeRefused as e:
@@ -131,9 +138,8 @@ def matrix(a, configs):
         spawn(a, "train", configs[0])
         (a.run,) = (a.work / "ckpt").iterdir()
     encoders = a.encode_configs.split(",") if a.encode_configs else configs
-    for c in encoders:
-        spawn(a, "encode", c)
-    failures = {(c, d): spawn(a, "decode", d, c)["failed"] for c in encoders for d in configs}
+    failures = {(c, c): spawn(a, "encode", c)["failed"] for c in encoders}
+    failures.update({(c, d): spawn(a, "decode", d, c)["failed"] for c in encoders for d in configs if d != c})
     names = sorted(p.stem for p in (a.work / configs[0]).glob("*.tfci"))
     print(f"{a.codec} run {a.run.name}: {len(names)} images of {a.dataset}, encoded (rows) and decoded "
           f"(columns) in separate processes; images decoding to the encoder's own PNG, of {len(names)}")
