@@ -182,7 +182,7 @@ def export_codec(args, script, model, identity, run_dir, checkpoint):
     flags = {"lambda": args.lmbda, **{k: v for k, v in arch_of(script, args).items() if v is not None}}
     info = dict(script=script, identity=identity.hex(), flags=flags, run=run_dir.name,
                 checkpoint=Path(str(checkpoint)).name, pad_multiple=model.pad_multiple)
-    out = export.export(model, args.output, info, force=args.force)
+    out = export.export(model, args.output, info)
     if args.verbose:
         print(f"exported {run_dir.name} ({Path(str(checkpoint)).name}) to {out}", file=sys.stderr)
 

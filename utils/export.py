@@ -48,9 +48,10 @@ class ExportedCodec(tf.Module):
         return tf.cast(tf.clip_by_value(tf.round(x_hat), 0.0, 255.0), tf.uint8)
 
 
-def export(model, out_dir, info, force=False):
+def export(model, out_dir, info):
     """Writes the SavedModel of `model` (its coders built) to `out_dir`, atomically: it appears whole or not at
-    all. `info`: the dict written to assets.extra/codec.json."""
+    all, and replaces a folder there (the command line refused one that is not a SavedModel, or any without
+    --force). `info`: the dict written to assets.extra/codec.json."""
     out_dir = Path(out_dir)
     module = ExportedCodec(model)
     signatures = {"compress": module.compress.get_concrete_function(),
