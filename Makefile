@@ -16,7 +16,7 @@ $(STAMP): requirements.txt
 	rm -f $(VENV)/.installed-* && touch $@
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile tests
+	$(PY) -m pytest -q -rs -n 2 --dist loadfile tests
 
 # Every script at its paper's or CPU recipe's sizes for a step or two, then its eval/compress/decompress (needs
 # RDS_DATA_DIR); run it before submitting a change to a model or a trainer. tests/smoke.py says what it runs.

@@ -19,7 +19,7 @@ import numpy as np
 
 from utils import cli, jsonl, runs
 from utils.progress import Progress
-from utils.ba import METHODS, Histogram, check_memory, run_ba
+from utils.ba import MAX_MEMORY_GIB, METHODS, Histogram, check_memory, run_ba
 from utils.sources import load_samples, make_source
 
 BUILTIN = ("gaussian", "banana")
@@ -41,6 +41,9 @@ def parse_args(argv):
                    help="stop when the Lagrangian decreases by less than this fraction (0: run all steps)")
     p.add_argument("--method", choices=sorted(METHODS), default="fast",
                    help="fast: separable per-dimension kernels; dense: the full |X| x |Y| matrix (cross-checks)")
+    p.add_argument("--max_memory", type=cli.positive_float, default=MAX_MEMORY_GIB, metavar="GIB",
+                   help="refuse a discretization whose arrays need more than this many GiB (and, under it, more "
+                        "than 80%% of the memory free now)")
     p.add_argument("--save_dir", default="checkpoints/ba", help="parent folder of the run folders")
     p.add_argument("--seed", type=int, default=0, help="seed of the samples drawn from a built-in source")
     p.add_argument("-V", "--verbose", action="store_true",
@@ -61,10 +64,10 @@ def main(argv):
         raise cli.InputError(f"--bins must be at least 2, got {args.bins}")
     cli.output_dir(args.save_dir, "--save_dir")
     samples = load(args)
-    check_memory(args.method, args.bins, samples.shape[1])
+    check_memory(args.method, args.bins, samples.shape[1], limit_gib=args.max_memory)
     hist = Histogram(samples, args.bins)
     if args.method == "dense":
-        check_memory(args.method, args.bins, hist.dim, int(hist.occupied.sum()))
+        check_memory(args.method, args.bins, hist.dim, int(hist.occupied.sum()), limit_gib=args.max_memory)
     if args.verbose:
         print(f"{len(samples)} samples in {hist.dim}-d; {int(hist.occupied.sum())} of {args.bins ** hist.dim} "
               f"bins occupied; method {args.method}")

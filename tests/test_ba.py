@@ -9,7 +9,7 @@ import pytest
 
 from conftest import data_path, run_script
 import ba
-from utils import jsonl
+from utils import cli, jsonl
 from utils.ba import Histogram, run_ba
 from utils.rd import gaussian_rd_at_lambda
 
@@ -143,9 +143,12 @@ def test_progress_bar_on_a_terminal(tmp_path, monkeypatch, capsys):
     (np.zeros((10, 2)), ["--lamb", "1", "--bins", "1"], "--bins must be at least 2"),
     (np.zeros((10, 2)), ["--lamb", "0"], "--lamb: must be a positive"),
     (np.zeros((10, 2)), ["--lamb", "-3"], "--lamb: must be a positive"),
-    (np.zeros((10, 3)), ["--lamb", "1", "--bins", "2000"], "GiB is available"),
-    (np.random.default_rng(0).standard_normal((20000, 2)), ["--lamb", "1", "--bins", "400", "--method", "dense"],
-     "Use --method fast"),
+    # Refused by the stated limit, on any machine: 12 x 2000^3 doubles (768 GB) for the fast form; for the dense
+    # one, 4 x occupied bins x 400^2 doubles (tens of GiB for 20,000 Gaussian samples), over a 1 GiB --max_memory.
+    (np.zeros((10, 3)), ["--lamb", "1", "--bins", "2000"], "over --max_memory 16 GiB. Use fewer --bins"),
+    (np.random.default_rng(0).standard_normal((20000, 2)), ["--lamb", "1", "--bins", "400", "--method", "dense",
+                                                           "--max_memory", "1"],
+     "matrix (occupied bins x grid points), over --max_memory 1 GiB. Use --method fast"),
 ])
 def test_cli_rejects_bad_input(tmp_path, setup, args, message):
     if setup is not None:
@@ -182,3 +185,19 @@ def test_lambda_and_lamb_runs_write_the_same_folder_and_numbers(tmp_path, capsys
     assert [p.name for p in (tmp_path / "--lamb").iterdir()] == ["ba-lamb=3.0-bins=20"]
     new, old = (jsonl.read(tmp_path / s / "ba-lamb=3.0-bins=20" / "results.jsonl")[0] for s in ("--lambda", "--lamb"))
     assert {k: v for k, v in new.items() if k != "time"} == {k: v for k, v in old.items() if k != "time"}
+
+
+def test_memory_refusal_follows_the_stated_limit_not_the_free_memory(monkeypatch):
+    """The dense form of 20,000 occupied bins on a 400^2 grid needs (2 + 4 * 20000) * 160000 doubles, 95.4 GiB:
+    refused under the default 16 GiB limit even where a terabyte is free; under a limit that allows it, the
+    memory free now still refuses it (here 10 GiB, as a machine with little free memory would report)."""
+    from utils import ba as engine
+    need_gib = (2 + 4 * 20000) * 400 ** 2 * 8 / 2 ** 30
+    assert abs(need_gib - 95.4) < 0.05
+    monkeypatch.setattr(engine, "available_memory", lambda: 2 ** 40)
+    with pytest.raises(cli.InputError, match=r"needs about 95.4 GiB .* over --max_memory 16 GiB"):
+        engine.check_memory("dense", 400, 2, 20000)
+    engine.check_memory("dense", 400, 2, 20000, limit_gib=100)  # allowed by the limit, and a terabyte is free
+    monkeypatch.setattr(engine, "available_memory", lambda: 10 * 2 ** 30)
+    with pytest.raises(cli.InputError, match=r"needs about 95.4 GiB .*; 10 GiB is available"):
+        engine.check_memory("dense", 400, 2, 20000, limit_gib=100)

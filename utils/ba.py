@@ -32,6 +32,7 @@ _TINY = 1e-280
 # slow it down many times over, and such terms change no sum above _TINY.
 _FLUSH = -690.0
 BYTES = 8
+MAX_MEMORY_GIB = 16.0  # ba.py's --max_memory: the stated limit on one iteration's arrays
 
 
 class Histogram:
@@ -75,16 +76,20 @@ def memory_needed(method, bins, dim, num_occupied):
     return (2 + 4 * num_occupied) * grid * BYTES
 
 
-def check_memory(method, bins, dim, num_occupied=0):
-    """Refuses a discretization that would not fit. Called before the histogram (num_occupied unknown: 0) and,
-    for the dense form, again once the occupied bins are counted."""
-    need, have = memory_needed(method, bins, dim, num_occupied), available_memory()
+def check_memory(method, bins, dim, num_occupied=0, limit_gib=MAX_MEMORY_GIB):
+    """Refuses a discretization over the stated limit (`limit_gib`, --max_memory), whatever the machine has free,
+    or, under the limit, over 80% of the memory available now. Called before the histogram (num_occupied unknown:
+    0) and, for the dense form, again once the occupied bins are counted."""
+    need = memory_needed(method, bins, dim, num_occupied)
+    what = (f"{bins}^{dim} = {float(bins) ** dim:.3g} grid points" if num_occupied == 0 else
+            f"a {num_occupied} x {float(bins) ** dim:.3g} matrix (occupied bins x grid points)")
+    hint = "fewer --bins" if method == "fast" else "--method fast or fewer --bins"
+    start = f"--method {method} with --bins {bins} in {dim}-d needs about {need / 2**30:.3g} GiB for {what}"
+    if need > limit_gib * 2**30:
+        raise InputError(f"{start}, over --max_memory {limit_gib:g} GiB. Use {hint}, or a larger --max_memory.")
+    have = available_memory()
     if need > 0.8 * have:
-        what = (f"{bins}^{dim} = {float(bins) ** dim:.3g} grid points" if num_occupied == 0 else
-                f"a {num_occupied} x {float(bins) ** dim:.3g} matrix (occupied bins x grid points)")
-        hint = "fewer --bins" if method == "fast" else "--method fast or fewer --bins"
-        raise InputError(f"--method {method} with --bins {bins} in {dim}-d needs about {need / 2**30:.3g} GiB for "
-                         f"{what}; {have / 2**30:.3g} GiB is available. Use {hint}.")
+        raise InputError(f"{start}; {have / 2**30:.3g} GiB is available. Use {hint}.")
 
 
 class FastBA:
