@@ -68,7 +68,7 @@ def open_codec(a):
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
     from utils import codec_commands
-    args = argparse.Namespace(verbose=False, strategy="default", cpu_devices=0)
+    args = argparse.Namespace(verbose=False)
     return codec_commands, codec_commands.open_codec(args, Path(a.run), a.codec)
 
 
@@ -116,9 +116,9 @@ def decode_all(a, commands, model, identity, source):
 
 def spawn(a, role, config, source=None):
     cmd = [sys.executable, __file__, "--role", role, "--codec", a.codec, *(["--run", str(a.run)] if a.run else []),
-           "--work", str(a.work), "--config", config, "--images", str(a.images), "--dataset", a.dataset, "--model_flags",
-           a.model_flags, "--train_steps", str(a.train_steps), "--patchsize", str(a.patchsize), "--batchsize",
-           str(a.batchsize)]
+           "--work", str(a.work), "--config", config, "--images", str(a.images), "--dataset", a.dataset,
+           "--model_flags", a.model_flags, "--train_steps", str(a.train_steps), "--patchsize", str(a.patchsize),
+           "--batchsize", str(a.batchsize)]
     if source:
         cmd += ["--source", source]
     proc = subprocess.run(cmd, env=config_env(config), capture_output=True, text=True)

@@ -43,7 +43,7 @@ def warm(a, work):
     import numpy as np
     import tensorflow as tf
     from utils import codec_commands, container, export, images
-    args = argparse.Namespace(verbose=False, strategy="default", cpu_devices=0)
+    args = argparse.Namespace(verbose=False)
     (model, checkpoint, identity), t_open = clock(lambda: codec_commands.open_codec(args, Path(a.run), a.codec))
     _, t_export = clock(lambda: export.export(model, work / "export", {"identity": identity.hex()}))
     exported, t_load = clock(lambda: tf.saved_model.load(str(work / "export")))
@@ -69,8 +69,9 @@ def warm(a, work):
           f"the same strings and the same decoded image through the export and the script")
     print(f"open the run (build, restore, tables) {t_open:.1f} s; export {t_export:.1f} s; load the export "
           f"{t_load:.1f} s")
+    folder = work / "export"
     print(f"sizes: checkpoint {folder_bytes(a.run, 'ckpt-*') / 1e6:.1f} MB (with Adam's state); export "
-          f"{folder_bytes(work / 'export') / 1e6:.1f} MB (variables {folder_bytes(work / 'export' / 'variables') / 1e6:.1f} MB)")
+          f"{folder_bytes(folder) / 1e6:.1f} MB (variables {folder_bytes(folder / 'variables') / 1e6:.1f} MB)")
     print("| seconds per image (median) | script | export | export / script |")
     print("| --- | --- | --- | --- |")
     for op in ("compress", "decompress"):

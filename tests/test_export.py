@@ -5,8 +5,9 @@ Each codec's checked-in golden run (tests/golden/runs) is exported through its s
 Python process, started isolated (`-I`) in a folder that holds only a copy of docs/deploy_codec.py, compresses
 and decompresses a Kodak-sized and an odd-sized image with the export; it also decodes one file the way
 tensorflow-compression's model scripts do (`tf.keras.models.load_model`, `tfc.PackedTensors`, the dtypes of
-`decompress.input_signature`), and refuses a file packed under another model's identity. Its images must equal what the package's `decompress` gives, and the strings it
-packed must be the very strings of the package's own file of the same image.
+`decompress.input_signature`), and refuses a file packed under another model's identity. Its images must equal
+what the package's `decompress` gives, and the strings it packed must be the very strings of the package's own
+file of the same image.
 """
 import importlib
 import json
@@ -96,7 +97,7 @@ def test_export_codes_as_the_script_does(script, tmp_path):
     assert got["repository_modules"] == []
     assert got["refusal"].startswith("error: ") and "was made by another model (0000000000000000" in got["refusal"]
 
-    args = argparse.Namespace(verbose=False, strategy="default", cpu_devices=0)
+    args = argparse.Namespace(verbose=False)
     model, _, identity = codec_commands.open_codec(args, run, script)
     assert info["identity"] == identity.hex() and info["script"] == script
     for name, image in sources.items():

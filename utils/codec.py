@@ -153,7 +153,8 @@ class ImageCodec(training.LossModel):
     def decode_y(self, em_y, strings, index, mean, k, check):
         """y's k-th string decoded, once its scale indexes are found to be the encoder's (else the file is
         refused: range decoding with other indexes can run for hours)."""
-        same = tf.equal(index_check(index)[0], tf.strings.substr(check, TABLES_BYTES + INDEX_BYTES * k, INDEX_BYTES))
+        expected = tf.strings.substr(check, TABLES_BYTES + INDEX_BYTES * k, INDEX_BYTES)
+        same = tf.equal(index_check(index)[0], expected)
         with tf.control_dependencies([tf.debugging.Assert(same, [INDEX_MESSAGE])]):
             return em_y.decompress(strings, index, loc=mean)
 

@@ -147,7 +147,8 @@ def decompress_bytes(script, model, identity, data, what):
         failed = re.search(r"assertion failed: \[([^\]]*)\]", e.message)
         why = failed.group(1) if failed else e.message.strip().splitlines()[-1]
         if why not in (codec.TABLES_MESSAGE, codec.INDEX_MESSAGE):
-            why = f"range decoding failed ({why}): this decoder computed other entropy-model parameters than the encoder"
+            why = (f"range decoding failed ({why}): this decoder computed other entropy-model parameters than the "
+                   f"encoder")
         raise InputError(f"{what}: cannot be decoded here: {why} (docs/deploy.md, 'What decodes where')")
     return x_hat, channels
 

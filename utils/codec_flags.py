@@ -76,7 +76,7 @@ def add_ms2020_flags(parser):
     parser.add_argument("--num_filters", type=positive_int, default=192, help="channels of the transforms")
     parser.add_argument("--latent_depth", type=positive_int, default=320, help="channels of the latents y")
     parser.add_argument("--hyperprior_depth", type=positive_int, default=192, help="channels of the hyper-latents z")
-    # A file holds one string per slice, one for z and the symbols' check, at most 255 (utils/container.py).
+    # A file holds one string per slice, one for z and the check, at most 255 (utils/container.py).
     parser.add_argument("--num_slices", type=int_in(1, 253), default=10, help="slices of y coded in sequence")
     parser.add_argument("--max_support_slices", type=int, default=5,
                         help="decoded slices each slice is conditioned on (-1: all before it)")

@@ -9,9 +9,10 @@ The SavedModel follows tensorflow-compression's convention for its own models (t
 Both are `tf.function`s with fixed input signatures, also saved as the serving signatures "compress" and
 "decompress" (for `saved_model_cli` and TF Serving). Loading needs `tensorflow` and `tensorflow_compression`
 (whose import registers the range-coding ops), nothing else. `strings` are the very strings a file of the
-package holds (utils/container.py), in the same order: z's, then y's (one per slice for ms2020); `shape` is the
-image's height and width. The range-coding tables are the ones the exporting process built from the weights,
-saved in the graph as constants: a decoder that loads the export never rebuilds them in floating point.
+package holds (utils/container.py), in the same order: z's, then y's (one per slice for ms2020), then the check
+of tables and scale indexes (utils/codec.py); `shape` is the image's height and width. The range-coding tables
+are the run's (saved with it, utils/codec_commands.py), in the graph as constants: a decoder that loads the export
+never rebuilds them in floating point.
 
 `assets.extra/codec.json` names what was exported: the script, the model identity (the 8 bytes a package file
 carries, in hex), the run's flags and its checkpoint.
