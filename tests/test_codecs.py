@@ -262,6 +262,71 @@ def test_ms2020_hyper_transforms_are_the_references():
     assert layers.count_params(model) == 12_853_923
 
 
+def ms2020_parameter_count(n, m, h, slices, support):
+    """Trainable parameters of ms2020 at --num_filters n, --latent_depth m, --hyperprior_depth h, --num_slices,
+    --max_support_slices, counted from the paper's layer list (not from this package's code)."""
+    def conv(c_in, c_out, k, bias=True, rdft=True):
+        # a k x k kernel held as its real DFT has k (k // 2 + 1) complex taps: 2 k (k // 2 + 1) reals
+        taps = 2 * k * (k // 2 + 1) if rdft else k * k
+        return taps * c_in * c_out + (c_out if bias else 0)
+
+    def plain(c_in, c_out, k):
+        return conv(c_in, c_out, k, rdft=False)
+
+    gdn = 3 * (n * n + n)  # three GDNs per transform: gamma [n, n] and beta [n]
+    d = m // slices
+    total = conv(3, n, 5) + 2 * conv(n, n, 5) + conv(n, m, 5) + gdn  # analysis
+    total += conv(m, n, 5) + 2 * conv(n, n, 5) + conv(n, 3, 5) + gdn  # synthesis
+    total += conv(m, m, 3) + conv(m, 4 * n // 3, 5) + conv(4 * n // 3, h, 5, bias=False)  # hyper-analysis
+    total += 2 * (plain(h, n, 5) + plain(n, 4 * n // 3, 5) + plain(4 * n // 3, m, 3))  # hyper mean and scale
+    for k in range(slices):  # slice k sees the first min(k, support) decoded slices; lrp sees its own slice too
+        seen = m + min(k, support) * d
+        for c_in in (seen, seen, seen + d):  # mean, scale, lrp
+            total += plain(c_in, 7 * n // 6, 5) + plain(7 * n // 6, 2 * n // 3, 5) + plain(2 * n // 3, d, 3)
+    return total + 28 * h  # tfc's deep factorized prior per channel: 1-3-3-1 matrices, biases and factors
+
+
+@pytest.fixture(scope="module")
+def ms2020_ten():
+    """ms2020 at narrow widths with the paper's 10 slices and support 5 (one build serves both tests)."""
+    model = image_models.ChannelwiseAutoregressive(0.01, 12, 20, 8, 10, 5)
+    model.build_weights()
+    return model
+
+
+def test_ms2020_at_the_papers_ten_slices_has_the_references_size(ms2020_ten):
+    """The paper's setting, 10 slices with support truncated to the first 5: 116,301,699 parameters, the count
+    of tfc's models/ms2020.py built with TF 2.14.1 at its defaults (192, 320, 192, 10, 5). Building that costs
+    ~0.5 GB, so the formula is checked against this package's model at narrow widths with the same 10/5."""
+    assert ms2020_parameter_count(192, 320, 192, 10, 5) == 116_301_699
+    assert layers.count_params(ms2020_ten) == ms2020_parameter_count(12, 20, 8, 10, 5)
+
+
+def test_ms2020_slices_see_only_the_first_max_support_slices(ms2020_ten):
+    """With 10 slices and --max_support_slices 5, slice k's mean and scale depend on the decoded slices
+    0..min(k, 5)-1 and on no other: perturbing slice j moves the predictions of slices j+1..9 when j < 5, and of
+    none when j >= 5 (truncating to the latest five instead, or not at all, moves others)."""
+    model = ms2020_ten
+    z_hat = tf.random.stateless_normal([1, 2, 2, 8], seed=[1, 2])
+    given = list(tf.split(tf.random.stateless_normal([1, 8, 8, 20], seed=[3, 4]), 10, axis=-1))
+
+    def predictions(slices):
+        seen = []
+
+        def code_slice(k, mean, index):
+            seen.append(tf.concat([mean, index], -1))
+            return slices[k], 0.0
+
+        model.slices(z_hat, code_slice, training=False)
+        return seen
+
+    base = predictions(given)
+    for j in range(10):
+        moved = predictions([g + 1.0 if k == j else g for k, g in enumerate(given)])
+        changed = [k for k in range(10) if not np.array_equal(moved[k].numpy(), base[k].numpy())]
+        assert changed == (list(range(j + 1, 10)) if j < 5 else []), (j, changed)
+
+
 def test_ms2020_training_feeds_the_rounded_z_to_the_hyper_synthesis(monkeypatch):
     """In training, both hyper-synthesis branches see z quantized as the entropy model codes it (integer
     offsets from its quantization offsets), not the noisy z; the rate of z is still that of noisy z."""
