@@ -132,6 +132,42 @@ def test_normal_log_prob():
                                expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("flags", [
+    [*TINY, "--ar_prior_levels", "1", "--ar_slices", "2"],
+    ["--arch", "convnext", "--widths", "8,16", "--enc_blocks", "1,0", "--latent_blocks", "1,1", "--latent_channels",
+     "2,4", "--lmb_range", "0.001,0.1"]], ids=["resnet", "convnext"])
+def test_odd_sizes_are_edge_padded_bottom_right_and_cropped_back(flags):
+    """An image whose sides are not multiples of the model's padding (BSDS500's 481x321, Tecnick) is coded as
+    its bottom and right edges repeated to the next multiples: at the same noise, the model's output on it is
+    the top-left crop of its output on that padded image (padded here by numpy), with the same KLs; the bpp
+    divides every KL bit by the image's own pixels, and the MSE counts only them."""
+    args = resnet_vae.parse_args([*flags, "eval"])
+    tf.keras.utils.set_random_seed(0)
+    model = hvae.build(args)
+    model.build_weights()
+    m = model.pad_multiple
+    h, w = m + 5, 2 * m + 3
+    x = smooth_images(1, 2 * m + 3, seed=4)[:, :h, :w].astype(np.float32)
+    padded = np.pad(x, [(0, 0), (0, 2 * m - h), (0, 3 * m - w), (0, 0)], mode="edge")
+    lmbda = None if model.embedding is None else tf.constant([0.01])
+
+    def run(image):
+        tf.random.set_seed(7)
+        out, kls = model.forward(tf.constant(image), lmbda)
+        return out.numpy(), kls.numpy()
+
+    out, kls = run(x)
+    out_padded, kls_padded = run(padded)
+    assert out.shape[1:3] == (h, w) and out_padded.shape[1:3] == (2 * m, 3 * m)
+    np.testing.assert_array_equal(out, out_padded[:, :h, :w])
+    np.testing.assert_array_equal(kls, kls_padded)
+    tf.random.set_seed(7)
+    metrics = model.losses_of(tf.constant(x))
+    x_hat = model.reconstruction(out)
+    assert float(metrics["bpp"]) == pytest.approx(kls.sum() / (h * w * math.log(2)), rel=1e-5)
+    assert float(metrics["mse"]) == pytest.approx(np.mean((x - x_hat) ** 2), rel=1e-5)
+
+
 @pytest.mark.parametrize("extra", [[], ["--ar_prior_levels", "2", "--ar_slices", "2", "--flat_z0", "--img_dim", "32",
                                         "--maf_units", "8", "--maf_stacks", "2"]])
 def test_training_lowers_the_loss(extra):
