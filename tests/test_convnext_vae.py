@@ -7,8 +7,8 @@ import pytest
 import tensorflow as tf
 
 import resnet_vae
-from test_resnet_vae import smooth_images, train_in_process
-from test_variable_rate import check_rate_falls_with_lambda
+from test_resnet_vae import smooth_images
+from test_variable_rate import check_rate_falls_with_lambda, train_through_the_script
 from utils import hvae
 from utils.cli import InputError
 
@@ -94,9 +94,9 @@ def test_kls_are_analytic():
 
 
 @pytest.fixture(scope="module")
-def trained():
-    args = resnet_vae.parse_args([*TINY, "eval"])
-    return train_in_process(args, smooth_images(8, 32, seed=0), 300)
+def trained(tmp_path_factory):
+    """A tiny ConvNeXt hierarchy trained by resnet_vae.py's train command, opened from its run folder."""
+    return train_through_the_script(TINY, tmp_path_factory.mktemp("convnext"))[1]
 
 
 def test_rate_falls_with_lambda_from_the_same_weights(trained):

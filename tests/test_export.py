@@ -3,7 +3,7 @@ exactly as the package's own commands do (docs/deploy.md).
 
 Each codec's checked-in golden run (tests/golden/runs) is exported through its script's `export` command. A fresh
 Python process, started isolated (`-I`) in a folder that holds only a copy of docs/deploy_codec.py, compresses
-and decompresses a Kodak-sized and an odd-sized image with the export; it also decodes one file the way
+and decompresses a Kodak image and an odd-sized one with the export; it also decodes one file the way
 tensorflow-compression's model scripts do (`tf.keras.models.load_model`, `tfc.PackedTensors`, the dtypes of
 `decompress.input_signature`), and refuses a file packed under another model's identity. Its images must equal
 what the package's `decompress` gives, and the strings it packed must be the very strings of the package's own
@@ -11,9 +11,11 @@ file of the same image.
 """
 import importlib
 import json
+import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -66,9 +68,13 @@ print(json.dumps({"strings": strings, "repository_modules": ours, "refusal": ref
 
 
 def make_images(folder):
-    """A Kodak-sized image (512x768, the checked-in 96x128 input scaled up) and an odd-sized crop (45x77)."""
+    """A Kodak image (kodim23, 512x768; without the data, the checked-in 96x128 input scaled to that size) and an
+    odd-sized crop (45x77)."""
     source = Image.open(SOURCE).convert("RGB")
-    made = {"kodak_sized": source.resize((768, 512), Image.BILINEAR), "odd_sized": source.crop((3, 5, 80, 50))}
+    kodak = Path(os.environ.get("RDS_DATA_DIR", "."), "kodak", "kodim23.png")
+    real = "RDS_DATA_DIR" in os.environ and kodak.is_file()
+    made = {"kodak": Image.open(kodak).convert("RGB") if real else source.resize((768, 512), Image.BILINEAR),
+            "odd_sized": source.crop((3, 5, 80, 50))}
     for name, image in made.items():
         image.save(folder / f"{name}.png")
     return {name: np.asarray(image) for name, image in made.items()}

@@ -8,8 +8,8 @@ import pytest
 import tensorflow as tf
 
 import resnet_vae
-from test_resnet_vae import save_run, smooth_images, train_in_process
-from utils import hvae_flags, images
+from test_resnet_vae import smooth_images
+from utils import hvae, hvae_flags, images
 from utils.cli import InputError
 from utils.runs import run_name
 
@@ -27,14 +27,24 @@ def test_seed_units():
     assert args.lmb_range == pytest.approx([4 * 2.6625e-4, 2048 * 2.6625e-4], rel=1e-3)
 
 
+def train_through_the_script(model_flags, tmp, steps=300):
+    """resnet_vae.py train on 8 smooth 32x32 images (a batch of all 8 per step, lr 3e-3 constant), as a user runs
+    it; returns the run folder and the model opened from it."""
+    np.save(tmp / "train.npy", smooth_images(8, 32, seed=0))
+    flags = [*model_flags, "--checkpoint_dir", str(tmp / "ckpt")]
+    resnet_vae.main([*flags, "train", "--dataset", str(tmp / "train.npy"), "--patchsize", "32", "--batchsize", "8",
+                     "--epochs", "1", "--steps_per_epoch", str(steps), "--lr", "3e-3", "--lr_schedule", "constant"])
+    (run_dir,) = (tmp / "ckpt").iterdir()
+    model, _, _ = hvae.open_hvae(resnet_vae.parse_args([*flags, "eval"]), run_dir)
+    return run_dir, model
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A tiny variable-rate model trained in-process on smooth images with lambda log-uniform per image."""
+    """A tiny variable-rate model trained by the script on smooth images (lambda log-uniform per image)."""
     tmp = tmp_path_factory.mktemp("vr")
-    args = resnet_vae.parse_args([*MODEL, "eval"])
-    model = train_in_process(args, smooth_images(8, 32, seed=0), 300)
-    run_dir = tmp / "ckpt" / run_name("resnet_vae", **hvae_flags.run_flags(args))
-    save_run(args, model, run_dir)
+    run_dir, model = train_through_the_script(MODEL, tmp)
+    assert run_dir.name == run_name("resnet_vae", **hvae_flags.run_flags(resnet_vae.parse_args([*MODEL, "eval"])))
     np.save(tmp / "imgs.npy", smooth_images(3, 32, seed=9))
     return tmp, model, run_dir
 
