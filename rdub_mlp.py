@@ -214,6 +214,14 @@ def evaluate(args, source, run_dir):
 
     model, ckpt, _ = training.open_run(args, run_dir, build_model, "rdub_mlp",
                                        lambda flags: {k: getattr(flags, k) for k in MODEL_FLAGS})
+    # The model (so the rate's units) is built from the run's flags, the record's units and analytic line from the
+    # command line's; --nats and --rpd are not in the run folder's name, so they could differ silently (a rate per
+    # dimension scored against R(D) per sample, far below it).
+    saved = runs.load_flags(run_dir)
+    for key in ("nats", "rpd"):
+        if key in saved and bool(saved[key]) != bool(getattr(args, key)):
+            raise InputError(f"eval: {run_dir} was trained {'with' if saved[key] else 'without'} --{key}; "
+                             f"evaluate it in the same units")
     split = eval_split(source)
     if split == "train":
         warnings.warn(f"eval: {source.path} has no split=test twin, so these figures are on the training "

@@ -47,6 +47,17 @@ class StdGaussian(Prior):
         return tfc.UniformNoiseAdapter(d) if noisy else d
 
 
+class _StableTailMixture(tfd.MixtureSameFamily):
+    """tfp's mixture with a log survival function from the components' own. tfp's default, log(1 - cdf), rounds to
+    -inf a few scales right of the mixture in float32, so the noisy (NTC) log-prob there was -inf and its gradient
+    NaN: NTC training with a mixture prior (`--posterior_type uniform`) died with a NaN loss."""
+
+    def _log_survival_function(self, x):
+        log_sf = self.components_distribution.log_survival_function(self._pad_sample_dims(x))  # [S, B, k]
+        log_w = tf.math.log_softmax(self.mixture_distribution.logits_parameter(), axis=-1)
+        return tf.reduce_logsumexp(log_sf + log_w, axis=-1)
+
+
 class Mixture(Prior):
     """K-component scalar mixture per dimension (Gaussian or logistic; location or scale mixture)."""
 
@@ -63,8 +74,8 @@ class Mixture(Prior):
     def distribution(self, noisy=False):
         family = tfd.Logistic if self.logistic else tfd.Normal
         loc = tf.zeros_like(self.raw_scale) if self.loc is None else self.loc
-        d = tfd.MixtureSameFamily(tfd.Categorical(logits=self.logits),
-                                  family(loc=loc, scale=tf.nn.softplus(self.raw_scale) + 1e-6))
+        d = _StableTailMixture(tfd.Categorical(logits=self.logits),
+                               family(loc=loc, scale=tf.nn.softplus(self.raw_scale) + 1e-6))
         return tfc.UniformNoiseAdapter(d) if noisy else d
 
 
