@@ -249,7 +249,21 @@ def test_moving_average_follows_the_seed_recursion_and_is_what_eval_restores(tmp
     np.testing.assert_array_equal(fresh.dense.kernel.numpy(), kept)
 
 
-def test_clip_norm_reaches_the_optimizer(tmp_path):
+def test_clip_norm_clips_the_step(tmp_path):
+    """One step of fit at clip_norm 2 on targets scaled by 1e6 (a gradient norm ~6e6). Adam moves each weight by
+    about lr at its first step whatever the gradient's size, so the weights cannot show the clip; its moments do:
+    after one step m = (1 - beta_1) g and v = (1 - beta_2) g^2 for the gradient g it was given, which must be
+    the raw gradient scaled to global norm 2."""
+    tf.random.set_seed(0)
     m = LineLoss()
-    training.fit(m, line_data(), None, tmp_path, epochs=1, steps_per_epoch=2, lr=0.05, clip_norm=2.0)
-    assert m.optimizer.global_clipnorm == 2.0
+    data = line_data().map(lambda x, y: (x, 1e6 * y))
+    with tf.GradientTape() as tape:  # the raw gradient at the initial weights, on the batch fit takes first
+        loss = m.losses_of(next(iter(data)))["loss"]
+    raw = np.concatenate([g.numpy().ravel() for g in tape.gradient(loss, m.trainable_variables)])
+    assert np.linalg.norm(raw) > 1e6
+    training.fit(m, data, None, tmp_path, epochs=1, steps_per_epoch=1, lr=0.05, clip_norm=2.0)
+    moments = {k: np.concatenate([v.numpy().ravel() for v in m.optimizer.variables if f"/{k}/" in v.name])
+               for k in "mv"}
+    clipped = 2.0 * raw / np.linalg.norm(raw)
+    np.testing.assert_allclose(moments["m"] / 0.1, clipped, rtol=1e-5)  # float32
+    np.testing.assert_allclose(moments["v"] / 1e-3, clipped ** 2, rtol=1e-5)
