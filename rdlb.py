@@ -197,7 +197,7 @@ def eval_draws(source):
     without a held-out twin, its training samples (with a warning)."""
     from utils.sources import ImageFile, SampleFile
     if isinstance(source, SampleFile):
-        rows, split = source.test, ("train" if source.test is source.train else "test")
+        rows, split = source.test, source.test_split
     elif isinstance(source, ImageFile):
         rows, split = source.images, "train"
     else:  # samplers draw from a numpy stream, apart from training's TensorFlow stream

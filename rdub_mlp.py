@@ -29,7 +29,7 @@ import numpy as np
 from utils import jsonl, rd, runs, train_flags
 from utils.cli import ArgumentParser, InputError, int_list, output_dir, positive_float, positive_int, run
 from utils.nn import ACTIVATIONS, PRIOR_TYPES
-from utils.sources import ImageFile, SampleFile, make_source, test_twin
+from utils.sources import ImageFile, SampleFile, make_source
 
 RESULTS_NAME = "results.jsonl"
 POSTERIORS = ("gaussian", "uniform", "iaf")
@@ -185,11 +185,10 @@ def train(args, source, model, run_dir):
 # ---- eval ---------------------------------------------------------------------------------------
 
 def eval_split(source):
-    """Which data eval scores: 'test' (a file's split=test twin), 'fresh' (new draws from a sampler, apart from
-    the training stream), or 'train' (a file without a test twin: eval falls back to the training samples)."""
-    if not isinstance(source, SampleFile):
-        return "fresh"
-    return "train" if test_twin(source.path) is None else "test"
+    """Which data eval scores: 'test' (a file's split=test twin, or a split=test file itself), 'fresh' (new draws
+    from a sampler, apart from the training stream), or 'train' (a file without a test twin: eval falls back to
+    the training samples)."""
+    return source.test_split if isinstance(source, SampleFile) else "fresh"
 
 
 def heldout_batches(source, args):

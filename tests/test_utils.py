@@ -197,6 +197,13 @@ def test_sample_file_finds_its_test_twin(tmp_path):
     assert src.dim == 3 and src.test_set().shape == (4, 3) and src.test_set().mean() == 1.0
     with pytest.raises(cli.InputError, match="--data_dim 5"):
         sources.make_source(str(tmp_path / "toy-split=train.npy"), data_dim=5)
+    assert src.test_split == "test"
+    # a split=test file named itself (the paper's eval commands do) is held-out data, not training rows
+    held_out = sources.make_source(str(tmp_path / "toy-split=test.npy"))
+    assert held_out.test_split == "test" and held_out.test_set().mean() == 1.0
+    np.save(tmp_path / "lone.npy", np.zeros((10, 3)))
+    with pytest.warns(UserWarning, match="no split=test twin"):
+        assert sources.make_source(str(tmp_path / "lone.npy")).test_split == "train"
 
 
 def test_gaussian_source_moments_and_params(tmp_path):

@@ -178,9 +178,12 @@ class SampleFile:
         if data_dim is not None and data_dim != self.dim:
             raise InputError(f"--data_dim {data_dim} does not match {self.path}, whose samples have {self.dim} dimensions")
         twin = test_twin(self.path)
-        if twin is None:
-            warnings.warn(f"no split=test twin of {self.path}: held-out figures use the training samples")
+        self.test_split = "test"
+        if "split=test" in self.path.name:  # a held-out file itself (the paper's eval commands name one): its rows
             self.test = self.train
+        elif twin is None:
+            warnings.warn(f"no split=test twin of {self.path}: held-out figures use the training samples")
+            self.test, self.test_split = self.train, "train"
         else:
             self.test = load_samples(twin, "test twin").astype(np.float32)
             if self.test.shape[1] != self.dim:
