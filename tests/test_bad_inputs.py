@@ -100,6 +100,10 @@ ROWS = [
     ("mbt2018", ["--checkpoint_dir", "{ckpt}", "export", "{folder}"], "output {folder}: exists; pass --force"),
     ("ms2020", ["--checkpoint_dir", "{ckpt}", "export", "{imgs}", "--force"], "a folder that is not a SavedModel"),
     ("mbt2018", ["--checkpoint_dir", "{ckpt}", "export", "{file}"], "output {file}: is a file"),
+    # coding with an export: a folder that is not one, and one given with --run
+    ("mbt2018", ["compress", "--export", "{folder}", "{png}", "{tmp}/x.tfci"], "--export {folder}: not an export"),
+    ("ms2020", ["--run", "{folder}", "decompress", "--export", "{folder}", "{file}", "{tmp}/x.png"],
+     "--export and --run: give one"),
 ]
 
 SUBPROCESS = {0, 34, 40}  # rows also run as a user would: a file command, a JSON input, a float flag

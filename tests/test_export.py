@@ -84,6 +84,7 @@ def make_images(folder):
 def test_export_codes_as_the_script_does(script, tmp_path):
     import argparse
     from utils import codec_commands, container, images
+    from utils.cli import InputError
     run = tmp_path / RUNS[script]
     shutil.copytree(GOLDEN_RUNS / RUNS[script], run)  # a copy: opening a run saves its coding tables there
     export = tmp_path / "export"
@@ -116,6 +117,21 @@ def test_export_codes_as_the_script_does(script, tmp_path):
         assert exported.shape == image.shape and np.array_equal(exported, decoded), name
     keras_decoded = np.load(client / f"{name}-keras.npy")
     assert np.array_equal(keras_decoded, decoded)
+
+    # The script's own file commands through the export (--export): the very file compress writes from the run,
+    # and the image decompress makes of it; a file of another model is refused by its identity, as from the run.
+    script_module = importlib.import_module(script)
+    for command, src, dst in (("compress", client / "kodak.png", tmp_path / "export.tfci"),
+                              ("decompress", tmp_path / "export.tfci", tmp_path / "export.png")):
+        script_module.main([command, "--export", str(export), str(src), str(dst)])
+    image = sources["kodak"].astype(np.float32)
+    assert (tmp_path / "export.tfci").read_bytes() == codec_commands.compress_image(script, model, identity, image, 3)
+    x_hat, _ = codec_commands.decompress_bytes(script, model, identity, (tmp_path / "export.tfci").read_bytes(), "")
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "export.png")), images.to_uint8(x_hat))
+    (tmp_path / "other.tfci").write_bytes(container.pack(script, bytes(8), (4, 4), 3, strings))
+    with pytest.raises(InputError, match=f"made by a different {script} model"):
+        script_module.main(["decompress", "--export", str(export), str(tmp_path / "other.tfci"),
+                            str(tmp_path / "other.png")])
 
 
 

@@ -90,6 +90,11 @@ def main(args, script):
     """Runs the subcommand of `args` (utils/codec_flags.py's parser of `script`) for the codec `script`, whose
     model (utils/image_models.py's MODELS) takes `lmbda` and the script's architecture flags (these, with lambda,
     also name the run folder, and identify the model)."""
+    if args.command in ("compress", "decompress") and args.export:
+        from utils import export
+        model, identity = export.load(args.export, script)
+        code = compress_file if args.command == "compress" else decompress_file
+        return code(script, model, identity, args.input, args.output, args.verbose)
     training.strategy_from_flags(args)  # before any other TensorFlow work (docs/distributed.md)
     tf.keras.utils.set_random_seed(args.seed)
     named = {k: v for k, v in arch_of(script, args).items() if v is not None}

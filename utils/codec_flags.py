@@ -1,6 +1,7 @@
 """The image codecs' command line: the flags every image model shares, mbt2018's and ms2020's architecture flags,
 and the parser of mbt2018.py and ms2020.py. Apart from utils/codec_commands.py (the commands, which import
 TensorFlow) so that a script parses its command line, and answers --help, without importing TensorFlow."""
+from pathlib import Path
 
 from utils import cli, gan_sources, images, mnist, runs, train_flags
 from utils.cli import InputError, int_in, positive_float, positive_int
@@ -123,6 +124,10 @@ def build_parser(script, description):
     d.add_argument("input", help="the .tfci file")
     d.add_argument("output", help="the PNG file to write")
     cli.add_force_flag(d)
+    for command in (c, d):
+        command.add_argument("--export", metavar="DIR",
+                             help="code with the SavedModel `export` wrote from the run, in place of the run: the "
+                                  "same file, without building the model and tracing it (docs/deploy.md)")
     x = sub.add_parser("export", help="write the trained run as a SavedModel that runs with TensorFlow and "
                                       "tensorflow-compression alone (docs/deploy.md)",
                        description="Write the trained run as a SavedModel with compress and decompress functions "
@@ -138,6 +143,8 @@ def parse_args(script, description, argv):
     before TensorFlow loads."""
     parser = build_parser(script, description)
     args = parser.parse_args(argv)
+    if getattr(args, "export", None) and args.run:
+        raise InputError("--export and --run: give one (an export holds its run's weights)")
     runs.adopt_run_flags(args, parser)
     check_files(args)
     if args.command == "train":
@@ -155,6 +162,10 @@ def check_files(args):
     if args.command in ("compress", "decompress"):
         cli.input_file(resolve_path(args.input, "input") if args.command == "compress" else args.input, "input")
         cli.output_file(args.output, "output", force=args.force)
+        if getattr(args, "export", None):  # the codecs' (rec.py shares this check)
+            if not Path(args.export, "assets.extra", "codec.json").is_file():
+                raise InputError(f"--export {args.export}: not an export of this package (no assets.extra/codec.json;"
+                                 f" the `export` command writes one)")
     if args.command == "export":
         check_export_dir(args.output, args.force)
 

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from utils.cli import InputError
+
 INFO_NAME = "codec.json"
 
 
@@ -72,3 +74,31 @@ def export(model, out_dir, info):
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+class Loaded:
+    """An export, loaded for the package's own file commands (`compress --export`, `decompress --export`): the
+    model's interface of utils/codec_commands.py (float images on [0, 255], float reconstructions) over the
+    SavedModel's uint8 functions. Nothing is built or traced: the functions come traced, the tables as constants."""
+
+    def __init__(self, export_dir):
+        self.saved = tf.saved_model.load(str(export_dir))
+
+    def compress(self, image):
+        return self.saved.compress(tf.cast(image, tf.uint8))[0]  # uint8 values: the cast is exact
+
+    def decompress(self, strings, shape):
+        return tf.cast(self.saved.decompress(strings, shape), tf.float32)  # already rounded as to_uint8 rounds
+
+
+def load(export_dir, script):
+    """(Loaded, the model identity its files carry) of the export of `script` in `export_dir`."""
+    path = Path(export_dir) / "assets.extra" / INFO_NAME
+    try:
+        info = json.loads(path.read_text())
+        identity = bytes.fromhex(info["identity"])
+    except (OSError, ValueError, KeyError) as e:
+        raise InputError(f"--export {export_dir}: unreadable {path} ({e})")
+    if info.get("script") != script:
+        raise InputError(f"--export {export_dir}: an export of {info.get('script')}.py, not of {script}.py")
+    return Loaded(export_dir), identity
