@@ -10,8 +10,9 @@ strings must be the file's strings, and the export's decompress must give the sc
 pixel. It prints how many images agree, the median seconds per image of each call and their ratio
 (export / script), and the sizes of the checkpoint and of the export.
 
-`--cold N` also times what a user waits for, one image from a fresh process: `mbt2018.py ... compress` against
-`docs/deploy_codec.py EXPORT compress` (and the same for decompress), N alternating pairs, medians.
+`--cold N` also times what a user waits for, one image from a fresh process: `mbt2018.py --run RUN compress`,
+`mbt2018.py compress --export EXPORT` and `docs/deploy_codec.py EXPORT compress` (and the same for decompress;
+and `--help`), N alternating rounds, medians; the two scripts' files must be the same bytes.
 """
 import argparse
 import statistics
@@ -45,7 +46,7 @@ def warm(a, work):
     from utils import codec_commands, container, export, images
     args = argparse.Namespace(verbose=False)
     (model, checkpoint, identity), t_open = clock(lambda: codec_commands.open_codec(args, Path(a.run), a.codec))
-    _, t_export = clock(lambda: export.export(model, work / "export", {"identity": identity.hex()}))
+    _, t_export = clock(lambda: export.export(model, work / "export", {"identity": identity.hex(), "script": a.codec}))
     exported, t_load = clock(lambda: tf.saved_model.load(str(work / "export")))
     times = {k: [] for k in ("script compress", "export compress", "script decompress", "export decompress")}
     agree = 0
@@ -81,19 +82,22 @@ def warm(a, work):
 
 
 def cold(a, work):
-    """Seconds of one-image commands from a fresh process: the script against the deploy tool, alternating."""
+    """Seconds of one-image commands from a fresh process, alternating: the script on the run, the script on the
+    export (--export), and the deploy tool on the export; and the script's --help."""
     from utils import images
     src = str(images.list_images(a.dataset)[0])
-    py = sys.executable
+    py, script, tool, export = sys.executable, str(ROOT / f"{a.codec}.py"), str(ROOT / "docs" / "deploy_codec.py"), \
+        str(work / "export")
     commands = {
-        "script compress": [py, str(ROOT / f"{a.codec}.py"), "--run", a.run, "compress", src, str(work / "s.tfci"),
-                            "--force"],
-        "export compress": [py, str(ROOT / "docs" / "deploy_codec.py"), str(work / "export"), "compress", src,
-                            str(work / "e.tfc")],
-        "script decompress": [py, str(ROOT / f"{a.codec}.py"), "--run", a.run, "decompress", str(work / "s.tfci"),
-                              str(work / "s.png"), "--force"],
-        "export decompress": [py, str(ROOT / "docs" / "deploy_codec.py"), str(work / "export"), "decompress",
-                              str(work / "e.tfc"), str(work / "e.png")],
+        ("compress", "run"): [py, script, "--run", a.run, "compress", src, str(work / "s.tfci"), "--force"],
+        ("compress", "--export"): [py, script, "compress", "--export", export, src, str(work / "x.tfci"), "--force"],
+        ("compress", "tool"): [py, tool, export, "compress", src, str(work / "e.tfc")],
+        ("decompress", "run"): [py, script, "--run", a.run, "decompress", str(work / "s.tfci"), str(work / "s.png"),
+                                "--force"],
+        ("decompress", "--export"): [py, script, "decompress", "--export", export, str(work / "s.tfci"),
+                                     str(work / "x.png"), "--force"],
+        ("decompress", "tool"): [py, tool, export, "decompress", str(work / "e.tfc"), str(work / "e.png")],
+        ("--help", "run"): [py, script, "--help"],
     }
     times = {k: [] for k in commands}
     for _ in range(a.cold):
@@ -101,12 +105,16 @@ def cold(a, work):
             start = time.perf_counter()
             subprocess.run(cmd, check=True, capture_output=True)
             times[name].append(time.perf_counter() - start)
-    print(f"one image ({Path(src).name}) from a fresh process, median of {a.cold}:")
-    print("| seconds, end to end | script | export | export / script |")
-    print("| --- | --- | --- | --- |")
+    if (work / "x.tfci").read_bytes() != (work / "s.tfci").read_bytes():
+        raise SystemExit("error: compress --export wrote another file than compress on the run")
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"one image ({Path(src).name}) from a fresh process, median of {a.cold} alternating rounds "
+          f"(--help: {med['--help', 'run']:.2f} s):")
+    print("| seconds, end to end | script on the run | script --export | deploy_codec.py | --export / run |")
+    print("| --- | --- | --- | --- | --- |")
     for op in ("compress", "decompress"):
-        s, e = statistics.median(times[f"script {op}"]), statistics.median(times[f"export {op}"])
-        print(f"| {op} | {s:.1f} | {e:.1f} | {e / s:.2f} |")
+        r, x, t = med[op, "run"], med[op, "--export"], med[op, "tool"]
+        print(f"| {op} | {r:.1f} | {x:.1f} | {t:.1f} | {x / r:.2f} |")
 
 
 def main(argv):
