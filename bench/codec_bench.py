@@ -1,11 +1,14 @@
-"""Speed of the image codecs: training steps/s, and encode/decode seconds per Kodak image.
+"""Speed of the image codecs: seconds per training step, compile seconds, and encode/decode seconds per Kodak
+image.
 
     RDS_DATA_DIR=/path/to/data python bench/codec_bench.py [--steps 5] [--images 2] [--quick]
 
 For mbt2018 and ms2020, at the paper's width and at the CPU recipe's width, it prints
 - the number of trainable parameters;
-- train steps/s on random 256x256 crops, batch 8 (the paper's setting) and on the recipe's 128x128, batch 8;
-- seconds to compress and to decompress one Kodak image (768x512), with the eval forward pass (the model's
+- seconds per train step on random 256x256 crops, batch 8 (the paper's setting) and on the recipe's 128x128,
+  batch 8, and the compile seconds of the first step (its time less a later step's);
+- seconds to compress and to decompress one Kodak image (768x512), and the seconds of their first call's tracing
+  (the same difference), with the eval forward pass (the model's
   quantized reconstruction, no range coding) timed alongside as the baseline, so the ratios survive noisy
   shared machines. Weights are freshly initialized: the speed of the transforms does not depend on them, and
   range coding is a small part of the time (see the ratios).
@@ -13,7 +16,7 @@ For mbt2018 and ms2020, at the paper's width and at the CPU recipe's width, it p
 import argparse
 import os
 
-from harness import kodak_image, timed, train_step_seconds  # first: imports utils before TF
+from harness import first_and_timed, kodak_image, timed, train_step_seconds  # first: utils before TF
 
 import tensorflow as tf
 
@@ -28,12 +31,13 @@ RECIPE = {"mbt2018": dict(num_filters=64, latent_depth=None),
 
 
 def coding_speed(model, image, repeats):
+    """((first call, seconds per later call) of compress, the same of decompress, seconds of the quantized
+    forward pass) on one image; a first call traces the function."""
     model.make_coders()
     x = tf.constant(image, tf.float32)
-    strings = model.compress(x)
-    shape = tf.constant(image.shape[:2], tf.int32)
-    enc = timed(lambda: model.compress(x).numpy(), repeats)
-    dec = timed(lambda: model.decompress(strings, shape).numpy(), repeats)
+    enc = first_and_timed(lambda: model.compress(x).numpy(), repeats)
+    strings, shape = model.compress(x), tf.constant(image.shape[:2], tf.int32)
+    dec = first_and_timed(lambda: model.decompress(strings, shape).numpy(), repeats)
     fwd = timed(lambda: model.estimate(x)[0].numpy(), repeats)
     return enc, dec, fwd
 
@@ -53,13 +57,12 @@ def main():
             model = cls(lmbda=0.01, **table[name])
             model.build_weights()
             params = count_params(model)
-            s256 = 1 / train_step_seconds(model, 256, 8, args.steps)
-            s128 = 1 / train_step_seconds(model, 128, 8, args.steps)
-            enc, dec, fwd = coding_speed(model, image, args.images)
-            print(f"{name:8s} {label:6s} {params:11,d} trainable params | train steps/s: {s256:6.3f} (256px, batch 8)"
-                  f" {s128:6.3f} (128px, batch 8) | Kodak image: encode {enc:6.2f} s, decode {dec:6.2f} s, "
-                  f"forward {fwd:6.2f} s (encode/forward {enc / fwd:4.2f}, decode/forward {dec / fwd:4.2f})",
-                  flush=True)
+            (c256, s256), (c128, s128) = (train_step_seconds(model, p, 8, args.steps) for p in (256, 128))
+            (enc0, enc), (dec0, dec), fwd = coding_speed(model, image, args.images)
+            print(f"{name:8s} {label:6s} {params:11,d} trainable params | train s/step: {s256:6.3f} (256px, batch 8)"
+                  f" {s128:6.3f} (128px, batch 8), compile {c256 - s256:5.1f} s | Kodak image: encode {enc:6.2f} s,"
+                  f" decode {dec:6.2f} s, tracing {enc0 - enc:4.1f} s + {dec0 - dec:4.1f} s, forward {fwd:6.2f} s "
+                  f"(encode/forward {enc / fwd:4.2f}, decode/forward {dec / fwd:4.2f})", flush=True)
 
 
 if __name__ == "__main__":

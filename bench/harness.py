@@ -21,21 +21,28 @@ def load_script(name):
 
 def timed(fn, repeats):
     """Seconds per call of fn, after one untimed call (tracing, warm-up)."""
+    return first_and_timed(fn, repeats)[1]
+
+
+def first_and_timed(fn, repeats):
+    """(seconds of the first call, tracing and compiling included; seconds per call of the next `repeats`)."""
+    t = time.perf_counter()
     fn()
+    first = time.perf_counter() - t
     t = time.perf_counter()
     for _ in range(repeats):
         fn()
-    return (time.perf_counter() - t) / repeats
+    return first, (time.perf_counter() - t) / repeats
 
 
 def train_step_seconds(model, patch, batch, steps):
-    """Seconds per optimizer step (Adam) of a Keras model with a `train_step`, on a random batch of square
-    images on [0, 255], after one compiling step."""
+    """(seconds of the first, compiling step; seconds per later step) of Adam on a Keras model with a
+    `train_step`, on a random batch of square images on [0, 255]."""
     import tensorflow as tf
     model.compile(optimizer=tf.keras.optimizers.Adam(1e-4))
     x = tf.random.uniform([batch, patch, patch, 3], 0, 255, seed=1)
     step = tf.function(model.train_step)
-    return timed(lambda: step(x)["loss"].numpy(), steps)
+    return first_and_timed(lambda: step(x)["loss"].numpy(), steps)
 
 
 def kodak_image():

@@ -52,7 +52,7 @@ def main():
         model = build(rv, CONFIGS[name])
         print(f"{name}: {' '.join(CONFIGS[name])} ({count_params(model):,} trainable parameters)")
         for patch, batch in settings[name]:
-            s = train_step_seconds(model, patch, batch, args.steps)
+            _, s = train_step_seconds(model, patch, batch, args.steps)
             base = s if (name, patch) == ("recipe", 256) else base
             ratio = f", {s / base:.1f}x the recipe's 256x256 step" if base and (name, patch) != ("recipe", 256) else ""
             print(f"  train {patch}x{patch} batch {batch}: {1 / s:.3f} steps/s ({s:.2f} s/step over {args.steps} "
