@@ -260,12 +260,13 @@ def test_cli_compress_decompress_and_bad_input(tmp_path):
     run_script("mcbits.py", *ARCH, "--weights", weights, "decompress", message, "--output", decoded, check=True)
     assert np.array_equal(np.load(decoded), np.load(images))
     # Decoding is numpy and constriction only: TensorFlow is never imported (start-up in a fraction of a second).
+    # (-X importtime lists every module the process imports, on stderr.)
     argv = ["mcbits.py", *map(str, ARCH), "--weights", str(weights), "decompress", str(message), "--output",
             str(tmp_path / "d2.npy")]
-    code = (f"import runpy, sys; sys.argv = {argv!r}; runpy.run_path('mcbits.py', run_name='__main__'); "
-            f"print('tensorflow' in sys.modules)")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0 and proc.stdout.strip().splitlines()[-1] == "False", proc.stderr
+    proc = subprocess.run([sys.executable, "-X", "importtime", *argv], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert proc.returncode == 0 and "numpy" in imported and "tensorflow" not in imported, proc.stderr[-2000:]
 
     def refused(*args, says):
         proc = run_script("mcbits.py", *args, check=False)
