@@ -28,6 +28,12 @@ def scale_fn(index):
     return tf.exp(np.log(SCALES_MIN) + step * tf.cast(index, tf.float32))
 
 
+def y_entropy_model(compression):
+    """y's entropy model: Gaussians of the indexed scales, convolved with U(-1/2, 1/2), around predicted means."""
+    return tfc.LocationScaleIndexedEntropyModel(tfc.NoisyNormal, NUM_SCALES, scale_fn, coding_rank=3,
+                                                compression=compression, stateless=True)
+
+
 class ImageCodec(training.LossModel):
     """A learned image codec trained on bpp + lambda * MSE, with range coding through fixed-signature functions.
 
@@ -67,9 +73,8 @@ class ImageCodec(training.LossModel):
 
     def entropy_models(self, compression):
         """(z's model, y's model); with `compression`, the range-coding tables are built from the weights."""
-        kw = dict(coding_rank=3, compression=compression, stateless=True)
-        return (tfc.ContinuousBatchedEntropyModel(self.hyperprior, **kw),
-                tfc.LocationScaleIndexedEntropyModel(tfc.NoisyNormal, NUM_SCALES, scale_fn, **kw))
+        return (tfc.ContinuousBatchedEntropyModel(self.hyperprior, coding_rank=3, compression=compression,
+                                                  stateless=True), y_entropy_model(compression))
 
     # ---- training (utils.training.fit calls these) ----
 
@@ -120,25 +125,21 @@ class ImageCodec(training.LossModel):
         it every parameter of y. The saved tables make encoder and decoder share them exactly, and spare every
         later command the search (~1 s on 2 cores)."""
         if tables is None:
-            em_z, em_y = self.entropy_models(compression=True)
-            self.coders = em_z, em_y
+            self.coders = self.entropy_models(compression=True)
             tables = self.coding_tables()
-        else:
-            em_y = self.entropy_models(compression=False)[1]
         prior_shape = self.hyperprior.batch_shape
         # z's offsets as a tensor: tfc leaves out all-zero offsets, and without them it would search again.
         offset = tf.constant(tables["z_offset"]) if "z_offset" in tables else tf.zeros(prior_shape)
         kw = dict(coding_rank=3, stateless=True, quantization_offset=offset)
         # z is coded by a model of the saved tables alone (no prior: nothing to compute at start-up) and
-        # estimated by the prior's model on the same grid; y's tables (a few normals) are cheap, its saved ones
-        # replace them through _init_compression, tfc's own SavedModel path.
+        # estimated by the prior's model on the same grid. y's tables (a few normals) are cheap: its saved ones
+        # replace them through _init_compression, tfc's own SavedModel path, and the same model estimates y.
         em_z = tfc.ContinuousBatchedEntropyModel(prior_shape=prior_shape, cdf=tf.constant(tables["z_cdf"]),
                                                  cdf_offset=tf.constant(tables["z_cdf_offset"]), compression=True,
                                                  **kw)
-        em_y_coder = tfc.LocationScaleIndexedEntropyModel(tfc.NoisyNormal, NUM_SCALES, scale_fn, coding_rank=3,
-                                                          compression=True, stateless=True)
-        em_y_coder._init_compression(tf.constant(tables["y_cdf"]), tf.constant(tables["y_cdf_offset"]), None)
-        self.coders = em_z, em_y_coder
+        em_y = y_entropy_model(compression=True)
+        em_y._init_compression(tf.constant(tables["y_cdf"]), tf.constant(tables["y_cdf_offset"]), None)
+        self.coders = em_z, em_y
         self.estimators = tfc.ContinuousBatchedEntropyModel(self.hyperprior, compression=False, **kw), em_y
         digest = hashlib.sha256()
         for name, array in sorted(self.coding_tables().items()):
