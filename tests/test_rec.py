@@ -109,14 +109,36 @@ def test_the_latent_depends_on_seed_and_layer_not_on_the_beams_at_decode():
         rec.pack([code], seed=10)
 
 
-def test_a_beam_draws_the_same_candidates_whatever_the_other_beams():
-    keys = rec._mix(np.arange(5, dtype=np.uint64), 3)
-    quad, linear = np.linspace(-1, 1, 11, dtype=np.float32), np.ones((5, 11), np.float32)
-    together, score = rec._candidates(keys, 4, 7, 11, quad, linear)
-    alone = rec._candidate_noise(keys[2], 4, 7, 11)  # the decoder's draw
-    assert np.array_equal(together[2], alone)
-    assert not np.array_equal(together[1], together[2])
-    assert np.allclose(score, together ** 2 @ quad + together @ linear[0], rtol=1e-5, atol=1e-5)
+def test_each_beam_sees_the_shared_draw_in_its_own_order():
+    """The beams of a block share one draw per step (all the decoder redraws is the chosen row), each through its
+    own cyclic shift of the draw's entries keyed by its path: forward and inverse are inverse permutations,
+    the decoder's single path gets the encoder's order, other paths other orders (without the views the beams
+    crowd together: the quality tests above fail), and a row drawn alone is the row of the whole draw."""
+    keys = rec._mix(np.arange(12, dtype=np.uint64).reshape(3, 4), 7)
+    shift = rec._shifts(keys, 12)
+    rows = np.arange(3 * 12, dtype=np.float64).reshape(3, 12)
+    seen = rec._rolled(rows, shift)  # each block's row as each of its beams sees it
+    for g in range(3):
+        for b in range(4):
+            assert np.array_equal(seen[g, b], np.roll(rows[g], -int(keys[g, b] % np.uint64(12))))
+            assert np.array_equal(rec._rolled(seen[g:g + 1, b], (12 - shift[g:g + 1, b]) % 12)[0], rows[g])
+    assert len({tuple(r) for r in seen.reshape(12, 12)}) > 6
+    assert np.array_equal(rec._rolled(rows, rec._shifts(keys[:, 2], 12)), seen[:, 2])  # the decoder's path
+    draw = rec._draw(99, 5, [3, 7, 12])
+    assert np.array_equal(rec._draw_rows(99, 5, [4, None, 6], 7, 12), [draw[0, 4], np.zeros(12), draw[2, 6]])
+
+
+def test_a_layer_drawn_in_several_groups_round_trips(monkeypatch):
+    """A layer's blocks are searched side by side in groups (one draw per step per group); the grouping is part
+    of the format: decoded with another, the latents differ."""
+    monkeypatch.setattr(rec, "DRAW_LIMIT", 3 * 20 * 25)  # groups of three 25-wide blocks at n = 20
+    mu, sig, m, s = layer(170, 50)  # seven blocks, the last 20 wide: groups of 3, 3, 1
+    config = rec.Config(block_size=25, n_beams=4)
+    code, z, z_dec, _, _ = round_trip((mu, sig, m, s), 50, config)
+    assert np.array_equal(z, z_dec) and len(code.indices) == 7
+    assert [len(g) for g in rec._groups([(0, 1, 1)] * 7, config.n_candidates, 25)] == [3, 3, 1]
+    monkeypatch.setattr(rec, "DRAW_LIMIT", 1 << 22)
+    assert not np.array_equal(rec.decode_layer(m, s, code, seed=50, layer=0), z)
 
 
 def test_block_too_large_for_max_aux_is_split():

@@ -23,19 +23,24 @@ How a layer is coded:
   fit_split the encoder picks the exponent per block (5 bits) to spread the KL evenly over the steps: the
   paper's exponent front-loads the KL for wide posteriors and back-loads it for narrow ones, and a step whose
   KL exceeds ln n is one the beam cannot match.
-- At step j every beam draws n = floor(exp(omega * (1 + eps))) candidates for a_j from N(0, v_j) with TF's
-  stateless Philox normal op (the one under tf.random.stateless_normal) keyed by (seed, layer, block, step, the
-  beam's index history): the decoder can redraw exactly the candidates of the path it is told. Each candidate
-  partial sum S = a_1 + ... + a_j is scored by log q(S) - log p(S) of its distribution under the posterior and
-  the prior; the best B over all beams survive.
-  At the last step S = z - m, so the score is log q(z) / p(z); the best beam's K indices are the block's code.
+- At step j, n = floor(exp(omega * (1 + eps))) candidates for a_j / sqrt(v_j) are drawn as one [n, d] array of
+  standard normals, shared by the block's B beams, from TF's stateless Philox normal op (the one under
+  tf.random.stateless_normal); the blocks of a layer are searched side by side in groups, one op per group and
+  step ([G, n, d], keyed by (seed, layer, group), the step in the counter). Each beam sees the draw through its
+  own view, keyed by its index history: the draw's entries rolled by (key mod d), so that the beams' candidates
+  differ (with one plain shared draw the beams pile onto the same candidates and land far from the posterior).
+  Each candidate partial sum S = a_1 + ... + a_j is scored by log q(S) - log p(S) of its distribution under the
+  posterior and the prior; the best B over all beams survive. At the last step S = z - m, so the score is
+  log q(z) / p(z); the best beam's K indices are the block's code. The decoder, told the path, draws only the
+  chosen row of each step (an op's output row can be drawn alone by moving the Philox counter on).
+  The seed code draws one shared array per step too and varies it per beam by a hash of the beam's indices.
 - A block whose K would exceed `max_aux` is split in halves (recursively), never truncated: the stream carries
   the split tree.
 
 Everything a decoder rebuilds is float64 formed by the same elementwise operations on both sides (the normal
-draws come from TF in float32 with the same shapes and seeds, then widen exactly; the encoder's scores, which
-only rank, are float32), so encoder and decoder agree
-bit for bit on one machine and TF version, provided they are given bitwise the same prior.
+draws come from TF in float32, the same numbers whether drawn whole or by row, then widen exactly; the
+encoder's scores, which only rank, are float32), so encoder and decoder agree bit for bit on one machine and TF
+version, provided they are given bitwise the same prior.
 
 Stream (`pack`): a header, then constriction's ANS words (uniform models throughout):
 
@@ -48,6 +53,7 @@ exponent (fit_split only) and its indices; last, a one-bit end mark.
 import math
 import struct
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import constriction
@@ -59,13 +65,15 @@ from utils.cli import InputError
 from utils.container import HeaderReader, varint
 
 MAGIC = b"RDSr"
-VERSION = 2  # 2: the header counts the layers, and the stream ends in a one-bit end mark (see pack)
+VERSION = 3  # 2: the header counts the layers, the stream ends in a one-bit end mark (see pack); 3: the
+# beams share each step's draw, and a layer's blocks are drawn together (other latents from the same indices)
 RATIO_EXPONENT = 0.7864636765648174  # the seed paper's power law for the auxiliary variance ratios
 # exponents a fitted split chooses from, one per block (5 bits): the best one ranges from ~0.55 for narrow
 # posteriors (KL piles up at the end) to ~1 for wide ones with shifted means (KL spread evenly over the variance)
 FIT_EXPONENTS = np.linspace(0.4, 1.1, 32)
 MAX_CANDIDATES = (1 << 24) - 1  # constriction's uniform model holds < 2^24 symbols
 MAX_AUX_LIMIT = (1 << 16) - 1  # counts K are coded in at most 16 bits
+DRAW_LIMIT = 1 << 22  # normals in one draw (16 MB): a layer's blocks are coded side by side in groups this big
 _UNIFORM = constriction.stream.model.Uniform()
 _M64 = (1 << 64) - 1
 
@@ -155,49 +163,88 @@ def _permutation(dims, seed, layer):
     return np.argsort(bits, kind="stable")
 
 
-def _candidate_noise(key, step, n, d):
-    """Standard normals [n, d] float32 of one beam key at one step: the decoder's draw, and the encoder's for that
-    beam (_candidates makes them with the same op, shape, key and counter, whatever the other beams)."""
-    return _philox(tf.raw_ops.StatelessRandomNormalV2, [n, d], int(key), step)
+def _draw(key, step, shape):
+    """Standard normals [G, n, d] float32: the candidates of a group's blocks at one step, shared by all beams."""
+    return _philox(tf.raw_ops.StatelessRandomNormalV2, shape, key, step)
 
 
-_SCORERS = {}  # beams -> the concrete graph for that many beam keys
+def _draws(key, shape, steps):
+    """The draws of steps 0, 1, ..., made one step ahead on a worker thread: they do not depend on the search
+    (every beam uses the same draw), and TF's op runs without the GIL, so drawing and searching share the cores."""
+    with ThreadPoolExecutor(1) as pool:
+        ahead = pool.submit(_draw, key, 0, shape)
+        for j in range(steps):
+            noise = ahead.result()
+            if j + 1 < steps:
+                ahead = pool.submit(_draw, key, j + 1, shape)
+            yield noise
 
 
-def _scorer(beams):
-    if beams not in _SCORERS:
-        def draw_and_score(keys, step, shape, quad, linear):
-            counter = tf.stack([tf.constant(0, tf.uint64), step])
-            # one Philox op per beam (unrolled: the graph runs them side by side, with one dispatch per step)
-            noise = tf.stack([tf.raw_ops.StatelessRandomNormalV2(shape=shape, key=keys[b:b + 1], counter=counter,
-                                                                 alg=1) for b in range(beams)])
-            return noise, tf.reduce_sum(noise * (noise * quad + linear[:, None, :]), axis=-1)
-
-        _SCORERS[beams] = tf.function(draw_and_score, autograph=False).get_concrete_function(
-            tf.TensorSpec([beams], tf.uint64), tf.TensorSpec([], tf.uint64), tf.TensorSpec([2], tf.int32),
-            tf.TensorSpec([None], tf.float32), tf.TensorSpec([beams, None], tf.float32))
-    return _SCORERS[beams]
+_ROW_DRAWERS = {}  # number of rows G -> the concrete graph drawing G rows at G counters
 
 
-def _candidates(keys, step, n, d, quad, linear):
-    """Every beam's n candidate draws [beams, n, d] (float32 standard normals) and their scores
-    e^2 . quad + e . linear[beam] [beams, n] (float32)."""
-    with tf.device("/CPU:0"):  # the decoder's eager draws (_philox) are on the CPU too
-        noise, score = _scorer(len(keys))(tf.constant(keys), tf.constant(step, tf.uint64),
-                                         tf.constant([n, d], tf.int32), tf.constant(quad), tf.constant(linear))
-    return noise.numpy(), score.numpy()
+def _row_drawer(count):
+    if count not in _ROW_DRAWERS:
+        def draw(key, counters, d):
+            # one Philox op per row (unrolled: the graph runs them side by side, with one dispatch per step)
+            return tf.stack([tf.raw_ops.StatelessRandomNormalV2(shape=d[None], key=key, counter=counters[r], alg=1)
+                             for r in range(count)])
+
+        _ROW_DRAWERS[count] = tf.function(draw, autograph=False).get_concrete_function(
+            tf.TensorSpec([1], tf.uint64), tf.TensorSpec([count, 2], tf.uint64), tf.TensorSpec([], tf.int32))
+    return _ROW_DRAWERS[count]
 
 
-def _variance_split(prior_var, k, exponent=RATIO_EXPONENT):
-    """The auxiliary variances v_j [k, d] and what is left after each step [k, d] (0 after the last): step j
-    takes the fraction (k - j)^-exponent of what is left."""
+def _draw_rows(key, step, rows, n, d):
+    """The rows [G, d] (row rows[l] of block l; None: a zero row) of the draw [G, n, d] of one step, drawn alone:
+    a Philox op's output element e comes from its counter plus e // 4, so with d a multiple of 4 a row is the
+    op's output at the counter moved on by the row's start / 4 (tests/test_rec.py checks it against the draw)."""
+    counters = np.array([[(l * n + (i or 0)) * d // 4, step] for l, i in enumerate(rows)], np.uint64)
+    with tf.device("/CPU:0"):  # as _philox draws
+        out = _row_drawer(len(rows))(tf.constant([key], tf.uint64), tf.constant(counters), tf.constant(d)).numpy()
+    out[[i is None for i in rows]] = 0
+    return out
+
+
+def _rows_drawn(key, indices, ks, n, d):
+    """The decoder's draws, step by step: only each block's chosen rows, made on a worker thread (the indices are
+    all known before decoding, so the draws run ahead of the sums)."""
+    with ThreadPoolExecutor(1) as pool:
+        futures = [pool.submit(_draw_rows, key, j, [int(i) if j < k else None for i, k in zip(indices[:, j], ks)],
+                               n, d) for j in range(indices.shape[1])]
+        for f in futures:
+            yield f.result()
+
+
+def _schedule(prior_var, ks, exponents):
+    """Per step j of a group of blocks ([G, d] prior variances, K and exponent per block): the auxiliary variances
+    v_j [G, d] and the prior variance left after the step. Step j takes the fraction (K - j)^-a of what is left,
+    the last step all of it, and a block whose K steps are done takes nothing."""
     left = prior_var.copy()
-    v, rest = np.empty((k,) + left.shape), np.empty((k,) + left.shape)
-    for j in range(k):
-        v[j] = left * float(k - j) ** -exponent if j < k - 1 else left
-        left = left - v[j]
-        rest[j] = left
-    return v, rest
+    for j in range(int(ks.max())):
+        remaining = ks - j
+        frac = np.where(remaining > 1, np.maximum(remaining, 1).astype(np.float64) ** -exponents,
+                        (remaining == 1).astype(np.float64))
+        v = left * frac[:, None]
+        left = left - v
+        yield v, left
+
+
+def _shifts(keys, d):
+    """Each beam's own view of the shared draw, keyed by its path: entry k of its candidates is entry
+    (k + r) mod d of the draw's rows, r = key mod d (without the views the beams crowd together; tests/test_rec.py)."""
+    return (keys % np.uint64(d)).astype(np.intp)
+
+
+def _rolled(x, shift):
+    """x [G, d] or [G, B, d] with row (g, ...) read from entry shift[g, ...] on, cyclically: out[..., k] =
+    x[..., (k + shift) mod d], copied as contiguous windows of the row doubled (no per-entry gather)."""
+    d = x.shape[-1]
+    windows = np.lib.stride_tricks.sliding_window_view(np.concatenate([x, x], axis=-1), d, axis=-1)
+    lead = np.ogrid[tuple(slice(n) for n in shift.shape)]
+    if x.ndim - 1 < shift.ndim:  # one row per block, shared by its beams
+        lead = lead[:x.ndim - 1]
+    return windows[(*lead, shift)]
 
 
 def _fit_exponent(mu, sig, m, s, k):
@@ -206,12 +253,10 @@ def _fit_exponent(mu, sig, m, s, k):
     partial sum, which at variance fraction t is sum_i (t (r_i - 1 + d_i^2) - log(1 - t (1 - r_i))) / 2 with
     r = sig^2 / s^2 and d = (mu - m) / s."""
     r, d2 = (sig / s) ** 2, ((mu - m) / s) ** 2
-    worst = []
-    for a in FIT_EXPONENTS:
-        t = 1 - _variance_split(np.ones(1), k, a)[1][:, 0]
-        kl = 0.5 * (t[:, None] * (r - 1 + d2) - np.log1p(-t[:, None] * (1 - r))).sum(axis=1)
-        worst.append(np.max(np.diff(kl, prepend=0.0)))
-    return int(np.argmin(worst))
+    rows = len(FIT_EXPONENTS)
+    t = 1 - np.stack([left[:, 0] for _, left in _schedule(np.ones((rows, 1)), np.full(rows, k), FIT_EXPONENTS)])
+    kl = 0.5 * (t[..., None] * (r - 1 + d2) - np.log1p(-t[..., None] * (1 - r))).sum(axis=-1)  # [K, exponents]
+    return int(np.argmin(np.max(np.diff(kl, axis=0, prepend=0.0), axis=0)))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -253,50 +298,99 @@ def _split_tree(mu, sig, m, s, start, stop, omega, max_aux, tree, leaves):
     _split_tree(mu, sig, m, s, mid, stop, omega, max_aux, tree, leaves)
 
 
-def _block_key(seed, layer, block):
-    return _mix(_mix(_mix(seed, layer), block), 0xB10C)
+def _groups(leaves, n, block_size):
+    """Consecutive leaf blocks coded side by side, so that each step of a group is one draw [G, n, widest leaf]
+    of at most DRAW_LIMIT normals."""
+    size = max(1, DRAW_LIMIT // (n * block_size))
+    return [leaves[i:i + size] for i in range(0, len(leaves), size)]
 
 
-def _encode_block(mu, sig, m, s, k, exponent, key, n, beams):
-    """Beam search over the block's K steps; returns (indices [K] int32, z block float64)."""
-    d = len(m)
+def _draw_width(widths):
+    """A group's padded width: its widest block's, rounded up to a multiple of 4, so that the decoder can draw
+    a candidate's row alone (_draw_rows)."""
+    return -(-int(widths.max()) // 4) * 4
+
+
+def _group_key(seed, layer, group):
+    return _mix(_mix(_mix(seed, layer), group), 0xB10C)
+
+
+def _padded(a, group, width, fill):
+    """[G, width]: each block's slice of a, padded with fill."""
+    out = np.full((len(group), width), fill, np.float64)
+    for row, (start, stop, *_) in enumerate(group):
+        out[row, :stop - start] = a[start:stop]
+    return out
+
+
+def _encode_group(mu, sig, m, s, ks, exponents, key, n, beams):
+    """Beam search over a group's blocks side by side: [G, d] arrays, each block padded to the widest with the
+    prior as its own posterior (no KL, a score of 0). Returns the best path's indices [G, max K] int32 (0 past
+    a block's K) and z - m [G, d] float64."""
+    (g, d), steps = m.shape, int(ks.max())
+    rows = np.arange(g)[:, None]
     s2, sig2, dmu = s ** 2, sig ** 2, mu - m
-    v, rest = _variance_split(s2, k, exponent)
-    sums = np.zeros((1, d))
-    history = np.zeros((1, 0), np.int32)
-    keys = np.array([key], np.uint64)
-    for j in range(k):
-        cum = s2 - rest[j]  # prior variance of the partial sum S_j
+    sums = np.zeros((g, beams, d))
+    keys = np.repeat(_mix(key, np.arange(g, dtype=np.uint64))[:, None], beams, axis=1)
+    parents, choices = np.zeros((steps, g, beams), np.intp), np.zeros((steps, g, beams), np.int32)
+    for j, ((v, rest), noise) in enumerate(zip(_schedule(s2, ks, exponents), _draws(key, [g, n, d], steps))):
+        cum = s2 - rest  # prior variance of the partial sum S_j
         t_mean = dmu * (cum / s2)
-        t_var = sig2 * (cum / s2) ** 2 + cum * rest[j] / s2
+        t_var = sig2 * (cum / s2) ** 2 + cum * rest / s2
         # log q(S) - log p(S) = S^2 . alpha + S . beta + const over the dimensions; with S = P + sqrt(v) e for a
-        # beam's partial sum P and a candidate's noise e, it is (P^2 . alpha + P . beta + const)
-        # + e^2 . (v alpha) + e . (sqrt(v) (beta + 2 alpha P)): scored in float32 on the raw draws (ranking
-        # needs no more), only the chosen sums are formed, in float64, as the decoder forms them
+        # beam's partial sum P and a candidate's noise e (the draw's row in the beam's view), it is
+        # (P^2 . alpha + P . beta + const) + e^2 . (v alpha) + e . (sqrt(v) (beta + 2 alpha P)): scored in float32
+        # on the raw draws (ranking needs no more), only the chosen sums are formed, in float64, as the decoder
+        # forms them
         alpha = 0.5 / cum - 0.5 / t_var
         beta = t_mean / t_var
-        const = 0.5 * np.sum(np.log(cum / t_var)) - np.sum(t_mean ** 2 / (2 * t_var))
-        scale = np.sqrt(v[j])
-        linear = (scale * (beta + 2 * alpha * sums)).astype(np.float32)  # [beams, d]
-        noise, score = _candidates(keys, j, n, d, (v[j] * alpha).astype(np.float32), linear)  # [beams, n, (d)]
-        score = score + ((sums * sums) @ alpha + sums @ beta + const)[:, None]
-        best = np.argsort(-score.ravel(), kind="stable")[:beams]
+        const = 0.5 * np.sum(np.log(cum / t_var), axis=1) - np.sum(t_mean ** 2 / (2 * t_var), axis=1)
+        scale = np.sqrt(v)
+        shift = _shifts(keys, d)
+        back = (d - shift) % d
+        # beam b's candidate entry k is the draw's entry (k + shift) mod d: its weights, moved onto the draw's entries
+        quad = _rolled((v * alpha).astype(np.float32), back)
+        linear = _rolled((scale[:, None] * (beta[:, None] + 2 * alpha[:, None] * sums)).astype(np.float32), back)
+        score = (np.matmul(linear, noise.transpose(0, 2, 1)) + np.matmul(quad, (noise * noise).transpose(0, 2, 1))
+                 + np.matmul(sums * sums, alpha[:, :, None]) + np.matmul(sums, beta[:, :, None])
+                 + const[:, None, None])  # [G, beams, n]
+        if j == 0:
+            score[:, 1:] = -np.inf  # the beams start as one
+        best = np.argsort(-score.reshape(g, -1), axis=1, kind="stable")[:, :beams]
         parent, choice = best // n, (best % n).astype(np.int32)
-        sums = sums[parent] + noise[parent, choice].astype(np.float64) * scale
-        history = np.concatenate([history[parent], choice[:, None]], axis=1)
-        keys = _mix(keys[parent], choice)
-    return history[0], m + sums[0]
+        chosen = _rolled(noise[rows, choice], shift[rows, parent])
+        new_sums = sums[rows, parent] + chosen.astype(np.float64) * scale[:, None]
+        new_keys = _mix(keys[rows, parent], choice)
+        done = ks <= j
+        if done.any():  # blocks whose K steps are over keep their beams
+            parent[done], choice[done] = np.arange(beams), 0
+            new_sums[done], new_keys[done] = sums[done], keys[done]
+        sums, keys, parents[j], choices[j] = new_sums, new_keys, parent, choice
+    indices, beam = np.zeros((g, steps), np.int32), np.zeros(g, np.intp)  # beam 0 is the best at the last step
+    for j in range(steps - 1, -1, -1):
+        indices[:, j] = choices[j, rows[:, 0], beam]
+        beam = parents[j, rows[:, 0], beam]
+    return indices, sums[:, 0]
 
 
-def _decode_block(m, s, indices, exponent, key, n):
-    d, k = len(m), len(indices)
-    v, _ = _variance_split(s ** 2, k, exponent)
-    total = np.zeros(d)
-    for j, i in enumerate(indices):
-        # the whole [n, d] draw, as the encoder made it (same shape, same seed)
-        total = total + _candidate_noise(key, j, n, d)[i].astype(np.float64) * np.sqrt(v[j])
-        key = _mix(key, np.int32(i))
-    return m + total
+def _decode_group(s, ks, exponents, indices, key, n):
+    """z - m [G, d] of a group's blocks from their indices [G, max K] (0 past a block's K)."""
+    g, d = s.shape
+    sums = np.zeros((g, d))
+    keys = _mix(key, np.arange(g, dtype=np.uint64))
+    for j, ((v, _), chosen) in enumerate(zip(_schedule(s ** 2, ks, exponents), _rows_drawn(key, indices, ks, n, d))):
+        # the chosen candidate, the draw's row in the path's view, formed as the encoder formed it
+        chosen = _rolled(chosen, _shifts(keys, d))
+        new_sums = sums + chosen.astype(np.float64) * np.sqrt(v)
+        active = ks > j
+        sums = np.where(active[:, None], new_sums, sums)
+        keys = np.where(active, _mix(keys, indices[:, j]), keys)
+    return sums
+
+
+def _group_params(group, exponents):
+    widths = np.array([stop - start for start, stop, _ in group])
+    return widths, np.array([k for *_, k in group]), np.asarray(exponents, np.float64)
 
 
 def encode_layer(post_loc, post_scale, prior_loc, prior_scale, *, seed, layer, config):
@@ -309,17 +403,20 @@ def encode_layer(post_loc, post_scale, prior_loc, prior_scale, *, seed, layer, c
     tree, leaves = [], []
     for start, stop in _top_blocks(mu.size, config.block_size):
         _split_tree(mu, sig, m, s, start, stop, config.omega, config.max_aux, tree, leaves)
+    exponents = [_fit_exponent(mu[a:b], sig[a:b], m[a:b], s[a:b], k) if config.fit_split else None
+                 for a, b, k in leaves]
     z = np.empty(mu.size)
-    indices, exponents = [], []
-    for b, (start, stop, k) in enumerate(leaves):
-        block = (mu[start:stop], sig[start:stop], m[start:stop], s[start:stop])
-        exponent = RATIO_EXPONENT
-        if config.fit_split:
-            exponents.append(_fit_exponent(*block, k))
-            exponent = FIT_EXPONENTS[exponents[-1]]
-        idx, z[start:stop] = _encode_block(*block, k, exponent, _block_key(seed, layer, b), config.n_candidates,
-                                           config.n_beams)
-        indices.append(idx)
+    indices = []
+    for g, group in enumerate(_groups(leaves, config.n_candidates, config.block_size)):
+        widths, ks, exps = _group_params(group, [RATIO_EXPONENT if e is None else FIT_EXPONENTS[e]
+                                                 for e in exponents[len(indices):len(indices) + len(group)]])
+        d = _draw_width(widths)
+        found, sums = _encode_group(_padded(mu, group, d, 0), _padded(sig, group, d, 1), _padded(m, group, d, 0),
+                                    _padded(s, group, d, 1), ks, exps, _group_key(seed, layer, g),
+                                    config.n_candidates, config.n_beams)
+        for row, (start, stop, k) in enumerate(group):
+            indices.append(found[row, :k])
+            z[start:stop] = m[start:stop] + sums[row, :stop - start]
     log_ratio = float(np.sum(np.log(s / sig) - (z - mu) ** 2 / (2 * sig ** 2) + (z - m) ** 2 / (2 * s ** 2)))
     code = LayerCode(mu.size, config.block_size, config.n_candidates, tree, indices,
                      exponents if config.fit_split else None, seed, _block_kl(mu, sig, m, s), log_ratio)
@@ -357,11 +454,22 @@ def decode_layer(prior_loc, prior_scale, code, *, seed, layer):
     shape = m.shape
     perm = _permutation(m.size, seed, layer)
     m, s = m.reshape(-1)[perm], s.reshape(-1)[perm]
+    leaves = [(start, stop, len(idx)) for (start, stop), idx in zip(_leaves(code.tree, code.dims, code.block_size),
+                                                                     code.indices)]
     z = np.empty(m.size)
-    for b, ((start, stop), idx) in enumerate(zip(_leaves(code.tree, code.dims, code.block_size), code.indices)):
-        exponent = RATIO_EXPONENT if code.exponents is None else FIT_EXPONENTS[code.exponents[b]]
-        z[start:stop] = _decode_block(m[start:stop], s[start:stop], idx, exponent, _block_key(seed, layer, b),
-                                      code.n_candidates)
+    done = 0
+    for g, group in enumerate(_groups(leaves, code.n_candidates, code.block_size)):
+        exps = [RATIO_EXPONENT if code.exponents is None else FIT_EXPONENTS[code.exponents[done + row]]
+                for row in range(len(group))]
+        widths, ks, exps = _group_params(group, exps)
+        indices = np.zeros((len(group), int(ks.max())), np.int32)
+        for row, k in enumerate(ks):
+            indices[row, :k] = code.indices[done + row]
+        sums = _decode_group(_padded(s, group, _draw_width(widths), 1), ks, exps, indices,
+                             _group_key(seed, layer, g), code.n_candidates)
+        for row, (start, stop, _) in enumerate(group):
+            z[start:stop] = m[start:stop] + sums[row, :stop - start]
+        done += len(group)
     out = np.empty(m.size)
     out[perm] = z
     return out.reshape(shape)
