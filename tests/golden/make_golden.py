@@ -55,6 +55,9 @@ LAMBDA = ["--lambda", "0.01"]
 # nothing.) sga.py optimizes the latents of the same mbt2018 run.
 CODEC_LAMBDA = ["--lambda", "1"]
 CODEC_STEPS = ["--batchsize", "2", "--epochs", "1", "--steps_per_epoch", "300", "--lr", "1e-2"]
+# The ResNet-VAEs that rec.py codes: after two steps their priors, given a coded latent above, could put millions
+# of nats on one dimension (beyond what rec.py's blocks can split); 100 steps leave them sane.
+VAE_STEPS = ["--batchsize", "2", "--epochs", "1", "--steps_per_epoch", "100", "--lr", "1e-3"]
 MBT_RUN = "mbt2018-num_filters=4-lmbda=1.0"
 MBT_BB_RUN = "mbt2018-num_filters=4-hyper_posterior=gaussian-lmbda=0.01"
 
@@ -208,7 +211,8 @@ MODELS = {"mbt2018": ("mbt2018-num_filters=4-lmbda=",), "bb_sga": (MBT_BB_RUN,),
 def retrain(models=None):
     """Trains tiny run folders with the scripts' own `train` commands: those of `models` (names of MODELS), or every
     one, after rewriting the inputs, when None (otherwise only missing inputs are written). mbt2018 and ms2020:
-    CODEC_STEPS at CODEC_LAMBDA (300 steps, learning rate 1e-2, lambda 1); the others: two steps at lambda 0.01."""
+    CODEC_STEPS at CODEC_LAMBDA (300 steps, learning rate 1e-2, lambda 1); the ResNet-VAEs: VAE_STEPS; the others:
+    two steps at lambda 0.01."""
     import numpy as np
     from PIL import Image
 
@@ -250,10 +254,10 @@ def retrain(models=None):
             if name in models:
                 module.main([*ckpt, *lmbda, *flags, "train", "--train_glob", rgb, "--patchsize", "64", *how])
         if "rec" in models:
-            resnet_vae.main([*ckpt, *LAMBDA, *VAE, "train", "--dataset", rgb, "--patchsize", "16", *steps,
+            resnet_vae.main([*ckpt, *LAMBDA, *VAE, "train", "--dataset", rgb, "--patchsize", "16", *VAE_STEPS,
                              "--max_validation_steps", "1"])
             # grey levels: resnet_vae.py reads every set but MNIST's as RGB
-            resnet_vae.main([*ckpt, *VAE_LOSSLESS, "train", "--dataset", "mnist", "--patchsize", "16", *steps,
+            resnet_vae.main([*ckpt, *VAE_LOSSLESS, "train", "--dataset", "mnist", "--patchsize", "16", *VAE_STEPS,
                              "--max_validation_steps", "1"])
         if "mcbits" in models:
             mcbits.main([*MCBITS, "train", *ckpt, "--epochs", "1", "--steps_per_epoch", "2", "--batchsize", "20",
