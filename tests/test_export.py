@@ -52,6 +52,10 @@ model = tf.keras.models.load_model(export)
 packed = tfc.PackedTensors(open(packed, "rb").read())
 x_hat = model.decompress(*packed.unpack([t.dtype for t in model.decompress.input_signature]))
 np.save(os.path.join(here, name + "-keras.npy"), x_hat.numpy())
+# The serving signature (saved_model_cli, TF Serving), by its input names.
+strings_in, shape_in = packed.unpack([tf.string, tf.int32])
+signed = model.signatures["decompress"](strings=strings_in, shape=shape_in)
+np.save(os.path.join(here, name + "-signature.npy"), list(signed.values())[0].numpy())
 
 packed.model = "0" * 16
 open(os.path.join(here, "other.tfc"), "wb").write(packed.string)
@@ -117,6 +121,14 @@ def test_export_codes_as_the_script_does(script, tmp_path):
         assert exported.shape == image.shape and np.array_equal(exported, decoded), name
     keras_decoded = np.load(client / f"{name}-keras.npy")
     assert np.array_equal(keras_decoded, decoded)
+    assert np.array_equal(np.load(client / f"{name}-signature.npy"), decoded)
+    # Each function's graph is saved once: the serving signatures call the functions' own traces (a second,
+    # separately traced copy of each graph was loaded twice, a second of ms2020's start-up).
+    from tensorflow.core.protobuf import saved_model_pb2
+    saved = saved_model_pb2.SavedModel.FromString((export / "saved_model.pb").read_bytes())
+    graphs = sorted(f.signature.name.rsplit("_", 1)[0] for f in saved.meta_graphs[0].graph_def.library.function
+                    if len(f.node_def) > 50 and "compress" in f.signature.name)
+    assert graphs == ["__inference_compress", "__inference_decompress"], graphs
 
     # The script's own file commands through the export (--export): the very file compress writes from the run,
     # and the image decompress makes of it; a file of another model is refused by its identity, as from the run.

@@ -57,8 +57,9 @@ def export(model, out_dir, info):
     --force). `info`: the dict written to assets.extra/codec.json."""
     out_dir = Path(out_dir)
     module = ExportedCodec(model)
-    signatures = {"compress": module.compress.get_concrete_function(),
-                  "decompress": module.decompress.get_concrete_function()}
+    # The functions themselves, not concrete functions traced here: saving traces them again in its own
+    # context, and a signature traced beforehand would be a second copy of each graph, loaded twice.
+    signatures = {"compress": module.compress, "decompress": module.decompress}
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     umask = os.umask(0)
