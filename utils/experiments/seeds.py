@@ -333,8 +333,8 @@ REC_LOSSY = Experiment(
     notes={"smoke": "one 128x128 image of the lowgan source coded with 3 beams (the seed's lossy setting: 10)",
            "cpu": "one lambda (0.0025), docs/resnet_vae.md's CPU-recipe ResNet-VAE (64 filters, 4 levels) trained "
                   "800 steps (docs/rec.md's measured run; the recipe: 4,500) on BSDS500; the seed's lossy coder "
-                  "settings (B = 10, 1 + eps = 1, omega = 3) on the 24 Kodak images (~30 s to encode an image, "
-                  "~10 s to decode); the seed codes its own two-level VAE",
+                  "settings (B = 10, 1 + eps = 1, omega = 3) on the 24 Kodak images (22-44 s to encode an image, "
+                  "2-4 s to decode); the seed codes its own two-level VAE",
            "gpu": "the paper's ResNet-VAE at its six lambdas, trained on BSDS500 in place of COCO, coded on the 24 "
                   "Kodak images (the coder runs on the CPU: its time grows with the rate)"},
 )
