@@ -50,6 +50,7 @@ Stream (`pack`): a header, then constriction's ANS words (uniform models through
 per layer: the per-block counts K (0 marks a split) as min + fixed-width offsets, then per leaf block its
 exponent (fit_split only) and its indices; last, a one-bit end mark.
 """
+import collections
 import math
 import struct
 import zlib
@@ -206,14 +207,20 @@ def _draw_rows(key, step, rows, n, d):
     return out
 
 
-def _rows_drawn(key, indices, ks, n, d):
-    """The decoder's draws, step by step: only each block's chosen rows, made on a worker thread (the indices are
-    all known before decoding, so the draws run ahead of the sums)."""
+def _rows_drawn(key, indices, ks, n, d, ahead=8):
+    """The decoder's draws, step by step: only each block's chosen rows, made on a worker thread up to `ahead`
+    steps before the sums need them (the indices are all known before decoding)."""
+    def submit(j):
+        return pool.submit(_draw_rows, key, j, [int(i) if j < k else None for i, k in zip(indices[:, j], ks)], n, d)
+
+    steps = indices.shape[1]
     with ThreadPoolExecutor(1) as pool:
-        futures = [pool.submit(_draw_rows, key, j, [int(i) if j < k else None for i, k in zip(indices[:, j], ks)],
-                               n, d) for j in range(indices.shape[1])]
-        for f in futures:
-            yield f.result()
+        pending = collections.deque(submit(j) for j in range(min(ahead, steps)))
+        for j in range(steps):
+            rows = pending.popleft().result()
+            if j + ahead < steps:
+                pending.append(submit(j + ahead))
+            yield rows
 
 
 def _schedule(prior_var, ks, exponents):
