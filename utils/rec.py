@@ -312,14 +312,19 @@ def _groups(leaves, n, block_size):
     return [leaves[i:i + size] for i in range(0, len(leaves), size)]
 
 
-def _draw_width(widths):
-    """A group's padded width: its widest block's, rounded up to a multiple of 4, so that the decoder can draw
-    a candidate's row alone (_draw_rows)."""
-    return -(-int(widths.max()) // 4) * 4
-
-
-def _group_key(seed, layer, group):
-    return _mix(_mix(_mix(seed, layer), group), 0xB10C)
+def _layer_groups(leaves, exponents, n, block_size, seed, layer):
+    """The groups of a layer's leaf blocks (start, stop, K) as encoder and decoder both search them: per group,
+    (index of its first leaf, its leaves, K [G], the split's exponent [G] (exponents: per leaf an index into
+    FIT_EXPONENTS, or None for the paper's), its padded width d, its key). d is the widest block's width rounded
+    up to a multiple of 4, so that the decoder can draw a candidate's row alone (_draw_rows)."""
+    first = 0
+    for g, group in enumerate(_groups(leaves, n, block_size)):
+        ks = np.array([k for *_, k in group])
+        exps = np.array([RATIO_EXPONENT if e is None else FIT_EXPONENTS[e]
+                         for e in exponents[first:first + len(group)]], np.float64)
+        d = -(-max(stop - start for start, stop, _ in group) // 4) * 4
+        yield first, group, ks, exps, d, _mix(_mix(_mix(seed, layer), g), 0xB10C)
+        first += len(group)
 
 
 def _padded(a, group, width, fill):
@@ -395,11 +400,6 @@ def _decode_group(s, ks, exponents, indices, key, n):
     return sums
 
 
-def _group_params(group, exponents):
-    widths = np.array([stop - start for start, stop, _ in group])
-    return widths, np.array([k for *_, k in group]), np.asarray(exponents, np.float64)
-
-
 def encode_layer(post_loc, post_scale, prior_loc, prior_scale, *, seed, layer, config):
     """Codes one layer: returns (LayerCode, z), z float64 of the input shape, the latent the decoder rebuilds."""
     _check_ids(seed, layer)
@@ -414,13 +414,10 @@ def encode_layer(post_loc, post_scale, prior_loc, prior_scale, *, seed, layer, c
                  for a, b, k in leaves]
     z = np.empty(mu.size)
     indices = []
-    for g, group in enumerate(_groups(leaves, config.n_candidates, config.block_size)):
-        widths, ks, exps = _group_params(group, [RATIO_EXPONENT if e is None else FIT_EXPONENTS[e]
-                                                 for e in exponents[len(indices):len(indices) + len(group)]])
-        d = _draw_width(widths)
+    for _, group, ks, exps, d, key in _layer_groups(leaves, exponents, config.n_candidates, config.block_size,
+                                                    seed, layer):
         found, sums = _encode_group(_padded(mu, group, d, 0), _padded(sig, group, d, 1), _padded(m, group, d, 0),
-                                    _padded(s, group, d, 1), ks, exps, _group_key(seed, layer, g),
-                                    config.n_candidates, config.n_beams)
+                                    _padded(s, group, d, 1), ks, exps, key, config.n_candidates, config.n_beams)
         for row, (start, stop, k) in enumerate(group):
             indices.append(found[row, :k])
             z[start:stop] = m[start:stop] + sums[row, :stop - start]
@@ -464,19 +461,15 @@ def decode_layer(prior_loc, prior_scale, code, *, seed, layer):
     leaves = [(start, stop, len(idx)) for (start, stop), idx in zip(_leaves(code.tree, code.dims, code.block_size),
                                                                      code.indices)]
     z = np.empty(m.size)
-    done = 0
-    for g, group in enumerate(_groups(leaves, code.n_candidates, code.block_size)):
-        exps = [RATIO_EXPONENT if code.exponents is None else FIT_EXPONENTS[code.exponents[done + row]]
-                for row in range(len(group))]
-        widths, ks, exps = _group_params(group, exps)
+    exponents = code.exponents or [None] * len(leaves)
+    for first, group, ks, exps, d, key in _layer_groups(leaves, exponents, code.n_candidates, code.block_size,
+                                                        seed, layer):
         indices = np.zeros((len(group), int(ks.max())), np.int32)
         for row, k in enumerate(ks):
-            indices[row, :k] = code.indices[done + row]
-        sums = _decode_group(_padded(s, group, _draw_width(widths), 1), ks, exps, indices,
-                             _group_key(seed, layer, g), code.n_candidates)
+            indices[row, :k] = code.indices[first + row]
+        sums = _decode_group(_padded(s, group, d, 1), ks, exps, indices, key, code.n_candidates)
         for row, (start, stop, _) in enumerate(group):
             z[start:stop] = m[start:stop] + sums[row, :stop - start]
-        done += len(group)
     out = np.empty(m.size)
     out[perm] = z
     return out.reshape(shape)
